@@ -1,0 +1,322 @@
+//! The command line, in node_exporter's conventions so operators feel at
+//! home, parsed and validated into a [`Config`] before anything touches the
+//! kernel or the network.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+};
+
+use clap::{Arg, ArgAction, ArgMatches, Command, FromArgMatches as _, Parser};
+
+use crate::collectors::{self, CollectorSpec};
+
+/// Where the exporter listens unless told otherwise: loopback only, so a
+/// fresh install exposes nothing to the network.
+pub(crate) const DEFAULT_LISTEN_ADDRESS: &str = "127.0.0.1:9569";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kernel-exporter",
+    version,
+    about = "Prometheus exporter for Linux hosts, fed by eBPF programs on kernel tracepoints."
+)]
+struct RawArgs {
+    /// Address to listen on for the web interface and telemetry (repeatable).
+    /// ":PORT" listens on every interface, IPv4 and IPv6.
+    #[arg(long = "web.listen-address", value_name = "ADDR", default_value = DEFAULT_LISTEN_ADDRESS)]
+    listen_addresses: Vec<String>,
+
+    /// Path under which to expose metrics.
+    #[arg(
+        long = "web.telemetry-path",
+        value_name = "PATH",
+        default_value = "/metrics"
+    )]
+    telemetry_path: String,
+
+    /// Maximum number of scrapes served at once; 0 means no limit. Scrapes
+    /// over the limit get 503.
+    #[arg(long = "web.max-requests", value_name = "N", default_value_t = 40)]
+    max_requests: usize,
+
+    /// Only log messages with this severity or above.
+    #[arg(long = "log.level", value_name = "LEVEL", default_value = "info")]
+    log_level: LogLevel,
+
+    /// Output format of log messages.
+    #[arg(long = "log.format", value_name = "FORMAT", default_value = "logfmt")]
+    log_format: LogFormat,
+
+    /// Disable all collectors that are on by default; enable the ones you
+    /// want with --collector.NAME.
+    #[arg(long = "collector.disable-defaults")]
+    disable_defaults: bool,
+}
+
+/// Severity threshold for logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// How log lines are written to standard error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    Logfmt,
+    Json,
+}
+
+/// The validated configuration the daemon runs with.
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub(crate) listen_addresses: Vec<ListenAddress>,
+    pub(crate) telemetry_path: String,
+    /// `None` means no limit.
+    pub(crate) max_requests: Option<usize>,
+    pub(crate) log_level: LogLevel,
+    pub(crate) log_format: LogFormat,
+    /// Enabled collectors, in registry order.
+    pub(crate) collectors: Vec<&'static CollectorSpec>,
+}
+
+/// One `--web.listen-address`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ListenAddress {
+    pub(crate) addr: SocketAddr,
+    /// Set for ":PORT": one IPv6 socket that also accepts IPv4, as Go's
+    /// listener (and so node_exporter) does.
+    pub(crate) dual_stack: bool,
+}
+
+impl fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.dual_stack {
+            write!(f, ":{}", self.addr.port())
+        } else {
+            self.addr.fmt(f)
+        }
+    }
+}
+
+impl Config {
+    /// Parses the process's arguments; prints usage and exits on bad input,
+    /// as every command-line tool does.
+    pub(crate) fn from_env() -> Self {
+        let mut command = command();
+        let matches = command.clone().get_matches();
+        match Self::from_matches(&matches) {
+            Ok(config) => config,
+            Err(message) => command
+                .error(clap::error::ErrorKind::ValueValidation, message)
+                .exit(),
+        }
+    }
+
+    fn from_matches(matches: &ArgMatches) -> Result<Self, String> {
+        let raw = RawArgs::from_arg_matches(matches).map_err(|e| e.to_string())?;
+
+        let mut listen_addresses: Vec<ListenAddress> =
+            Vec::with_capacity(raw.listen_addresses.len());
+        for text in &raw.listen_addresses {
+            let address = parse_listen_address(text)?;
+            if listen_addresses
+                .iter()
+                .any(|known| known.addr == address.addr)
+            {
+                return Err(format!("--web.listen-address={text} is given twice"));
+            }
+            listen_addresses.push(address);
+        }
+
+        let telemetry_path = raw.telemetry_path;
+        if !telemetry_path.starts_with('/') || telemetry_path == "/" {
+            return Err(format!(
+                "--web.telemetry-path={telemetry_path:?} must start with '/' and must not be '/' (the landing page)"
+            ));
+        }
+
+        let collectors = collectors::REGISTRY
+            .iter()
+            .filter(|spec| collector_enabled(matches, spec, raw.disable_defaults))
+            .collect::<Vec<_>>();
+        if collectors.is_empty() {
+            return Err(
+                "every collector is disabled; enable at least one with --collector.NAME".to_owned(),
+            );
+        }
+
+        Ok(Self {
+            listen_addresses,
+            telemetry_path,
+            max_requests: (raw.max_requests != 0).then_some(raw.max_requests),
+            log_level: raw.log_level,
+            log_format: raw.log_format,
+            collectors,
+        })
+    }
+}
+
+/// The clap command: the fixed flags plus `--collector.NAME` and
+/// `--no-collector.NAME` for every registered collector.
+fn command() -> Command {
+    use clap::CommandFactory as _;
+    let mut command = RawArgs::command();
+    for spec in collectors::REGISTRY {
+        let enable = format!("collector.{}", spec.name);
+        let disable = format!("no-collector.{}", spec.name);
+        let default = if spec.default_enabled {
+            "enabled"
+        } else {
+            "disabled"
+        };
+        command = command
+            .arg(
+                Arg::new(enable.clone())
+                    .long(enable.clone())
+                    .action(ArgAction::SetTrue)
+                    // node_exporter semantics: the last of the pair wins.
+                    .overrides_with(disable.clone())
+                    .help(format!(
+                        "Enable the {} collector ({default} by default): {}",
+                        spec.name, spec.help
+                    )),
+            )
+            .arg(
+                Arg::new(disable.clone())
+                    .long(disable.clone())
+                    .action(ArgAction::SetTrue)
+                    .overrides_with(enable)
+                    .help(format!("Disable the {} collector", spec.name)),
+            );
+    }
+    command
+}
+
+fn collector_enabled(matches: &ArgMatches, spec: &CollectorSpec, disable_defaults: bool) -> bool {
+    if matches.get_flag(&format!("collector.{}", spec.name)) {
+        true
+    } else if matches.get_flag(&format!("no-collector.{}", spec.name)) {
+        false
+    } else {
+        spec.default_enabled && !disable_defaults
+    }
+}
+
+fn parse_listen_address(text: &str) -> Result<ListenAddress, String> {
+    if let Some(port) = text.strip_prefix(':') {
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| format!("--web.listen-address={text}: {port:?} is not a port number"))?;
+        return Ok(ListenAddress {
+            addr: SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+            dual_stack: true,
+        });
+    }
+    text.parse::<SocketAddr>()
+        .map(|addr| ListenAddress { addr, dual_stack: false })
+        .map_err(|_| {
+            format!("--web.listen-address={text}: expected IP:PORT, [IPv6]:PORT or :PORT (host names are not resolved)")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let matches = command()
+            .try_get_matches_from(std::iter::once("kernel-exporter").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        Config::from_matches(&matches)
+    }
+
+    fn names(config: &Config) -> Vec<&'static str> {
+        config.collectors.iter().map(|spec| spec.name).collect()
+    }
+
+    #[test]
+    fn defaults_are_safe() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.listen_addresses.len(), 1);
+        assert_eq!(
+            config.listen_addresses[0].to_string(),
+            DEFAULT_LISTEN_ADDRESS
+        );
+        assert!(config.listen_addresses[0].addr.ip().is_loopback());
+        assert_eq!(config.telemetry_path, "/metrics");
+        assert_eq!(config.max_requests, Some(40));
+        assert_eq!(names(&config), vec!["sched"]);
+    }
+
+    #[test]
+    fn listen_address_forms() {
+        let config = parse(&[
+            "--web.listen-address=:9100",
+            "--web.listen-address=[::1]:9200",
+        ])
+        .unwrap();
+        assert!(config.listen_addresses[0].dual_stack);
+        assert_eq!(config.listen_addresses[0].addr.port(), 9100);
+        assert_eq!(config.listen_addresses[0].to_string(), ":9100");
+        assert_eq!(
+            config.listen_addresses[1].addr,
+            "[::1]:9200".parse().unwrap()
+        );
+
+        let error = parse(&["--web.listen-address=localhost:9100"]).unwrap_err();
+        assert!(error.contains("host names are not resolved"), "{error}");
+        let error = parse(&["--web.listen-address=:http"]).unwrap_err();
+        assert!(error.contains("not a port number"), "{error}");
+        let error = parse(&[
+            "--web.listen-address=127.0.0.1:1",
+            "--web.listen-address=127.0.0.1:1",
+        ])
+        .unwrap_err();
+        assert!(error.contains("given twice"), "{error}");
+    }
+
+    #[test]
+    fn telemetry_path_must_be_a_path() {
+        assert!(parse(&["--web.telemetry-path=metrics"]).is_err());
+        assert!(parse(&["--web.telemetry-path=/"]).is_err());
+        assert_eq!(
+            parse(&["--web.telemetry-path=/m"]).unwrap().telemetry_path,
+            "/m"
+        );
+    }
+
+    #[test]
+    fn collector_flags_last_one_wins() {
+        assert!(
+            parse(&["--no-collector.sched"])
+                .unwrap_err()
+                .contains("every collector is disabled")
+        );
+        assert_eq!(
+            names(&parse(&["--no-collector.sched", "--collector.sched"]).unwrap()),
+            vec!["sched"]
+        );
+        assert!(parse(&["--collector.sched", "--no-collector.sched"]).is_err());
+        assert!(parse(&["--collector.disable-defaults"]).is_err());
+        assert_eq!(
+            names(&parse(&["--collector.disable-defaults", "--collector.sched"]).unwrap()),
+            vec!["sched"]
+        );
+    }
+
+    #[test]
+    fn zero_max_requests_means_unlimited() {
+        assert_eq!(parse(&["--web.max-requests=0"]).unwrap().max_requests, None);
+    }
+
+    #[test]
+    fn unknown_flags_and_values_are_rejected() {
+        assert!(parse(&["--collector.nonexistent"]).is_err());
+        assert!(parse(&["--log.level=loud"]).is_err());
+        assert!(parse(&["--log.format=xml"]).is_err());
+    }
+}

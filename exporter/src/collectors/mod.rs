@@ -1,0 +1,189 @@
+//! The collector registry and what every collector has in common.
+//!
+//! A collector is one concept in three places: its kernel programs
+//! (`exporter-ebpf/src/<name>.rs`), its map layout
+//! (`exporter-common/src/<name>.rs`) and the module here that turns its maps
+//! into metric families. Adding one means those three files plus one line in
+//! [`REGISTRY`].
+
+mod sched;
+
+use aya::{
+    Ebpf,
+    maps::{MapData, MapError, PerCpuArray},
+};
+
+use crate::encode::Encoder;
+#[cfg(test)]
+use crate::encode::Family;
+
+/// Every collector the daemon knows, in the order they appear in scrapes.
+pub(crate) const REGISTRY: &[CollectorSpec] = &[sched::SPEC];
+
+/// What the daemon needs to know about a collector before loading it.
+#[derive(Debug)]
+pub(crate) struct CollectorSpec {
+    /// Used in `--collector.NAME` and in the `collector` label.
+    pub(crate) name: &'static str,
+    /// One line for `--help`.
+    pub(crate) help: &'static str,
+    pub(crate) default_enabled: bool,
+    /// The programs to load and attach, all or nothing.
+    pub(crate) tracepoints: &'static [Tracepoint],
+    /// Every family the collector may write, for the naming tests.
+    #[cfg(test)]
+    pub(crate) families: &'static [Family],
+    /// Takes the collector's maps out of the loaded object once its programs
+    /// are attached.
+    pub(crate) open: fn(&mut Ebpf) -> Result<Box<dyn Collector>, CollectorError>,
+}
+
+/// A tracepoint program and where it attaches.
+#[derive(Debug)]
+pub(crate) struct Tracepoint {
+    /// The program's function name in `exporter-ebpf`.
+    pub(crate) program: &'static str,
+    pub(crate) category: &'static str,
+    pub(crate) name: &'static str,
+}
+
+/// A collector whose programs are attached: it reads its maps at scrape time.
+pub(crate) trait Collector: Send + Sync {
+    /// Writes the collector's metric families. On error nothing it wrote is
+    /// kept; the caller reports the collector down for this scrape.
+    fn collect(&self, out: &mut Encoder<'_>) -> Result<(), MapError>;
+}
+
+/// Why a collector is down. Each variant names the thing and, where there
+/// is one, the fix.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CollectorError {
+    #[error(
+        "tracefs is not mounted (looked in /sys/kernel/tracing and /sys/kernel/debug/tracing); \
+         mount it with `mount -t tracefs nodev /sys/kernel/tracing`"
+    )]
+    TracefsNotMounted,
+    #[error("tracepoint {category}/{name} does not exist in this kernel")]
+    MissingTracepoint {
+        category: &'static str,
+        name: &'static str,
+    },
+    #[error(
+        "the BPF object has no program {program}: the daemon and BPF object were built from different sources"
+    )]
+    MissingProgram { program: &'static str },
+    #[error("the kernel rejected program {program}: {source}")]
+    Load {
+        program: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("cannot attach program {program} to tracepoint {category}/{name}: {source}")]
+    Attach {
+        program: &'static str,
+        category: &'static str,
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error(
+        "the BPF object has no map {map}: the daemon and BPF object were built from different sources"
+    )]
+    MissingMap { map: &'static str },
+    #[error("map {map} does not have the expected type or layout: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// Reading one entry of a per-CPU map, all CPUs at once. Behind a trait so
+/// the collectors' arithmetic and labels are tested without a kernel.
+pub(crate) trait PerCpuRead<T>: Send + Sync {
+    /// Calls `each` with every possible CPU's copy of entry `index`.
+    fn for_each_cpu(&self, index: u32, each: &mut dyn FnMut(&T)) -> Result<(), MapError>;
+}
+
+impl<T: aya::Pod + Send + Sync> PerCpuRead<T> for PerCpuArray<MapData, T> {
+    fn for_each_cpu(&self, index: u32, each: &mut dyn FnMut(&T)) -> Result<(), MapError> {
+        // One BPF_MAP_LOOKUP_ELEM returns the entry of every possible CPU.
+        let values = self.get(&index, 0)?;
+        values.iter().for_each(each);
+        Ok(())
+    }
+}
+
+/// Takes a per-CPU array out of the object for a collector to own.
+pub(crate) fn take_per_cpu_array<T: aya::Pod>(
+    ebpf: &mut Ebpf,
+    map: &'static str,
+) -> Result<PerCpuArray<MapData, T>, CollectorError> {
+    let raw = ebpf
+        .take_map(map)
+        .ok_or(CollectorError::MissingMap { map })?;
+    PerCpuArray::try_from(raw).map_err(|source| CollectorError::Map { map, source })
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A per-CPU map in memory, for the collectors' unit tests.
+
+    use super::*;
+
+    /// `cpus[cpu][index]`.
+    pub(crate) struct FakePerCpu<T> {
+        pub(crate) cpus: Vec<Vec<T>>,
+    }
+
+    impl<T: Send + Sync> PerCpuRead<T> for FakePerCpu<T> {
+        fn for_each_cpu(&self, index: u32, each: &mut dyn FnMut(&T)) -> Result<(), MapError> {
+            for cpu in &self.cpus {
+                let value = cpu.get(index as usize).ok_or(MapError::OutOfBounds {
+                    index,
+                    max_entries: cpu.len() as u32,
+                })?;
+                each(value);
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_names_and_families_follow_the_rules() {
+        let mut names = std::collections::HashSet::new();
+        for spec in REGISTRY {
+            assert!(
+                names.insert(spec.name),
+                "collector {} registered twice",
+                spec.name
+            );
+            assert!(
+                spec.name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{}",
+                spec.name
+            );
+            assert!(
+                !spec.tracepoints.is_empty(),
+                "{} attaches nothing",
+                spec.name
+            );
+            for family in spec.families {
+                assert!(family.is_valid(), "{family:?}");
+                assert!(family.name.starts_with("kernel_"), "{}", family.name);
+                assert!(
+                    !family.name.starts_with("kernel_exporter_"),
+                    "{} is a host statistic",
+                    family.name
+                );
+            }
+        }
+    }
+}

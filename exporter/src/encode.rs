@@ -1,0 +1,222 @@
+//! Prometheus text exposition format 0.0.4, written straight into one
+//! reused buffer.
+//!
+//! Everything about a series except its value is known before the first
+//! scrape: metric families are `const`s, and a labelled series' bytes
+//! (`name{a="x"} `) are built once, escaped, when the series first appears
+//! ([`Series`]). A scrape then only copies those bytes and formats one
+//! integer per line, with no allocation per series.
+
+use bytes::{BufMut as _, BytesMut};
+
+/// `Content-Type` of the text format.
+pub(crate) const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The metric types this exporter writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MetricType {
+    Counter,
+    Gauge,
+}
+
+impl MetricType {
+    const fn as_str(self) -> &'static str {
+        match self {
+            Self::Counter => "counter",
+            Self::Gauge => "gauge",
+        }
+    }
+}
+
+/// A metric family: its name, help text and type.
+///
+/// Names and help texts are compile-time constants of this project, so
+/// they are checked by tests ([`Family::is_valid`]) instead of escaped at
+/// every scrape.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Family {
+    pub(crate) name: &'static str,
+    pub(crate) help: &'static str,
+    pub(crate) kind: MetricType,
+}
+
+impl Family {
+    pub(crate) const fn counter(name: &'static str, help: &'static str) -> Self {
+        Self {
+            name,
+            help,
+            kind: MetricType::Counter,
+        }
+    }
+
+    pub(crate) const fn gauge(name: &'static str, help: &'static str) -> Self {
+        Self {
+            name,
+            help,
+            kind: MetricType::Gauge,
+        }
+    }
+
+    /// A valid metric name, a help text that needs no escaping, and the
+    /// naming rules: counters end in `_total`, nothing else does.
+    #[cfg(test)]
+    pub(crate) fn is_valid(&self) -> bool {
+        let mut chars = self.name.chars();
+        let name_ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
+        let help_ok = !self.help.is_empty() && !self.help.contains(['\\', '\n']);
+        let suffix_ok = self.name.ends_with("_total") == (self.kind == MetricType::Counter);
+        name_ok && help_ok && suffix_ok
+    }
+}
+
+/// The precomputed bytes of one labelled series: `name{k="v",...} `.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Series(Box<[u8]>);
+
+impl Series {
+    /// Builds the series prefix once; label values are escaped here so
+    /// scrapes never have to.
+    pub(crate) fn new(family: &Family, labels: &[(&str, &str)]) -> Self {
+        let mut bytes = Vec::with_capacity(family.name.len() + 2 + labels.len() * 24);
+        bytes.extend_from_slice(family.name.as_bytes());
+        if !labels.is_empty() {
+            bytes.push(b'{');
+            for (i, (name, value)) in labels.iter().enumerate() {
+                if i > 0 {
+                    bytes.push(b',');
+                }
+                bytes.extend_from_slice(name.as_bytes());
+                bytes.extend_from_slice(b"=\"");
+                for &b in value.as_bytes() {
+                    match b {
+                        b'\\' => bytes.extend_from_slice(b"\\\\"),
+                        b'"' => bytes.extend_from_slice(b"\\\""),
+                        b'\n' => bytes.extend_from_slice(b"\\n"),
+                        b => bytes.push(b),
+                    }
+                }
+                bytes.push(b'"');
+            }
+            bytes.push(b'}');
+        }
+        bytes.push(b' ');
+        Self(bytes.into_boxed_slice())
+    }
+}
+
+/// Writes families and samples into a caller-owned buffer.
+pub(crate) struct Encoder<'a> {
+    buf: &'a mut BytesMut,
+}
+
+impl<'a> Encoder<'a> {
+    pub(crate) fn new(buf: &'a mut BytesMut) -> Self {
+        Self { buf }
+    }
+
+    /// A position to [`rollback`](Self::rollback) to.
+    pub(crate) fn mark(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Drops everything written since `mark`.
+    pub(crate) fn rollback(&mut self, mark: usize) {
+        self.buf.truncate(mark);
+    }
+
+    /// `# HELP` and `# TYPE` lines; call once per family, before its samples.
+    pub(crate) fn family(&mut self, family: &Family) {
+        for part in [
+            "# HELP ",
+            family.name,
+            " ",
+            family.help,
+            "\n# TYPE ",
+            family.name,
+            " ",
+            family.kind.as_str(),
+            "\n",
+        ] {
+            self.buf.put_slice(part.as_bytes());
+        }
+    }
+
+    /// A family with a single, unlabelled sample.
+    pub(crate) fn single(&mut self, family: &Family, value: u64) {
+        self.family(family);
+        self.buf.put_slice(family.name.as_bytes());
+        self.buf.put_u8(b' ');
+        self.integer(value);
+    }
+
+    /// One sample of a labelled series.
+    pub(crate) fn sample(&mut self, series: &Series, value: u64) {
+        self.buf.put_slice(&series.0);
+        self.integer(value);
+    }
+
+    fn integer(&mut self, value: u64) {
+        let mut digits = itoa::Buffer::new();
+        self.buf.put_slice(digits.format(value).as_bytes());
+        self.buf.put_u8(b'\n');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FORKS: Family = Family::counter("kernel_sched_forks_total", "New tasks.");
+    const UP: Family = Family::gauge(
+        "kernel_exporter_collector_up",
+        "Whether the collector works.",
+    );
+
+    fn encode(write: impl FnOnce(&mut Encoder<'_>)) -> String {
+        let mut buf = BytesMut::new();
+        write(&mut Encoder::new(&mut buf));
+        String::from_utf8(buf.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn writes_the_text_format() {
+        let series = Series::new(&UP, &[("collector", "sched")]);
+        let text = encode(|e| {
+            e.single(&FORKS, 18_446_744_073_709_551_615);
+            e.family(&UP);
+            e.sample(&series, 1);
+        });
+        assert_eq!(
+            text,
+            "# HELP kernel_sched_forks_total New tasks.\n\
+             # TYPE kernel_sched_forks_total counter\n\
+             kernel_sched_forks_total 18446744073709551615\n\
+             # HELP kernel_exporter_collector_up Whether the collector works.\n\
+             # TYPE kernel_exporter_collector_up gauge\n\
+             kernel_exporter_collector_up{collector=\"sched\"} 1\n"
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped_once() {
+        let series = Series::new(&UP, &[("a", "back\\slash"), ("b", "\"quoted\"\nline")]);
+        assert_eq!(
+            &*series.0,
+            b"kernel_exporter_collector_up{a=\"back\\\\slash\",b=\"\\\"quoted\\\"\\nline\"} "
+                .as_slice()
+        );
+    }
+
+    #[test]
+    fn family_rules() {
+        assert!(FORKS.is_valid());
+        assert!(UP.is_valid());
+        assert!(!Family::counter("kernel_forks", "x").is_valid());
+        assert!(!Family::gauge("kernel_forks_total", "x").is_valid());
+        assert!(!Family::gauge("1abc", "x").is_valid());
+        assert!(!Family::gauge("abc", "multi\nline").is_valid());
+    }
+}

@@ -1,0 +1,337 @@
+//! The HTTP side: listeners, routes, the scrape concurrency bound and an
+//! orderly shutdown on SIGINT/SIGTERM.
+//!
+//! Routes: the telemetry path answers GET and HEAD with the exposition
+//! body, `/` is a small landing page, other paths are 404 and other methods
+//! 405, as node_exporter answers them.
+
+use std::{
+    convert::Infallible, future::Future, io, net::SocketAddr, os::fd::AsRawFd as _, sync::Arc,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    header::{self, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{
+    net::{TcpListener, TcpSocket, TcpStream},
+    signal::unix::{SignalKind, signal},
+    sync::{Semaphore, watch},
+    task::JoinSet,
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    cli::{Config, ListenAddress},
+    encode::TEXT_CONTENT_TYPE,
+    scrape::Scraper,
+};
+
+/// How long a client may take to send its request headers; slow-loris
+/// clients are cut off here instead of holding a connection forever.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long in-flight requests get to finish once shutdown starts; SIGTERM
+/// must end the process within a second.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+
+/// Pending connections the kernel queues per listener.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A listen address that could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {address}: {source}{hint}")]
+pub(crate) struct BindError {
+    address: ListenAddress,
+    #[source]
+    source: io::Error,
+    hint: &'static str,
+}
+
+/// Resolves on the first SIGINT or SIGTERM. Installed before start-up work
+/// so a signal during it still ends in an orderly exit.
+pub(crate) fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        };
+        info!(signal = name, "received signal");
+    })
+}
+
+/// Opens every listener before serving any, so a bad address fails
+/// start-up instead of leaving a half-listening daemon.
+pub(crate) fn bind_all(
+    addresses: &[ListenAddress],
+) -> Result<Vec<(ListenAddress, TcpListener)>, BindError> {
+    addresses
+        .iter()
+        .map(|&address| bind(address).map(|listener| (address, listener)))
+        .collect()
+}
+
+fn bind(address: ListenAddress) -> Result<TcpListener, BindError> {
+    let fail = |source: io::Error| {
+        let hint = match source.kind() {
+            io::ErrorKind::AddrInUse => {
+                " (another process, perhaps another kernel-exporter, listens there)"
+            }
+            io::ErrorKind::PermissionDenied => " (ports below 1024 need CAP_NET_BIND_SERVICE)",
+            io::ErrorKind::AddrNotAvailable => " (no interface of this host has that address)",
+            _ => "",
+        };
+        BindError {
+            address,
+            source,
+            hint,
+        }
+    };
+    let socket = match address.addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(fail)?;
+    socket.set_reuseaddr(true).map_err(fail)?;
+    if address.addr.is_ipv6() {
+        set_ipv6_only(&socket, !address.dual_stack).map_err(fail)?;
+    }
+    socket.bind(address.addr).map_err(fail)?;
+    socket.listen(LISTEN_BACKLOG).map_err(fail)
+}
+
+fn set_ipv6_only(socket: &TcpSocket, only: bool) -> io::Result<()> {
+    let value = libc::c_int::from(only);
+    // SAFETY: the descriptor is a live socket owned by `socket`, and the
+    // option value points to a c_int of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            (&raw const value).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Everything a request handler needs, shared by all connections.
+pub(crate) struct App {
+    scraper: Scraper,
+    telemetry_path: String,
+    landing_page: Bytes,
+    scrape_slots: Option<Semaphore>,
+}
+
+impl App {
+    pub(crate) fn new(scraper: Scraper, config: &Config) -> Self {
+        Self {
+            scraper,
+            telemetry_path: config.telemetry_path.clone(),
+            landing_page: landing_page(&config.telemetry_path),
+            scrape_slots: config.max_requests.map(Semaphore::new),
+        }
+    }
+
+    fn handle<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
+        let path = request.uri().path();
+        let is_read = matches!(*request.method(), Method::GET | Method::HEAD);
+        if path == self.telemetry_path {
+            if is_read {
+                self.metrics()
+            } else {
+                method_not_allowed()
+            }
+        } else if path == "/" {
+            if is_read {
+                response(
+                    StatusCode::OK,
+                    "text/html; charset=utf-8",
+                    self.landing_page.clone(),
+                )
+            } else {
+                method_not_allowed()
+            }
+        } else {
+            response(
+                StatusCode::NOT_FOUND,
+                "text/plain; charset=utf-8",
+                Bytes::from_static(b"404 page not found\n"),
+            )
+        }
+    }
+
+    fn metrics(&self) -> Response<Full<Bytes>> {
+        let _slot = match &self.scrape_slots {
+            Some(slots) => match slots.try_acquire() {
+                Ok(slot) => Some(slot),
+                Err(_) => {
+                    return response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain; charset=utf-8",
+                        Bytes::from_static(
+                            b"too many concurrent scrapes; see --web.max-requests\n",
+                        ),
+                    );
+                }
+            },
+            None => None,
+        };
+        response(StatusCode::OK, TEXT_CONTENT_TYPE, self.scraper.scrape())
+    }
+}
+
+fn response(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn method_not_allowed() -> Response<Full<Bytes>> {
+    let mut response = response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(b"405 method not allowed\n"),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    response
+}
+
+fn landing_page(telemetry_path: &str) -> Bytes {
+    let path = html_escape(telemetry_path);
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\"><title>kernel-exporter</title></head>\n\
+         <body>\n<h1>kernel-exporter</h1>\n<p>Prometheus exporter for Linux hosts, fed by eBPF programs on kernel tracepoints.</p>\n\
+         <p><a href=\"{path}\">Metrics</a></p>\n<p>Version {version} ({revision})</p>\n</body>\n</html>\n",
+        version = env!("CARGO_PKG_VERSION"),
+        revision = env!("KERNEL_EXPORTER_REVISION"),
+    )
+    .into()
+}
+
+fn html_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&#39;"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
+/// Serves every listener until `shutdown` resolves, then gives in-flight
+/// requests [`SHUTDOWN_GRACE`] to finish.
+pub(crate) async fn serve(
+    listeners: Vec<(ListenAddress, TcpListener)>,
+    app: App,
+    shutdown: impl Future<Output = ()>,
+) {
+    let app = Arc::new(app);
+    let (stop, stopped) = watch::channel(());
+    let mut accept_loops = JoinSet::new();
+    for (address, listener) in listeners {
+        info!(address = %address, path = app.telemetry_path, "listening");
+        accept_loops.spawn(accept_loop(listener, Arc::clone(&app), stopped.clone()));
+    }
+    shutdown.await;
+    // Receivers see the change and stop; the send only fails if none is left.
+    let _ = stop.send(());
+    while accept_loops.join_next().await.is_some() {}
+}
+
+async fn accept_loop(listener: TcpListener, app: Arc<App>, mut stopped: watch::Receiver<()>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    connections.spawn(serve_connection(stream, peer, Arc::clone(&app), stopped.clone()));
+                }
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!("cannot accept a connection: {error}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        debug!(
+            connections = connections.len(),
+            "closing connections that did not finish in time"
+        );
+    }
+    // Dropping the set aborts whatever is left.
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Arc<App>,
+    mut stopped: watch::Receiver<()>,
+) {
+    let service = service_fn(move |request| {
+        let response = app.handle(&request);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stopped.changed() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        debug!(peer = %peer, "connection ended with an error: {error}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn landing_page_links_the_escaped_path() {
+        let page = landing_page("/m\"<x>");
+        let page = std::str::from_utf8(&page).unwrap();
+        assert!(
+            page.contains("<a href=\"/m&quot;&lt;x&gt;\">Metrics</a>"),
+            "{page}"
+        );
+    }
+}
