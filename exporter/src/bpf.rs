@@ -104,7 +104,7 @@ fn attach(
             }
             CollectorError::Load {
                 program: tp.program,
-                source,
+                source: Box::new(source),
             }
         })?;
         program
@@ -113,7 +113,7 @@ fn attach(
                 program: tp.program,
                 category: tp.category,
                 name: tp.name,
-                source,
+                source: Box::new(source),
             })?;
         debug!(program = tp.program, tracepoint = %format_args!("{}/{}", tp.category, tp.name), "attached");
     }

@@ -1,1 +1,63 @@
-fn main() {}
+//! `cargo xtask`: builds, runs and tests kernel-exporter, and sets up what
+//! it needs on the way (nightly `rust-src`, `bpf-linker` built against the
+//! nightly's own LLVM, tracefs, Debian packages for the end-to-end tests).
+//!
+//! Every setup step prints one line; a step that cannot be done stops with
+//! one line naming what is missing and the command that fixes it.
+
+mod prereq;
+mod run;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test kernel-exporter.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build the BPF object and the daemon, installing what is missing.
+    Build {
+        /// Build with optimizations.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then start the exporter with safe defaults (127.0.0.1:9569).
+    Run {
+        /// Build with optimizations.
+        #[arg(long)]
+        release: bool,
+        /// Arguments for kernel-exporter, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run the unit tests, then the end-to-end tests against the real kernel.
+    Test {
+        /// Only run end-to-end tests whose name contains this.
+        filter: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Build { release } => {
+            prereq::Toolchain::ensure().and_then(|toolchain| toolchain.build(release).map(drop))
+        }
+        Command::Run { release, args } => run::run(release, &args),
+        Command::Test { filter } => test::test(filter.as_deref()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -76,7 +76,7 @@ pub(crate) enum CollectorError {
     Load {
         program: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("cannot attach program {program} to tracepoint {category}/{name}: {source}")]
     Attach {
@@ -84,7 +84,7 @@ pub(crate) enum CollectorError {
         category: &'static str,
         name: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error(
         "the BPF object has no map {map}: the daemon and BPF object were built from different sources"
@@ -94,7 +94,7 @@ pub(crate) enum CollectorError {
     Map {
         map: &'static str,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
 }
 
@@ -122,7 +122,10 @@ pub(crate) fn take_per_cpu_array<T: aya::Pod>(
     let raw = ebpf
         .take_map(map)
         .ok_or(CollectorError::MissingMap { map })?;
-    PerCpuArray::try_from(raw).map_err(|source| CollectorError::Map { map, source })
+    PerCpuArray::try_from(raw).map_err(|source| CollectorError::Map {
+        map,
+        source: Box::new(source),
+    })
 }
 
 #[cfg(test)]

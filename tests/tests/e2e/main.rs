@@ -1,0 +1,7 @@
+//! End-to-end tests: the real daemon, the real kernel, real clients.
+//! One target with a module per area; run one at a time
+//! (`--test-threads=1`), since they share the kernel's state.
+
+mod http;
+mod lifecycle;
+mod sched;
