@@ -2,7 +2,12 @@
 //! the real daemon as root against the real kernel, one at a time (they
 //! share the kernel's state and ports).
 
-use anyhow::bail;
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
 
 use crate::prereq::{self, Toolchain, say};
 
@@ -24,8 +29,9 @@ pub(crate) fn test(filter: Option<&str>) -> anyhow::Result<()> {
     prereq::ensure_debian_packages(E2E_COMMANDS)?;
     let binary = toolchain.build(false)?;
 
+    let mut tally = Tally::default();
     say("test", "unit tests (cargo test)");
-    prereq::run_checked(
+    tally.run(
         toolchain.cargo().args([
             "test",
             "--workspace",
@@ -53,7 +59,78 @@ pub(crate) fn test(filter: Option<&str>) -> anyhow::Result<()> {
     if let Some(filter) = filter {
         e2e.arg(filter);
     }
-    prereq::run_checked(&mut e2e, "cargo test -p kernel-exporter-tests")?;
-    say("ok", "all tests passed");
+    tally.run(&mut e2e, "cargo test -p kernel-exporter-tests")?;
+    // One closing line for the whole run, in the plain form CI reads.
+    println!("xtask: {} passed, {} failed", tally.passed, tally.failed);
     Ok(())
+}
+
+/// Test counts summed over cargo's `test result:` lines.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+impl Tally {
+    /// Runs `command`, echoing its output and counting its results.
+    fn run(&mut self, command: &mut Command, what: &str) -> anyhow::Result<()> {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start `{what}`"))?;
+        let stdout = child.stdout.take().context("piped stdout")?;
+        for line in BufReader::new(stdout).lines() {
+            let line = line.with_context(|| format!("reading the output of `{what}`"))?;
+            println!("{line}");
+            self.count(&line);
+        }
+        let status = child
+            .wait()
+            .with_context(|| format!("waiting for `{what}`"))?;
+        if !status.success() {
+            println!(
+                "xtask: {} passed, {} failed",
+                self.passed,
+                self.failed.max(1)
+            );
+            bail!("`{what}` failed ({status})");
+        }
+        Ok(())
+    }
+
+    /// `test result: ok. 12 passed; 0 failed; 0 ignored; ...`
+    fn count(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        let number = |label: &str| {
+            rest.split(';')
+                .find_map(|part| {
+                    part.trim()
+                        .trim_start_matches(|c: char| !c.is_ascii_digit())
+                        .strip_suffix(label)
+                })
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        self.passed += number("passed");
+        self.failed += number("failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_cargo_result_lines() {
+        let mut tally = Tally::default();
+        tally.count("test result: ok. 12 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 4.06s");
+        tally.count(
+            "test result: FAILED. 3 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out",
+        );
+        tally.count("running 3 tests");
+        assert_eq!((tally.passed, tally.failed), (15, 2));
+    }
 }
