@@ -11,11 +11,8 @@ use std::{
 use anyhow::{Context as _, anyhow};
 
 fn main() -> anyhow::Result<()> {
-    let manifest_dir =
-        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?);
-    let workspace = manifest_dir
-        .parent()
-        .ok_or_else(|| anyhow!("{} has no parent", manifest_dir.display()))?;
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?);
+    let workspace = manifest_dir.parent().ok_or_else(|| anyhow!("{} has no parent", manifest_dir.display()))?;
 
     build_bpf_object(workspace)?;
     record_build_info(workspace);
@@ -24,21 +21,12 @@ fn main() -> anyhow::Result<()> {
 
 fn build_bpf_object(workspace: &Path) -> anyhow::Result<()> {
     let ebpf_dir = workspace.join("exporter-ebpf");
-    let ebpf_dir = ebpf_dir
-        .to_str()
-        .context("exporter-ebpf path is not UTF-8")?;
+    let ebpf_dir = ebpf_dir.to_str().context("exporter-ebpf path is not UTF-8")?;
     // The kernel side also compiles the shared layouts; aya-build only
     // watches the BPF crate itself.
-    println!(
-        "cargo:rerun-if-changed={}",
-        workspace.join("exporter-common").display()
-    );
+    println!("cargo:rerun-if-changed={}", workspace.join("exporter-common").display());
     aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "exporter-ebpf",
-            root_dir: ebpf_dir,
-            ..Default::default()
-        }],
+        [aya_build::Package { name: "exporter-ebpf", root_dir: ebpf_dir, ..Default::default() }],
         aya_build::Toolchain::default(),
     )
     .context(
@@ -54,23 +42,11 @@ fn record_build_info(workspace: &Path) {
     }
     if let Ok(head) = std::fs::read_to_string(git_dir.join("HEAD")) {
         if let Some(reference) = head.trim().strip_prefix("ref: ") {
-            println!(
-                "cargo:rerun-if-changed={}",
-                git_dir.join(reference).display()
-            );
+            println!("cargo:rerun-if-changed={}", git_dir.join(reference).display());
         }
     }
-    let revision = command_output(
-        "git",
-        &[
-            "-C",
-            &workspace.display().to_string(),
-            "rev-parse",
-            "--short=12",
-            "HEAD",
-        ],
-    )
-    .unwrap_or_else(|| "unknown".to_owned());
+    let revision = command_output("git", &["-C", &workspace.display().to_string(), "rev-parse", "--short=12", "HEAD"])
+        .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=KERNEL_EXPORTER_REVISION={revision}");
 
     let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());

@@ -11,6 +11,7 @@
 #![no_std]
 #![deny(missing_docs)]
 
+pub mod histogram;
 pub mod sched;
 
 /// Implements `aya::Pod` for shared types when the daemon asks for it.

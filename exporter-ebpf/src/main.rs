@@ -9,6 +9,8 @@
 
 #[cfg(target_arch = "bpf")]
 mod sched;
+#[cfg(target_arch = "bpf")]
+mod tracepoint;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

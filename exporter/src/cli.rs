@@ -28,11 +28,7 @@ struct RawArgs {
     listen_addresses: Vec<String>,
 
     /// Path under which to expose metrics.
-    #[arg(
-        long = "web.telemetry-path",
-        value_name = "PATH",
-        default_value = "/metrics"
-    )]
+    #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics")]
     telemetry_path: String,
 
     /// Maximum number of scrapes served at once; 0 means no limit. Scrapes
@@ -94,11 +90,7 @@ pub(crate) struct ListenAddress {
 
 impl fmt::Display for ListenAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.dual_stack {
-            write!(f, ":{}", self.addr.port())
-        } else {
-            self.addr.fmt(f)
-        }
+        if self.dual_stack { write!(f, ":{}", self.addr.port()) } else { self.addr.fmt(f) }
     }
 }
 
@@ -110,23 +102,17 @@ impl Config {
         let matches = command.clone().get_matches();
         match Self::from_matches(&matches) {
             Ok(config) => config,
-            Err(message) => command
-                .error(clap::error::ErrorKind::ValueValidation, message)
-                .exit(),
+            Err(message) => command.error(clap::error::ErrorKind::ValueValidation, message).exit(),
         }
     }
 
     fn from_matches(matches: &ArgMatches) -> Result<Self, String> {
         let raw = RawArgs::from_arg_matches(matches).map_err(|e| e.to_string())?;
 
-        let mut listen_addresses: Vec<ListenAddress> =
-            Vec::with_capacity(raw.listen_addresses.len());
+        let mut listen_addresses: Vec<ListenAddress> = Vec::with_capacity(raw.listen_addresses.len());
         for text in &raw.listen_addresses {
             let address = parse_listen_address(text)?;
-            if listen_addresses
-                .iter()
-                .any(|known| known.addr == address.addr)
-            {
+            if listen_addresses.iter().any(|known| known.addr == address.addr) {
                 return Err(format!("--web.listen-address={text} is given twice"));
             }
             listen_addresses.push(address);
@@ -144,9 +130,7 @@ impl Config {
             .filter(|spec| collector_enabled(matches, spec, raw.disable_defaults))
             .collect::<Vec<_>>();
         if collectors.is_empty() {
-            return Err(
-                "every collector is disabled; enable at least one with --collector.NAME".to_owned(),
-            );
+            return Err("every collector is disabled; enable at least one with --collector.NAME".to_owned());
         }
 
         Ok(Self {
@@ -168,11 +152,7 @@ fn command() -> Command {
     for spec in collectors::REGISTRY {
         let enable = format!("collector.{}", spec.name);
         let disable = format!("no-collector.{}", spec.name);
-        let default = if spec.default_enabled {
-            "enabled"
-        } else {
-            "disabled"
-        };
+        let default = if spec.default_enabled { "enabled" } else { "disabled" };
         command = command
             .arg(
                 Arg::new(enable.clone())
@@ -180,10 +160,7 @@ fn command() -> Command {
                     .action(ArgAction::SetTrue)
                     // node_exporter semantics: the last of the pair wins.
                     .overrides_with(disable.clone())
-                    .help(format!(
-                        "Enable the {} collector ({default} by default): {}",
-                        spec.name, spec.help
-                    )),
+                    .help(format!("Enable the {} collector ({default} by default): {}", spec.name, spec.help)),
             )
             .arg(
                 Arg::new(disable.clone())
@@ -208,19 +185,13 @@ fn collector_enabled(matches: &ArgMatches, spec: &CollectorSpec, disable_default
 
 fn parse_listen_address(text: &str) -> Result<ListenAddress, String> {
     if let Some(port) = text.strip_prefix(':') {
-        let port = port
-            .parse::<u16>()
-            .map_err(|_| format!("--web.listen-address={text}: {port:?} is not a port number"))?;
-        return Ok(ListenAddress {
-            addr: SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
-            dual_stack: true,
-        });
+        let port =
+            port.parse::<u16>().map_err(|_| format!("--web.listen-address={text}: {port:?} is not a port number"))?;
+        return Ok(ListenAddress { addr: SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port), dual_stack: true });
     }
-    text.parse::<SocketAddr>()
-        .map(|addr| ListenAddress { addr, dual_stack: false })
-        .map_err(|_| {
-            format!("--web.listen-address={text}: expected IP:PORT, [IPv6]:PORT or :PORT (host names are not resolved)")
-        })
+    text.parse::<SocketAddr>().map(|addr| ListenAddress { addr, dual_stack: false }).map_err(|_| {
+        format!("--web.listen-address={text}: expected IP:PORT, [IPv6]:PORT or :PORT (host names are not resolved)")
+    })
 }
 
 #[cfg(test)]
@@ -242,10 +213,7 @@ mod tests {
     fn defaults_are_safe() {
         let config = parse(&[]).unwrap();
         assert_eq!(config.listen_addresses.len(), 1);
-        assert_eq!(
-            config.listen_addresses[0].to_string(),
-            DEFAULT_LISTEN_ADDRESS
-        );
+        assert_eq!(config.listen_addresses[0].to_string(), DEFAULT_LISTEN_ADDRESS);
         assert!(config.listen_addresses[0].addr.ip().is_loopback());
         assert_eq!(config.telemetry_path, "/metrics");
         assert_eq!(config.max_requests, Some(40));
@@ -254,28 +222,17 @@ mod tests {
 
     #[test]
     fn listen_address_forms() {
-        let config = parse(&[
-            "--web.listen-address=:9100",
-            "--web.listen-address=[::1]:9200",
-        ])
-        .unwrap();
+        let config = parse(&["--web.listen-address=:9100", "--web.listen-address=[::1]:9200"]).unwrap();
         assert!(config.listen_addresses[0].dual_stack);
         assert_eq!(config.listen_addresses[0].addr.port(), 9100);
         assert_eq!(config.listen_addresses[0].to_string(), ":9100");
-        assert_eq!(
-            config.listen_addresses[1].addr,
-            "[::1]:9200".parse().unwrap()
-        );
+        assert_eq!(config.listen_addresses[1].addr, "[::1]:9200".parse().unwrap());
 
         let error = parse(&["--web.listen-address=localhost:9100"]).unwrap_err();
         assert!(error.contains("host names are not resolved"), "{error}");
         let error = parse(&["--web.listen-address=:http"]).unwrap_err();
         assert!(error.contains("not a port number"), "{error}");
-        let error = parse(&[
-            "--web.listen-address=127.0.0.1:1",
-            "--web.listen-address=127.0.0.1:1",
-        ])
-        .unwrap_err();
+        let error = parse(&["--web.listen-address=127.0.0.1:1", "--web.listen-address=127.0.0.1:1"]).unwrap_err();
         assert!(error.contains("given twice"), "{error}");
     }
 
@@ -283,29 +240,16 @@ mod tests {
     fn telemetry_path_must_be_a_path() {
         assert!(parse(&["--web.telemetry-path=metrics"]).is_err());
         assert!(parse(&["--web.telemetry-path=/"]).is_err());
-        assert_eq!(
-            parse(&["--web.telemetry-path=/m"]).unwrap().telemetry_path,
-            "/m"
-        );
+        assert_eq!(parse(&["--web.telemetry-path=/m"]).unwrap().telemetry_path, "/m");
     }
 
     #[test]
     fn collector_flags_last_one_wins() {
-        assert!(
-            parse(&["--no-collector.sched"])
-                .unwrap_err()
-                .contains("every collector is disabled")
-        );
-        assert_eq!(
-            names(&parse(&["--no-collector.sched", "--collector.sched"]).unwrap()),
-            vec!["sched"]
-        );
+        assert!(parse(&["--no-collector.sched"]).unwrap_err().contains("every collector is disabled"));
+        assert_eq!(names(&parse(&["--no-collector.sched", "--collector.sched"]).unwrap()), vec!["sched"]);
         assert!(parse(&["--collector.sched", "--no-collector.sched"]).is_err());
         assert!(parse(&["--collector.disable-defaults"]).is_err());
-        assert_eq!(
-            names(&parse(&["--collector.disable-defaults", "--collector.sched"]).unwrap()),
-            vec!["sched"]
-        );
+        assert_eq!(names(&parse(&["--collector.disable-defaults", "--collector.sched"]).unwrap()), vec!["sched"]);
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub(crate) const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=u
 pub(crate) enum MetricType {
     Counter,
     Gauge,
+    Histogram,
 }
 
 impl MetricType {
@@ -24,6 +25,7 @@ impl MetricType {
         match self {
             Self::Counter => "counter",
             Self::Gauge => "gauge",
+            Self::Histogram => "histogram",
         }
     }
 }
@@ -42,19 +44,17 @@ pub(crate) struct Family {
 
 impl Family {
     pub(crate) const fn counter(name: &'static str, help: &'static str) -> Self {
-        Self {
-            name,
-            help,
-            kind: MetricType::Counter,
-        }
+        Self { name, help, kind: MetricType::Counter }
     }
 
     pub(crate) const fn gauge(name: &'static str, help: &'static str) -> Self {
-        Self {
-            name,
-            help,
-            kind: MetricType::Gauge,
-        }
+        Self { name, help, kind: MetricType::Gauge }
+    }
+
+    /// A latency histogram; `name` ends in `_seconds` and carries no
+    /// `_bucket`/`_sum`/`_count` suffix.
+    pub(crate) const fn histogram(name: &'static str, help: &'static str) -> Self {
+        Self { name, help, kind: MetricType::Histogram }
     }
 
     /// A valid metric name, a help text that needs no escaping, and the
@@ -62,12 +62,11 @@ impl Family {
     #[cfg(test)]
     pub(crate) fn is_valid(&self) -> bool {
         let mut chars = self.name.chars();
-        let name_ok = chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        let name_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
             && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
         let help_ok = !self.help.is_empty() && !self.help.contains(['\\', '\n']);
-        let suffix_ok = self.name.ends_with("_total") == (self.kind == MetricType::Counter);
+        let suffix_ok = self.name.ends_with("_total") == (self.kind == MetricType::Counter)
+            && (self.kind != MetricType::Histogram || self.name.ends_with("_seconds"));
         name_ok && help_ok && suffix_ok
     }
 }
@@ -80,8 +79,14 @@ impl Series {
     /// Builds the series prefix once; label values are escaped here so
     /// scrapes never have to.
     pub(crate) fn new(family: &Family, labels: &[(&str, &str)]) -> Self {
-        let mut bytes = Vec::with_capacity(family.name.len() + 2 + labels.len() * 24);
-        bytes.extend_from_slice(family.name.as_bytes());
+        Self::named(family.name, labels)
+    }
+
+    /// As [`Series::new`] for a sample whose name is not the family's
+    /// (a histogram's `_bucket`, `_sum` and `_count`).
+    pub(crate) fn named(name: &str, labels: &[(&str, &str)]) -> Self {
+        let mut bytes = Vec::with_capacity(name.len() + 2 + labels.len() * 24);
+        bytes.extend_from_slice(name.as_bytes());
         if !labels.is_empty() {
             bytes.push(b'{');
             for (i, (name, value)) in labels.iter().enumerate() {
@@ -129,17 +134,9 @@ impl<'a> Encoder<'a> {
 
     /// `# HELP` and `# TYPE` lines; call once per family, before its samples.
     pub(crate) fn family(&mut self, family: &Family) {
-        for part in [
-            "# HELP ",
-            family.name,
-            " ",
-            family.help,
-            "\n# TYPE ",
-            family.name,
-            " ",
-            family.kind.as_str(),
-            "\n",
-        ] {
+        for part in
+            ["# HELP ", family.name, " ", family.help, "\n# TYPE ", family.name, " ", family.kind.as_str(), "\n"]
+        {
             self.buf.put_slice(part.as_bytes());
         }
     }
@@ -158,6 +155,26 @@ impl<'a> Encoder<'a> {
         self.integer(value);
     }
 
+    /// One sample with a fractional value (seconds).
+    pub(crate) fn sample_f64(&mut self, series: &Series, value: f64) {
+        self.buf.put_slice(&series.0);
+        self.float(value);
+    }
+
+    fn float(&mut self, value: f64) {
+        if value.is_finite() {
+            let mut digits = ryu::Buffer::new();
+            self.buf.put_slice(digits.format_finite(value).as_bytes());
+        } else if value.is_nan() {
+            self.buf.put_slice(b"NaN");
+        } else if value > 0.0 {
+            self.buf.put_slice(b"+Inf");
+        } else {
+            self.buf.put_slice(b"-Inf");
+        }
+        self.buf.put_u8(b'\n');
+    }
+
     fn integer(&mut self, value: u64) {
         let mut digits = itoa::Buffer::new();
         self.buf.put_slice(digits.format(value).as_bytes());
@@ -170,10 +187,7 @@ mod tests {
     use super::*;
 
     const FORKS: Family = Family::counter("kernel_sched_forks_total", "New tasks.");
-    const UP: Family = Family::gauge(
-        "kernel_exporter_collector_up",
-        "Whether the collector works.",
-    );
+    const UP: Family = Family::gauge("kernel_exporter_collector_up", "Whether the collector works.");
 
     fn encode(write: impl FnOnce(&mut Encoder<'_>)) -> String {
         let mut buf = BytesMut::new();
@@ -205,9 +219,20 @@ mod tests {
         let series = Series::new(&UP, &[("a", "back\\slash"), ("b", "\"quoted\"\nline")]);
         assert_eq!(
             &*series.0,
-            b"kernel_exporter_collector_up{a=\"back\\\\slash\",b=\"\\\"quoted\\\"\\nline\"} "
-                .as_slice()
+            b"kernel_exporter_collector_up{a=\"back\\\\slash\",b=\"\\\"quoted\\\"\\nline\"} ".as_slice()
         );
+    }
+
+    #[test]
+    fn floats_round_trip() {
+        let series = Series::named("x_seconds_sum", &[]);
+        let text = encode(|e| {
+            e.sample_f64(&series, 0.000_001_024);
+            e.sample_f64(&series, 12.5);
+            e.sample_f64(&series, 0.0);
+            e.sample_f64(&series, f64::INFINITY);
+        });
+        assert_eq!(text, "x_seconds_sum 1.024e-6\nx_seconds_sum 12.5\nx_seconds_sum 0.0\nx_seconds_sum +Inf\n");
     }
 
     #[test]
@@ -218,5 +243,7 @@ mod tests {
         assert!(!Family::gauge("kernel_forks_total", "x").is_valid());
         assert!(!Family::gauge("1abc", "x").is_valid());
         assert!(!Family::gauge("abc", "multi\nline").is_valid());
+        assert!(Family::histogram("kernel_x_latency_seconds", "x").is_valid());
+        assert!(!Family::histogram("kernel_x_latency", "x").is_valid());
     }
 }

@@ -19,18 +19,10 @@ pub(crate) fn init(level: LogLevel, format: LogFormat) {
         LogLevel::Warn => LevelFilter::WARN,
         LogLevel::Error => LevelFilter::ERROR,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(false);
+    let builder = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_ansi(false);
     match format {
         LogFormat::Logfmt => builder.event_format(Logfmt).init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(false).init(),
     }
 }
 
@@ -42,12 +34,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(
-        &self,
-        _ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
+    fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
         let mut time = String::new();
         tracing_subscriber::fmt::time::SystemTime.format_time(&mut Writer::new(&mut time))?;
         let level = match *event.metadata().level() {
@@ -57,11 +44,7 @@ where
             Level::WARN => "warn",
             Level::ERROR => "error",
         };
-        write!(
-            writer,
-            "time={time} level={level} source={}",
-            event.metadata().target()
-        )?;
+        write!(writer, "time={time} level={level} source={}", event.metadata().target())?;
         let mut fields = LogfmtFields { out: String::new() };
         event.record(&mut fields);
         writer.write_str(&fields.out)?;
@@ -77,10 +60,8 @@ impl LogfmtFields {
     fn push(&mut self, key: &str, value: &str) {
         let key = if key == "message" { "msg" } else { key };
         let _ = write!(self.out, " {key}=");
-        let needs_quotes = value.is_empty()
-            || value
-                .chars()
-                .any(|c| c == ' ' || c == '"' || c == '=' || c.is_control());
+        let needs_quotes =
+            value.is_empty() || value.chars().any(|c| c == ' ' || c == '"' || c == '=' || c.is_control());
         if needs_quotes {
             self.out.push('"');
             for c in value.chars() {
@@ -122,9 +103,6 @@ mod tests {
         fields.push("address", "127.0.0.1:9569");
         fields.push("err", "bad \"thing\"\nhere");
         fields.push("empty", "");
-        assert_eq!(
-            fields.out,
-            r#" msg=listening address=127.0.0.1:9569 err="bad \"thing\"\nhere" empty="""#
-        );
+        assert_eq!(fields.out, r#" msg=listening address=127.0.0.1:9569 err="bad \"thing\"\nhere" empty="""#);
     }
 }

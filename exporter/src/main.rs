@@ -9,10 +9,12 @@ mod bpf;
 mod cli;
 mod collectors;
 mod encode;
+mod histogram;
 mod logging;
 mod privileges;
 mod scrape;
 mod server;
+mod tracefs;
 
 use std::process::ExitCode;
 

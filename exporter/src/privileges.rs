@@ -26,15 +26,10 @@ pub(crate) enum PrivilegeError {
 /// Fails with one clear line unless the process can load and attach BPF
 /// tracepoint programs.
 pub(crate) fn ensure_can_load_bpf() -> Result<(), PrivilegeError> {
-    let status = fs::read_to_string("/proc/self/status")
-        .map_err(|e| PrivilegeError::Unreadable(e.to_string()))?;
+    let status = fs::read_to_string("/proc/self/status").map_err(|e| PrivilegeError::Unreadable(e.to_string()))?;
     let effective = effective_capabilities(&status)
         .ok_or_else(|| PrivilegeError::Unreadable("no parsable CapEff line".to_owned()))?;
-    if can_load_bpf(effective) {
-        Ok(())
-    } else {
-        Err(PrivilegeError::MissingCapabilities { effective })
-    }
+    if can_load_bpf(effective) { Ok(()) } else { Err(PrivilegeError::MissingCapabilities { effective }) }
 }
 
 fn can_load_bpf(effective: u64) -> bool {

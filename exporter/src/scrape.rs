@@ -63,14 +63,7 @@ impl Scraper {
                 ("rustc_version", env!("KERNEL_EXPORTER_RUSTC_VERSION")),
             ],
         );
-        Self {
-            collectors,
-            build_info,
-            buffer: Mutex::new(Buffer {
-                bytes: BytesMut::new(),
-                last_len: 4096,
-            }),
-        }
+        Self { collectors, build_info, buffer: Mutex::new(Buffer { bytes: BytesMut::new(), last_len: 4096 }) }
     }
 
     /// Reads every collector's maps and returns the exposition body.
@@ -90,10 +83,7 @@ impl Scraper {
                 Ok(()) => up |= 1 << i,
                 Err(error) => {
                     out.rollback(mark);
-                    warn!(
-                        collector = entry.name,
-                        "cannot read the collector's maps: {error}"
-                    );
+                    warn!(collector = entry.name, "cannot read the collector's maps: {error}");
                 }
             }
         }
@@ -120,30 +110,18 @@ mod tests {
 
     impl Collector for Fixed {
         fn collect(&self, out: &mut Encoder<'_>) -> Result<(), MapError> {
-            out.single(
-                &Family::counter("kernel_test_events_total", "Test events."),
-                7,
-            );
+            out.single(&Family::counter("kernel_test_events_total", "Test events."), 7);
             self.0.map_err(|()| MapError::KeyNotFound)
         }
     }
 
     fn scraper() -> Scraper {
         Scraper::new(vec![
-            LoadedCollector {
-                name: "good",
-                state: Ok(Box::new(Fixed(Ok(())))),
-            },
-            LoadedCollector {
-                name: "failing",
-                state: Ok(Box::new(Fixed(Err(())))),
-            },
+            LoadedCollector { name: "good", state: Ok(Box::new(Fixed(Ok(())))) },
+            LoadedCollector { name: "failing", state: Ok(Box::new(Fixed(Err(())))) },
             LoadedCollector {
                 name: "missing",
-                state: Err(CollectorError::MissingTracepoint {
-                    category: "x",
-                    name: "y",
-                }),
+                state: Err(CollectorError::MissingTracepoint { category: "x", name: "y" }),
             },
         ])
     }
@@ -153,27 +131,11 @@ mod tests {
         let body = scraper().scrape();
         let text = std::str::from_utf8(&body).unwrap();
         // The failing collector's partial output is rolled back.
-        assert_eq!(
-            text.matches("kernel_test_events_total 7\n").count(),
-            1,
-            "{text}"
-        );
-        assert!(
-            text.contains("kernel_exporter_collector_up{collector=\"good\"} 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("kernel_exporter_collector_up{collector=\"failing\"} 0\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("kernel_exporter_collector_up{collector=\"missing\"} 0\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("kernel_exporter_build_info{version=\""),
-            "{text}"
-        );
+        assert_eq!(text.matches("kernel_test_events_total 7\n").count(), 1, "{text}");
+        assert!(text.contains("kernel_exporter_collector_up{collector=\"good\"} 1\n"), "{text}");
+        assert!(text.contains("kernel_exporter_collector_up{collector=\"failing\"} 0\n"), "{text}");
+        assert!(text.contains("kernel_exporter_collector_up{collector=\"missing\"} 0\n"), "{text}");
+        assert!(text.contains("kernel_exporter_build_info{version=\""), "{text}");
         assert!(text.ends_with("} 1\n"), "{text}");
     }
 
@@ -188,20 +150,14 @@ mod tests {
         // allocation, going back to its start when the end is reached.
         for _ in 0..50 {
             let body = scraper.scrape();
-            assert!(
-                region.contains(&(body.as_ptr() as usize)),
-                "scrape allocated a new buffer"
-            );
+            assert!(region.contains(&(body.as_ptr() as usize)), "scrape allocated a new buffer");
             assert_eq!(&body[..], &expected[..]);
         }
         // Bodies still held (slow clients) are never overwritten: later
         // scrapes move to fresh memory instead.
         let held: Vec<Bytes> = (0..50).map(|_| scraper.scrape()).collect();
         assert!(held.iter().all(|body| body[..] == expected[..]));
-        assert!(
-            held.iter()
-                .any(|body| !region.contains(&(body.as_ptr() as usize)))
-        );
+        assert!(held.iter().any(|body| !region.contains(&(body.as_ptr() as usize))));
     }
 
     #[test]

@@ -5,10 +5,7 @@
 //! body, `/` is a small landing page, other paths are 404 and other methods
 //! 405, as node_exporter answers them.
 
-use std::{
-    convert::Infallible, future::Future, io, net::SocketAddr, os::fd::AsRawFd as _, sync::Arc,
-    time::Duration,
-};
+use std::{convert::Infallible, future::Future, io, net::SocketAddr, os::fd::AsRawFd as _, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -70,30 +67,19 @@ pub(crate) fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
 
 /// Opens every listener before serving any, so a bad address fails
 /// start-up instead of leaving a half-listening daemon.
-pub(crate) fn bind_all(
-    addresses: &[ListenAddress],
-) -> Result<Vec<(ListenAddress, TcpListener)>, BindError> {
-    addresses
-        .iter()
-        .map(|&address| bind(address).map(|listener| (address, listener)))
-        .collect()
+pub(crate) fn bind_all(addresses: &[ListenAddress]) -> Result<Vec<(ListenAddress, TcpListener)>, BindError> {
+    addresses.iter().map(|&address| bind(address).map(|listener| (address, listener))).collect()
 }
 
 fn bind(address: ListenAddress) -> Result<TcpListener, BindError> {
     let fail = |source: io::Error| {
         let hint = match source.kind() {
-            io::ErrorKind::AddrInUse => {
-                " (another process, perhaps another kernel-exporter, listens there)"
-            }
+            io::ErrorKind::AddrInUse => " (another process, perhaps another kernel-exporter, listens there)",
             io::ErrorKind::PermissionDenied => " (ports below 1024 need CAP_NET_BIND_SERVICE)",
             io::ErrorKind::AddrNotAvailable => " (no interface of this host has that address)",
             _ => "",
         };
-        BindError {
-            address,
-            source,
-            hint,
-        }
+        BindError { address, source, hint }
     };
     let socket = match address.addr {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
@@ -121,11 +107,7 @@ fn set_ipv6_only(socket: &TcpSocket, only: bool) -> io::Result<()> {
             size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// Everything a request handler needs, shared by all connections.
@@ -150,27 +132,15 @@ impl App {
         let path = request.uri().path();
         let is_read = matches!(*request.method(), Method::GET | Method::HEAD);
         if path == self.telemetry_path {
-            if is_read {
-                self.metrics()
-            } else {
-                method_not_allowed()
-            }
+            if is_read { self.metrics() } else { method_not_allowed() }
         } else if path == "/" {
             if is_read {
-                response(
-                    StatusCode::OK,
-                    "text/html; charset=utf-8",
-                    self.landing_page.clone(),
-                )
+                response(StatusCode::OK, "text/html; charset=utf-8", self.landing_page.clone())
             } else {
                 method_not_allowed()
             }
         } else {
-            response(
-                StatusCode::NOT_FOUND,
-                "text/plain; charset=utf-8",
-                Bytes::from_static(b"404 page not found\n"),
-            )
+            response(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", Bytes::from_static(b"404 page not found\n"))
         }
     }
 
@@ -182,9 +152,7 @@ impl App {
                     return response(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "text/plain; charset=utf-8",
-                        Bytes::from_static(
-                            b"too many concurrent scrapes; see --web.max-requests\n",
-                        ),
+                        Bytes::from_static(b"too many concurrent scrapes; see --web.max-requests\n"),
                     );
                 }
             },
@@ -197,9 +165,7 @@ impl App {
 fn response(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
@@ -209,9 +175,7 @@ fn method_not_allowed() -> Response<Full<Bytes>> {
         "text/plain; charset=utf-8",
         Bytes::from_static(b"405 method not allowed\n"),
     );
-    response
-        .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
     response
 }
 
@@ -244,11 +208,7 @@ fn html_escape(text: &str) -> String {
 
 /// Serves every listener until `shutdown` resolves, then gives in-flight
 /// requests [`SHUTDOWN_GRACE`] to finish.
-pub(crate) async fn serve(
-    listeners: Vec<(ListenAddress, TcpListener)>,
-    app: App,
-    shutdown: impl Future<Output = ()>,
-) {
+pub(crate) async fn serve(listeners: Vec<(ListenAddress, TcpListener)>, app: App, shutdown: impl Future<Output = ()>) {
     let app = Arc::new(app);
     let (stop, stopped) = watch::channel(());
     let mut accept_loops = JoinSet::new();
@@ -281,25 +241,15 @@ async fn accept_loop(listener: TcpListener, app: Arc<App>, mut stopped: watch::R
         }
     }
     drop(listener);
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(SHUTDOWN_GRACE, async { while connections.join_next().await.is_some() {} }).await;
     if drained.is_err() {
-        debug!(
-            connections = connections.len(),
-            "closing connections that did not finish in time"
-        );
+        debug!(connections = connections.len(), "closing connections that did not finish in time");
     }
     // Dropping the set aborts whatever is left.
 }
 
-async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    app: Arc<App>,
-    mut stopped: watch::Receiver<()>,
-) {
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, app: Arc<App>, mut stopped: watch::Receiver<()>) {
     let service = service_fn(move |request| {
         let response = app.handle(&request);
         async move { Ok::<_, Infallible>(response) }
@@ -329,9 +279,6 @@ mod tests {
     fn landing_page_links_the_escaped_path() {
         let page = landing_page("/m\"<x>");
         let page = std::str::from_utf8(&page).unwrap();
-        assert!(
-            page.contains("<a href=\"/m&quot;&lt;x&gt;\">Metrics</a>"),
-            "{page}"
-        );
+        assert!(page.contains("<a href=\"/m&quot;&lt;x&gt;\">Metrics</a>"), "{page}");
     }
 }

@@ -26,11 +26,7 @@ pub fn exporter_binary() -> PathBuf {
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/kernel-exporter"),
         PathBuf::from,
     );
-    assert!(
-        binary.is_file(),
-        "{} does not exist; run the end-to-end tests with `cargo xtask test`",
-        binary.display()
-    );
+    assert!(binary.is_file(), "{} does not exist; run the end-to-end tests with `cargo xtask test`", binary.display());
     binary
 }
 
@@ -84,16 +80,10 @@ impl Exporter {
                 if n == 0 {
                     break;
                 }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&chunk[..n]));
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&chunk[..n]));
             }
         });
-        Self {
-            child: Some(child),
-            addr,
-            log,
-        }
+        Self { child: Some(child), addr, log }
     }
 
     /// Everything the daemon wrote to standard error so far.
@@ -114,11 +104,7 @@ impl Exporter {
             }
             thread::sleep(Duration::from_millis(50));
         }
-        panic!(
-            "kernel-exporter did not listen on {} within {START_TIMEOUT:?}; log:\n{}",
-            self.addr,
-            self.log()
-        );
+        panic!("kernel-exporter did not listen on {} within {START_TIMEOUT:?}; log:\n{}", self.addr, self.log());
     }
 
     /// Sends `signal` and waits for the exit; returns the status and how long
@@ -128,16 +114,9 @@ impl Exporter {
         let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
         let sent = Instant::now();
         // SAFETY: kill(2) with our own child's pid; no memory is involved.
-        assert_eq!(
-            unsafe { libc::kill(pid, signal) },
-            0,
-            "kill({pid}, {signal})"
-        );
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill({pid}, {signal})");
         let status = wait_timeout(&mut child, Duration::from_secs(10)).unwrap_or_else(|| {
-            panic!(
-                "kernel-exporter did not exit within 10 s of signal {signal}; log:\n{}",
-                self.log()
-            )
+            panic!("kernel-exporter did not exit within 10 s of signal {signal}; log:\n{}", self.log())
         });
         (status, sent.elapsed())
     }
@@ -145,8 +124,7 @@ impl Exporter {
     /// Waits for the daemon to exit on its own (for start-up failures).
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        wait_timeout(&mut child, timeout)
-            .unwrap_or_else(|| panic!("kernel-exporter still runs after {timeout:?}"))
+        wait_timeout(&mut child, timeout).unwrap_or_else(|| panic!("kernel-exporter still runs after {timeout:?}"))
     }
 
     /// A request with `method` for `path`.
@@ -157,12 +135,7 @@ impl Exporter {
     /// `GET` of the telemetry path, which must succeed.
     pub fn scrape(&self) -> Metrics {
         let response = self.request("GET", "/metrics");
-        assert_eq!(
-            response.status,
-            200,
-            "scrape failed: {response:?}\nlog:\n{}",
-            self.log()
-        );
+        assert_eq!(response.status, 200, "scrape failed: {response:?}\nlog:\n{}", self.log());
         Metrics::parse(&response.body)
     }
 }
@@ -211,20 +184,12 @@ impl Response {
 /// tests check the bytes on the wire, not a client library's view of them.
 pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> Response {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send request");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send request");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("read response");
     let raw = String::from_utf8(raw).expect("response is UTF-8");
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .expect("response has a header block");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("response has a header block");
     let mut lines = head.split("\r\n");
     let status = lines
         .next()
@@ -235,11 +200,7 @@ pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> Response {
         .filter_map(|line| line.split_once(':'))
         .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
         .collect();
-    Response {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
+    Response { status, headers, body: body.to_owned() }
 }
 
 /// The samples of a text-format scrape, keyed by `name{labels}` as written.
@@ -258,29 +219,16 @@ impl Metrics {
             .lines()
             .filter(|line| !line.starts_with('#') && !line.is_empty())
             .map(|line| {
-                let (key, value) = line
-                    .rsplit_once(' ')
-                    .unwrap_or_else(|| panic!("bad sample line {line:?}"));
-                (
-                    key.to_owned(),
-                    value
-                        .parse()
-                        .unwrap_or_else(|_| panic!("bad value in {line:?}")),
-                )
+                let (key, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample line {line:?}"));
+                (key.to_owned(), value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}")))
             })
             .collect();
-        Self {
-            samples,
-            text: text.to_owned(),
-        }
+        Self { samples, text: text.to_owned() }
     }
 
     /// The value of sample `key`, which must exist.
     pub fn get(&self, key: &str) -> f64 {
-        *self
-            .samples
-            .get(key)
-            .unwrap_or_else(|| panic!("no sample {key} in:\n{}", self.text))
+        *self.samples.get(key).unwrap_or_else(|| panic!("no sample {key} in:\n{}", self.text))
     }
 }
 
@@ -303,23 +251,10 @@ pub fn promtool_check_metrics(text: &str) -> Result<(), String> {
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool is installed (cargo xtask test installs the Debian package prometheus)");
-    promtool
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(text.as_bytes())
-        .expect("feed promtool");
+    promtool.stdin.take().expect("piped stdin").write_all(text.as_bytes()).expect("feed promtool");
     let out = promtool.wait_with_output().expect("promtool ran");
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() && printed.trim().is_empty() {
-        Ok(())
-    } else {
-        Err(printed)
-    }
+    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if out.status.success() && printed.trim().is_empty() { Ok(()) } else { Err(printed) }
 }
 
 /// Names (as the kernel truncates them) of the BPF programs loaded now.
@@ -332,10 +267,7 @@ pub fn loaded_bpf_program_names() -> Vec<String> {
 
 /// Asserts `a` and `b` agree within `tolerance` as a ratio.
 pub fn assert_close(what: &str, measured: f64, expected: f64, tolerance: f64) {
-    assert!(
-        expected > 0.0,
-        "{what}: expected value {expected} is not positive"
-    );
+    assert!(expected > 0.0, "{what}: expected value {expected} is not positive");
     let ratio = measured / expected;
     assert!(
         (ratio - 1.0).abs() <= tolerance,

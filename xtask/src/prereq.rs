@@ -21,10 +21,7 @@ pub(crate) fn say(status: &str, what: &str) {
 
 /// The workspace root (where the top-level Cargo.toml is).
 pub(crate) fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// A toolchain able to build the BPF object, and the environment to run
@@ -41,19 +38,12 @@ impl Toolchain {
         let cargo_home = cargo_home()?;
         let cargo_bin = cargo_home.join("bin");
         let path = env::join_paths(
-            std::iter::once(cargo_bin.clone())
-                .chain(env::split_paths(&env::var_os("PATH").unwrap_or_default())),
+            std::iter::once(cargo_bin.clone()).chain(env::split_paths(&env::var_os("PATH").unwrap_or_default())),
         )
         .context("PATH cannot hold $CARGO_HOME/bin")?;
 
         let nightly = Nightly::find()?;
-        say(
-            "ok",
-            &format!(
-                "nightly toolchain present ({}, LLVM {})",
-                nightly.release, nightly.llvm_version
-            ),
-        );
+        say("ok", &format!("nightly toolchain present ({}, LLVM {})", nightly.release, nightly.llvm_version));
 
         nightly.ensure_rust_src()?;
         ensure_bpf_linker(&nightly, &cargo_home, &cargo_bin, &path)?;
@@ -63,19 +53,14 @@ impl Toolchain {
     /// A `cargo` command that finds `bpf-linker`.
     pub(crate) fn cargo(&self) -> Command {
         let mut command = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-        command
-            .env("PATH", &self.path)
-            .current_dir(workspace_root());
+        command.env("PATH", &self.path).current_dir(workspace_root());
         command
     }
 
     /// Builds the BPF object and the daemon; returns the daemon's path.
     pub(crate) fn build(&self, release: bool) -> anyhow::Result<PathBuf> {
         let profile = if release { "release" } else { "debug" };
-        say(
-            "build",
-            &format!("kernel-exporter and its BPF object ({profile})"),
-        );
+        say("build", &format!("kernel-exporter and its BPF object ({profile})"));
         let mut cargo = self.cargo();
         cargo.args(["build", "--package", "kernel-exporter"]);
         if release {
@@ -112,10 +97,7 @@ impl Nightly {
         let verbose = match output("rustup", &["run", "nightly", "rustc", "-vV"]) {
             Ok(text) => text,
             Err(_) => {
-                say(
-                    "setup",
-                    "installing the nightly toolchain (rustup toolchain install nightly)",
-                );
+                say("setup", "installing the nightly toolchain (rustup toolchain install nightly)");
                 run_checked(
                     Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"]),
                     "rustup toolchain install nightly",
@@ -124,44 +106,25 @@ impl Nightly {
                 output("rustup", &["run", "nightly", "rustc", "-vV"])?
             }
         };
-        let field = |name: &str| {
-            verbose
-                .lines()
-                .find_map(|line| line.strip_prefix(name))
-                .map(|value| value.trim().to_owned())
-        };
+        let field =
+            |name: &str| verbose.lines().find_map(|line| line.strip_prefix(name)).map(|value| value.trim().to_owned());
         let release = field("release:").context("`rustc +nightly -vV` printed no release line")?;
-        let llvm_version =
-            field("LLVM version:").context("`rustc +nightly -vV` printed no LLVM version")?;
-        let sysroot = PathBuf::from(
-            output("rustup", &["run", "nightly", "rustc", "--print", "sysroot"])?.trim(),
-        );
-        Ok(Self {
-            release,
-            llvm_version,
-            sysroot,
-        })
+        let llvm_version = field("LLVM version:").context("`rustc +nightly -vV` printed no LLVM version")?;
+        let sysroot = PathBuf::from(output("rustup", &["run", "nightly", "rustc", "--print", "sysroot"])?.trim());
+        Ok(Self { release, llvm_version, sysroot })
     }
 
     fn llvm_major(&self) -> &str {
-        self.llvm_version
-            .split('.')
-            .next()
-            .unwrap_or(&self.llvm_version)
+        self.llvm_version.split('.').next().unwrap_or(&self.llvm_version)
     }
 
     fn ensure_rust_src(&self) -> anyhow::Result<()> {
-        let marker = self
-            .sysroot
-            .join("lib/rustlib/src/rust/library/core/Cargo.toml");
+        let marker = self.sysroot.join("lib/rustlib/src/rust/library/core/Cargo.toml");
         if marker.is_file() {
             say("ok", "rust-src present for nightly");
             return Ok(());
         }
-        say(
-            "setup",
-            "adding rust-src to nightly (rustup component add rust-src --toolchain nightly)",
-        );
+        say("setup", "adding rust-src to nightly (rustup component add rust-src --toolchain nightly)");
         run_checked(
             Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
             "rustup component add rust-src --toolchain nightly",
@@ -178,43 +141,22 @@ impl Nightly {
             .filter_map(Result::ok)
             .map(|entry| entry.path())
             .find(|path| {
-                path.file_name()
-                    .and_then(|name| name.to_str())
-                    .is_some_and(|name| {
-                        name.starts_with("libLLVM.so.")
-                            || (name.starts_with("libLLVM-") && name.ends_with(".so"))
-                    })
+                path.file_name().and_then(|name| name.to_str()).is_some_and(|name| {
+                    name.starts_with("libLLVM.so.") || (name.starts_with("libLLVM-") && name.ends_with(".so"))
+                })
             })
-            .with_context(|| {
-                format!(
-                    "the nightly toolchain has no libLLVM.so.* in {}",
-                    lib.display()
-                )
-            })
+            .with_context(|| format!("the nightly toolchain has no libLLVM.so.* in {}", lib.display()))
     }
 }
 
-fn ensure_bpf_linker(
-    nightly: &Nightly,
-    cargo_home: &Path,
-    cargo_bin: &Path,
-    path: &OsString,
-) -> anyhow::Result<()> {
+fn ensure_bpf_linker(nightly: &Nightly, cargo_home: &Path, cargo_bin: &Path, path: &OsString) -> anyhow::Result<()> {
     let libllvm = nightly.libllvm()?;
-    let soname = libllvm
-        .file_name()
-        .and_then(|name| name.to_str())
-        .context("libLLVM file name is not UTF-8")?
-        .to_owned();
+    let soname =
+        libllvm.file_name().and_then(|name| name.to_str()).context("libLLVM file name is not UTF-8")?.to_owned();
     let installed = cargo_bin.join("bpf-linker");
     match linker_state(&installed, &soname, path) {
         LinkerState::Ready => {
-            say(
-                "ok",
-                &format!(
-                    "bpf-linker {BPF_LINKER_VERSION} present, linked against the nightly's {soname}"
-                ),
-            );
+            say("ok", &format!("bpf-linker {BPF_LINKER_VERSION} present, linked against the nightly's {soname}"));
             return Ok(());
         }
         LinkerState::Missing => say(
@@ -250,15 +192,7 @@ fn ensure_bpf_linker(
     let spec = format!("bpf-linker@{BPF_LINKER_VERSION}");
     let mut install = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     install
-        .args([
-            "install",
-            &spec,
-            "--locked",
-            "--force",
-            "--no-default-features",
-            "--features",
-            &feature,
-        ])
+        .args(["install", &spec, "--locked", "--force", "--no-default-features", "--features", &feature])
         .arg("--root")
         .arg(cargo_home)
         .env("LLVM_PREFIX", &prefix)
@@ -271,19 +205,10 @@ fn ensure_bpf_linker(
     })?;
     match linker_state(&installed, &soname, path) {
         LinkerState::Ready => {
-            say(
-                "ok",
-                &format!(
-                    "bpf-linker {BPF_LINKER_VERSION} installed in {}",
-                    cargo_bin.display()
-                ),
-            );
+            say("ok", &format!("bpf-linker {BPF_LINKER_VERSION} installed in {}", cargo_bin.display()));
             Ok(())
         }
-        LinkerState::Missing => bail!(
-            "bpf-linker was installed but {} does not exist",
-            installed.display()
-        ),
+        LinkerState::Missing => bail!("bpf-linker was installed but {} does not exist", installed.display()),
         LinkerState::Stale(why) => bail!("bpf-linker was installed but is still unusable: {why}"),
     }
 }
@@ -300,17 +225,10 @@ fn linker_state(binary: &Path, soname: &str, path: &OsString) -> LinkerState {
     let Ok(bytes) = fs::read(binary) else {
         return LinkerState::Missing;
     };
-    if !bytes
-        .windows(soname.len())
-        .any(|window| window == soname.as_bytes())
-    {
+    if !bytes.windows(soname.len()).any(|window| window == soname.as_bytes()) {
         return LinkerState::Stale(format!("it was built for another LLVM than {soname}"));
     }
-    match Command::new(binary)
-        .arg("--version")
-        .env("PATH", path)
-        .output()
-    {
+    match Command::new(binary).arg("--version").env("PATH", path).output() {
         Ok(out) if out.status.success() => {
             let version = String::from_utf8_lossy(&out.stdout);
             if version.split_whitespace().nth(1) == Some(BPF_LINKER_VERSION) {
@@ -330,12 +248,9 @@ fn linker_state(binary: &Path, soname: &str, path: &OsString) -> LinkerState {
 /// Mounts tracefs if no tracefs is mounted; tracepoint programs attach
 /// through it.
 pub(crate) fn ensure_tracefs() -> anyhow::Result<()> {
-    if [
-        "/sys/kernel/tracing/events",
-        "/sys/kernel/debug/tracing/events",
-    ]
-    .iter()
-    .any(|events| Path::new(events).is_dir())
+    if ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"]
+        .iter()
+        .any(|events| Path::new(events).is_dir())
     {
         say("ok", "tracefs mounted");
         return Ok(());
@@ -345,10 +260,7 @@ pub(crate) fn ensure_tracefs() -> anyhow::Result<()> {
             "tracefs is not mounted and mounting it needs root; run `sudo mount -t tracefs nodev /sys/kernel/tracing`"
         );
     }
-    say(
-        "setup",
-        "mounting tracefs (mount -t tracefs nodev /sys/kernel/tracing)",
-    );
+    say("setup", "mounting tracefs (mount -t tracefs nodev /sys/kernel/tracing)");
     run_checked(
         Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]),
         "mount -t tracefs nodev /sys/kernel/tracing",
@@ -357,11 +269,8 @@ pub(crate) fn ensure_tracefs() -> anyhow::Result<()> {
 
 /// Installs Debian packages that provide `commands` when one is missing.
 pub(crate) fn ensure_debian_packages(needs: &[(&str, &str)]) -> anyhow::Result<()> {
-    let missing: Vec<&str> = needs
-        .iter()
-        .filter(|(command, _)| !on_path(command))
-        .map(|&(_, package)| package)
-        .collect();
+    let missing: Vec<&str> =
+        needs.iter().filter(|(command, _)| !on_path(command)).map(|&(_, package)| package).collect();
     if missing.is_empty() {
         let commands: Vec<&str> = needs.iter().map(|(command, _)| *command).collect();
         say("ok", &format!("{} present", commands.join(", ")));
@@ -371,14 +280,8 @@ pub(crate) fn ensure_debian_packages(needs: &[(&str, &str)]) -> anyhow::Result<(
     if !is_root() || !on_path("apt-get") {
         bail!("missing Debian packages: {list}; install them with `sudo apt-get install {list}`");
     }
-    say(
-        "setup",
-        &format!("installing Debian packages: {list} (apt-get)"),
-    );
-    run_checked(
-        Command::new("apt-get").args(["update", "-qq"]),
-        "apt-get update",
-    )?;
+    say("setup", &format!("installing Debian packages: {list} (apt-get)"));
+    run_checked(Command::new("apt-get").args(["update", "-qq"]), "apt-get update")?;
     run_checked(
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
@@ -402,8 +305,7 @@ pub(crate) fn is_root() -> bool {
 }
 
 fn on_path(command: &str) -> bool {
-    env::var_os("PATH")
-        .is_some_and(|path| env::split_paths(&path).any(|dir| dir.join(command).is_file()))
+    env::var_os("PATH").is_some_and(|path| env::split_paths(&path).any(|dir| dir.join(command).is_file()))
 }
 
 fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
@@ -412,20 +314,14 @@ fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
         .output()
         .with_context(|| format!("cannot run `{program} {}`", args.join(" ")))?;
     if !out.status.success() {
-        bail!(
-            "`{program} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("`{program} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Runs a command with inherited output; fails if it does not exit 0.
 pub(crate) fn run_checked(command: &mut Command, what: &str) -> anyhow::Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("cannot start `{what}`"))?;
+    let status = command.status().with_context(|| format!("cannot start `{what}`"))?;
     if !status.success() {
         bail!("`{what}` failed ({status})");
     }

@@ -64,14 +64,12 @@ fn can_load_bpf() -> bool {
     const CAP_SYS_ADMIN: u32 = 21;
     const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
-    let effective = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("CapEff:"))
-                .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
-        });
+    let effective = std::fs::read_to_string("/proc/self/status").ok().and_then(|status| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("CapEff:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+    });
     effective.is_some_and(|caps| {
         let has = |cap: u32| caps & (1 << cap) != 0;
         has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
@@ -89,17 +87,7 @@ mod tests {
     #[test]
     fn url_follows_the_flags() {
         assert_eq!(url(&[]), "http://127.0.0.1:9569/metrics");
-        assert_eq!(
-            url(&["--web.listen-address=:9100"]),
-            "http://127.0.0.1:9100/metrics"
-        );
-        assert_eq!(
-            url(&[
-                "--web.listen-address",
-                "[::1]:1234",
-                "--web.telemetry-path=/m"
-            ]),
-            "http://[::1]:1234/m"
-        );
+        assert_eq!(url(&["--web.listen-address=:9100"]), "http://127.0.0.1:9100/metrics");
+        assert_eq!(url(&["--web.listen-address", "[::1]:1234", "--web.telemetry-path=/m"]), "http://[::1]:1234/m");
     }
 }

@@ -12,11 +12,7 @@ use anyhow::{Context as _, bail};
 use crate::prereq::{self, Toolchain, say};
 
 /// Commands the end-to-end tests run, and the Debian packages that have them.
-const E2E_COMMANDS: &[(&str, &str)] = &[
-    ("promtool", "prometheus"),
-    ("curl", "curl"),
-    ("setpriv", "util-linux"),
-];
+const E2E_COMMANDS: &[(&str, &str)] = &[("promtool", "prometheus"), ("curl", "curl"), ("setpriv", "util-linux")];
 
 pub(crate) fn test(filter: Option<&str>) -> anyhow::Result<()> {
     let toolchain = Toolchain::ensure()?;
@@ -43,19 +39,10 @@ pub(crate) fn test(filter: Option<&str>) -> anyhow::Result<()> {
         "cargo test",
     )?;
 
-    say(
-        "test",
-        "end-to-end tests against the real kernel (cargo test -p kernel-exporter-tests)",
-    );
+    say("test", "end-to-end tests against the real kernel (cargo test -p kernel-exporter-tests)");
     let mut e2e = toolchain.cargo();
-    e2e.args([
-        "test",
-        "--package",
-        "kernel-exporter-tests",
-        "--",
-        "--test-threads=1",
-    ])
-    .env("KERNEL_EXPORTER_BIN", &binary);
+    e2e.args(["test", "--package", "kernel-exporter-tests", "--", "--test-threads=1"])
+        .env("KERNEL_EXPORTER_BIN", &binary);
     if let Some(filter) = filter {
         e2e.arg(filter);
     }
@@ -75,25 +62,16 @@ struct Tally {
 impl Tally {
     /// Runs `command`, echoing its output and counting its results.
     fn run(&mut self, command: &mut Command, what: &str) -> anyhow::Result<()> {
-        let mut child = command
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("cannot start `{what}`"))?;
+        let mut child = command.stdout(Stdio::piped()).spawn().with_context(|| format!("cannot start `{what}`"))?;
         let stdout = child.stdout.take().context("piped stdout")?;
         for line in BufReader::new(stdout).lines() {
             let line = line.with_context(|| format!("reading the output of `{what}`"))?;
             println!("{line}");
             self.count(&line);
         }
-        let status = child
-            .wait()
-            .with_context(|| format!("waiting for `{what}`"))?;
+        let status = child.wait().with_context(|| format!("waiting for `{what}`"))?;
         if !status.success() {
-            println!(
-                "xtask: {} passed, {} failed",
-                self.passed,
-                self.failed.max(1)
-            );
+            println!("xtask: {} passed, {} failed", self.passed, self.failed.max(1));
             bail!("`{what}` failed ({status})");
         }
         Ok(())
@@ -106,11 +84,7 @@ impl Tally {
         };
         let number = |label: &str| {
             rest.split(';')
-                .find_map(|part| {
-                    part.trim()
-                        .trim_start_matches(|c: char| !c.is_ascii_digit())
-                        .strip_suffix(label)
-                })
+                .find_map(|part| part.trim().trim_start_matches(|c: char| !c.is_ascii_digit()).strip_suffix(label))
                 .and_then(|n| n.trim().parse::<u64>().ok())
                 .unwrap_or(0)
         };
@@ -127,9 +101,7 @@ mod tests {
     fn counts_cargo_result_lines() {
         let mut tally = Tally::default();
         tally.count("test result: ok. 12 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 4.06s");
-        tally.count(
-            "test result: FAILED. 3 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out",
-        );
+        tally.count("test result: FAILED. 3 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out");
         tally.count("running 3 tests");
         assert_eq!((tally.passed, tally.failed), (15, 2));
     }

@@ -30,6 +30,8 @@ pub(crate) struct CollectorSpec {
     pub(crate) default_enabled: bool,
     /// The programs to load and attach, all or nothing.
     pub(crate) tracepoints: &'static [Tracepoint],
+    /// Tracepoint fields whose offsets the programs read from globals.
+    pub(crate) fields: &'static [FieldOffset],
     /// Every family the collector may write, for the naming tests.
     #[cfg(test)]
     pub(crate) families: &'static [Family],
@@ -45,6 +47,18 @@ pub(crate) struct Tracepoint {
     pub(crate) program: &'static str,
     pub(crate) category: &'static str,
     pub(crate) name: &'static str,
+}
+
+/// A tracepoint field whose offset, read from tracefs, is written into the
+/// BPF object's global `global` before it is loaded.
+#[derive(Debug)]
+pub(crate) struct FieldOffset {
+    pub(crate) global: &'static str,
+    pub(crate) category: &'static str,
+    pub(crate) event: &'static str,
+    pub(crate) field: &'static str,
+    /// Size in bytes the program reads; a kernel with another size is refused.
+    pub(crate) size: u32,
 }
 
 /// A collector whose programs are attached: it reads its maps at scrape time.
@@ -64,13 +78,10 @@ pub(crate) enum CollectorError {
     )]
     TracefsNotMounted,
     #[error("tracepoint {category}/{name} does not exist in this kernel")]
-    MissingTracepoint {
-        category: &'static str,
-        name: &'static str,
-    },
-    #[error(
-        "the BPF object has no program {program}: the daemon and BPF object were built from different sources"
-    )]
+    MissingTracepoint { category: &'static str, name: &'static str },
+    #[error("tracepoint {category}/{event} has no field {field} of {size} bytes in this kernel")]
+    Field { category: &'static str, event: &'static str, field: &'static str, size: u32 },
+    #[error("the BPF object has no program {program}: the daemon and BPF object were built from different sources")]
     MissingProgram { program: &'static str },
     #[error("the kernel rejected program {program}: {source}")]
     Load {
@@ -86,9 +97,7 @@ pub(crate) enum CollectorError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
-    #[error(
-        "the BPF object has no map {map}: the daemon and BPF object were built from different sources"
-    )]
+    #[error("the BPF object has no map {map}: the daemon and BPF object were built from different sources")]
     MissingMap { map: &'static str },
     #[error("map {map} does not have the expected type or layout: {source}")]
     Map {
@@ -119,13 +128,8 @@ pub(crate) fn take_per_cpu_array<T: aya::Pod>(
     ebpf: &mut Ebpf,
     map: &'static str,
 ) -> Result<PerCpuArray<MapData, T>, CollectorError> {
-    let raw = ebpf
-        .take_map(map)
-        .ok_or(CollectorError::MissingMap { map })?;
-    PerCpuArray::try_from(raw).map_err(|source| CollectorError::Map {
-        map,
-        source: Box::new(source),
-    })
+    let raw = ebpf.take_map(map).ok_or(CollectorError::MissingMap { map })?;
+    PerCpuArray::try_from(raw).map_err(|source| CollectorError::Map { map, source: Box::new(source) })
 }
 
 #[cfg(test)]
@@ -142,10 +146,8 @@ pub(crate) mod testing {
     impl<T: Send + Sync> PerCpuRead<T> for FakePerCpu<T> {
         fn for_each_cpu(&self, index: u32, each: &mut dyn FnMut(&T)) -> Result<(), MapError> {
             for cpu in &self.cpus {
-                let value = cpu.get(index as usize).ok_or(MapError::OutOfBounds {
-                    index,
-                    max_entries: cpu.len() as u32,
-                })?;
+                let value =
+                    cpu.get(index as usize).ok_or(MapError::OutOfBounds { index, max_entries: cpu.len() as u32 })?;
                 each(value);
             }
             Ok(())
@@ -161,31 +163,13 @@ mod tests {
     fn registry_names_and_families_follow_the_rules() {
         let mut names = std::collections::HashSet::new();
         for spec in REGISTRY {
-            assert!(
-                names.insert(spec.name),
-                "collector {} registered twice",
-                spec.name
-            );
-            assert!(
-                spec.name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c == '_'),
-                "{}",
-                spec.name
-            );
-            assert!(
-                !spec.tracepoints.is_empty(),
-                "{} attaches nothing",
-                spec.name
-            );
+            assert!(names.insert(spec.name), "collector {} registered twice", spec.name);
+            assert!(spec.name.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{}", spec.name);
+            assert!(!spec.tracepoints.is_empty(), "{} attaches nothing", spec.name);
             for family in spec.families {
                 assert!(family.is_valid(), "{family:?}");
                 assert!(family.name.starts_with("kernel_"), "{}", family.name);
-                assert!(
-                    !family.name.starts_with("kernel_exporter_"),
-                    "{} is a host statistic",
-                    family.name
-                );
+                assert!(!family.name.starts_with("kernel_exporter_"), "{} is a host statistic", family.name);
             }
         }
     }

@@ -8,14 +8,20 @@ use std::{
 
 use kernel_exporter_tests::{Exporter, exporter_binary, free_port, loaded_bpf_program_names};
 
-/// The kernel truncates program names to 15 bytes.
-const SCHED_PROGRAMS: [&str; 2] = ["sched_switch", "sched_process_f"];
+/// The sched collector's programs, as the kernel names them (15 bytes at
+/// most: exec and exit share a truncated name).
+const SCHED_PROGRAMS: [&str; 7] = [
+    "sched_switch",
+    "sched_wakeup",
+    "sched_wakeup_ne",
+    "sched_process_f",
+    "sched_process_e",
+    "sched_process_e",
+    "sched_migrate_t",
+];
 
 fn our_programs_loaded() -> usize {
-    loaded_bpf_program_names()
-        .iter()
-        .filter(|name| SCHED_PROGRAMS.contains(&name.as_str()))
-        .count()
+    loaded_bpf_program_names().iter().filter(|name| SCHED_PROGRAMS.contains(&name.as_str())).count()
 }
 
 /// Program teardown is asynchronous in the kernel (RCU); allow it a moment.
@@ -32,51 +38,27 @@ fn wait_for_programs(expected: usize) -> usize {
 
 fn assert_orderly_exit(signal: libc::c_int, name: &str) {
     let before = wait_for_programs(0);
-    assert_eq!(
-        before, 0,
-        "programs of an earlier instance are still loaded"
-    );
+    assert_eq!(before, 0, "programs of an earlier instance are still loaded");
     let port = free_port();
     let mut exporter = Exporter::spawn(port, &[]);
     // Wait for it to serve, then stop it.
     let deadline = Instant::now() + Duration::from_secs(15);
     while exporter.request_ok().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "never served; log:\n{}",
-            exporter.log()
-        );
+        assert!(Instant::now() < deadline, "never served; log:\n{}", exporter.log());
         thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(
-        our_programs_loaded(),
-        2,
-        "both sched programs are loaded while it runs"
-    );
+    assert_eq!(our_programs_loaded(), SCHED_PROGRAMS.len(), "every sched program is loaded while it runs");
 
     let (status, took) = exporter.stop(signal);
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "{name}: exit status {status}; log:\n{}",
-        exporter.log()
-    );
+    assert_eq!(status.code(), Some(0), "{name}: exit status {status}; log:\n{}", exporter.log());
     assert!(took < Duration::from_secs(1), "{name}: exit took {took:?}");
-    assert_eq!(
-        wait_for_programs(0),
-        0,
-        "{name}: programs left loaded after exit"
-    );
+    assert_eq!(wait_for_programs(0), 0, "{name}: programs left loaded after exit");
 
     // A second start right after, on the same port, works.
     let again = Exporter::spawn(port, &[]);
     let deadline = Instant::now() + Duration::from_secs(15);
     while again.request_ok().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "restart never served; log:\n{}",
-            again.log()
-        );
+        assert!(Instant::now() < deadline, "restart never served; log:\n{}", again.log());
         thread::sleep(Duration::from_millis(50));
     }
     assert!(again.scrape().get("kernel_sched_context_switches_total") > 0.0);
@@ -88,9 +70,7 @@ trait RequestOk {
 
 impl RequestOk for Exporter {
     fn request_ok(&self) -> Option<()> {
-        std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(200))
-            .ok()
-            .map(drop)
+        std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).ok().map(drop)
     }
 }
 
@@ -121,15 +101,9 @@ fn busy_port_fails_with_one_clear_line() {
     let status = second.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(1));
     let log = second.log();
-    let errors: Vec<&str> = log
-        .lines()
-        .filter(|line| line.contains("level=error"))
-        .collect();
+    let errors: Vec<&str> = log.lines().filter(|line| line.contains("level=error")).collect();
     assert_eq!(errors.len(), 1, "{log}");
-    assert!(
-        errors[0].contains(&format!("cannot listen on {}", first.addr)),
-        "{log}"
-    );
+    assert!(errors[0].contains(&format!("cannot listen on {}", first.addr)), "{log}");
     assert!(errors[0].contains("another kernel-exporter"), "{log}");
     // The first one is unaffected.
     first.scrape();
@@ -140,13 +114,7 @@ fn without_privileges_it_says_so_in_one_line() {
     // nobody, with every capability dropped.
     let mut command = Command::new("setpriv");
     command
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
         .arg(exporter_binary());
     let mut exporter = Exporter::spawn_command(command, free_port(), &[]);
     let status = exporter.wait_exit(Duration::from_secs(10));
@@ -154,18 +122,13 @@ fn without_privileges_it_says_so_in_one_line() {
     let log = exporter.log();
     assert_eq!(log.lines().count(), 1, "{log}");
     assert!(log.contains("level=error"), "{log}");
-    assert!(
-        log.contains("needs root or the capabilities CAP_BPF and CAP_PERFMON"),
-        "{log}"
-    );
+    assert!(log.contains("needs root or the capabilities CAP_BPF and CAP_PERFMON"), "{log}");
 }
 
 #[test]
 fn bad_flags_are_usage_errors() {
-    let out = Command::new(exporter_binary())
-        .arg("--web.listen-address=nonsense")
-        .output()
-        .expect("run kernel-exporter");
+    let out =
+        Command::new(exporter_binary()).arg("--web.listen-address=nonsense").output().expect("run kernel-exporter");
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--web.listen-address=nonsense"), "{stderr}");

@@ -56,14 +56,8 @@ fn counters_match_proc_stat() {
     let switches = after.get(SWITCHES) - before.get(SWITCHES);
     let forks = after.get(FORKS) - before.get(FORKS);
 
-    assert!(
-        kernel_switches >= 10_000,
-        "the workload made only {kernel_switches} context switches"
-    );
-    assert!(
-        kernel_forks >= 200,
-        "the workload made only {kernel_forks} forks"
-    );
+    assert!(kernel_switches >= 10_000, "the workload made only {kernel_switches} context switches");
+    assert!(kernel_forks >= 200, "the workload made only {kernel_forks} forks");
     eprintln!("context switches: exporter {switches}, /proc/stat {kernel_switches}");
     eprintln!("forks: exporter {forks}, /proc/stat {kernel_forks}");
     // The /proc/stat readings bracket the scrapes, so both intervals hold
@@ -71,10 +65,7 @@ fn counters_match_proc_stat() {
     assert_close("context switches", switches, kernel_switches as f64, 0.05);
     assert_close("forks", forks, kernel_forks as f64, 0.05);
 
-    assert_eq!(
-        after.get("kernel_exporter_collector_up{collector=\"sched\"}"),
-        1.0
-    );
+    assert_eq!(after.get("kernel_exporter_collector_up{collector=\"sched\"}"), 1.0);
     promtool_check_metrics(&after.text)
         .unwrap_or_else(|found| panic!("promtool check metrics: {found}\n{}", after.text));
 }
@@ -82,19 +73,11 @@ fn counters_match_proc_stat() {
 #[test]
 fn disabled_collector_loads_no_program() {
     let exporter = Exporter::start(&["--no-collector.sched", "--collector.sched"]);
-    assert_eq!(
-        exporter
-            .scrape()
-            .get("kernel_exporter_collector_up{collector=\"sched\"}"),
-        1.0
-    );
+    assert_eq!(exporter.scrape().get("kernel_exporter_collector_up{collector=\"sched\"}"), 1.0);
     drop(exporter);
 
-    let status = Exporter::spawn(
-        kernel_exporter_tests::free_port(),
-        &["--no-collector.sched"],
-    )
-    .wait_exit(std::time::Duration::from_secs(5));
+    let status = Exporter::spawn(kernel_exporter_tests::free_port(), &["--no-collector.sched"])
+        .wait_exit(std::time::Duration::from_secs(5));
     // With the only collector disabled there is nothing to serve: a usage
     // error, before anything is loaded.
     assert_eq!(status.code(), Some(2));
