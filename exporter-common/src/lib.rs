@@ -12,7 +12,11 @@
 #![deny(missing_docs)]
 
 pub mod histogram;
+pub mod irq;
+pub mod mm;
 pub mod sched;
+pub mod signal;
+pub mod syscalls;
 
 /// Implements `aya::Pod` for shared types when the daemon asks for it.
 macro_rules! user_pod {

@@ -30,17 +30,6 @@ pub const WAKEUP_TIMES_ENTRIES: u32 = 16_384;
 /// the host's possible CPUs, bounded by the kernel's `nr_cpu_ids`.
 pub const CPU_IDLE_MAP: &str = "CPU_IDLE";
 
-/// Names of the tracepoint field offsets the daemon writes into the BPF
-/// object before loading it (read from tracefs `format` files).
-pub mod offsets {
-    /// `sched_switch.prev_pid`.
-    pub const SWITCH_PREV_PID: &str = "SCHED_SWITCH_PREV_PID";
-    /// `sched_switch.next_pid`.
-    pub const SWITCH_NEXT_PID: &str = "SCHED_SWITCH_NEXT_PID";
-    /// `sched_wakeup.pid` (and `sched_wakeup_new.pid`, the same event class).
-    pub const WAKEUP_PID: &str = "SCHED_WAKEUP_PID";
-}
-
 /// Scheduler event counters of one CPU since the programs were attached.
 ///
 /// Counters only ever grow; the daemon sums the CPUs' copies at scrape time.
@@ -79,18 +68,40 @@ impl SchedCounters {
     }
 }
 
-/// Idle-time accounting of one CPU, from `sched_switch` into and out of the
-/// idle task (pid 0).
+/// Idle-time accounting of one CPU, kept at every `sched_switch` on it.
+///
+/// At each switch the time since the previous switch is credited to the
+/// task that ran in between (`prev`): idle time when that was the idle task
+/// (pid 0). Accounting by the outgoing task rather than pairing "enter
+/// idle" with "leave idle" events means a switch the CPU somehow did not
+/// report costs only the one interval it covered, never a whole idle period.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuIdle {
-    /// `bpf_ktime_get_ns()` when the CPU last switched to its idle task, or 0
-    /// while it runs something else (or before it was first seen idle).
-    pub idle_since_ns: u64,
-    /// Completed idle periods, in nanoseconds.
+    /// `bpf_ktime_get_ns()` of this CPU's last context switch.
+    pub last_switch_ns: u64,
+    /// Idle time credited so far, in nanoseconds.
     pub idle_ns: u64,
+    /// 1 while the task switched in last is the idle task, else 0: the
+    /// daemon then adds the open interval since `last_switch_ns`.
+    pub running_idle: u64,
 }
 
-const _: () = assert!(size_of::<CpuIdle>() == 16);
+const _: () = assert!(size_of::<CpuIdle>() == 24);
+
+/// Global holding `CLOCK_MONOTONIC` nanoseconds just before the object was
+/// loaded, written in by the daemon. A CPU whose first switch after attach
+/// leaves the idle task was idle since before the attach; crediting it from
+/// load rather than attach over-counts by at most the milliseconds between
+/// the two.
+pub const LOAD_TIME_GLOBAL: &str = "LOAD_TIME_NS";
+
+/// The kernel struct members the programs read, as `(global, struct,
+/// member, size)`; the daemon writes each member's offset into the global.
+pub mod offsets {
+    /// `task_struct.pid`, read from the tasks `sched_switch` and
+    /// `sched_wakeup(_new)` pass.
+    pub const TASK_PID: &str = "TASK_STRUCT_PID";
+}
 
 crate::user_pod!(SchedCounters, CpuIdle);

@@ -6,16 +6,16 @@
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint},
     maps::{LruHashMap, PerCpuArray},
-    programs::TracePointContext,
+    programs::RawTracePointContext,
 };
 use exporter_common::{
     histogram::Log2Histogram,
     sched::{CpuIdle, SCHED_COUNTERS_ENTRIES, SchedCounters, WAKEUP_TIMES_ENTRIES},
 };
 
-use crate::tracepoint::{field_offset, read_field};
+use crate::kernel::{kernel_offset, read_member};
 
 /// Bound: one entry per CPU; no labels.
 #[map]
@@ -33,36 +33,41 @@ static WAKEUP_TIMES: LruHashMap<u32, u64> = LruHashMap::with_max_entries(WAKEUP_
 #[map]
 static CPU_IDLE: PerCpuArray<CpuIdle> = PerCpuArray::with_max_entries(1, 0);
 
-field_offset!(
-    /// `sched_switch.prev_pid`.
-    SCHED_SWITCH_PREV_PID = 24
+/// `CLOCK_MONOTONIC` ns just before load, written in by the daemon; see
+/// `exporter_common::sched::LOAD_TIME_GLOBAL`.
+#[unsafe(no_mangle)]
+static LOAD_TIME_NS: u64 = 0;
+
+kernel_offset!(
+    /// Offset of `task_struct.pid`.
+    TASK_STRUCT_PID
 );
-field_offset!(
-    /// `sched_switch.next_pid`.
-    SCHED_SWITCH_NEXT_PID = 56
-);
-field_offset!(
-    /// `sched_wakeup.pid`, shared by `sched_wakeup_new`.
-    SCHED_WAKEUP_PID = 24
-);
+
+/// The pid of the `task_struct` at `task`; 0 is the idle task.
+#[inline(always)]
+fn pid_of(task: u64) -> Option<i32> {
+    read_member::<i32>(task, &TASK_STRUCT_PID)
+}
 
 /// Applies `bump` to this CPU's counters.
 #[inline(always)]
 fn count(bump: impl FnOnce(&mut SchedCounters)) {
     if let Some(counters) = SCHED_COUNTERS.get_ptr_mut(0) {
         // SAFETY: the pointer is this CPU's slot of a per-CPU map, valid for
-        // the program's run; tracepoint programs do not nest on one CPU, so
-        // nothing else writes it concurrently.
+        // the program's run; a program does not nest in itself on one CPU, and
+        // the programs sharing the slot bump different fields.
         bump(unsafe { &mut *counters });
     }
 }
 
-#[tracepoint(category = "sched", name = "sched_switch")]
-pub(crate) fn sched_switch(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub(crate) fn sched_switch(ctx: RawTracePointContext) -> i32 {
     count(|c| c.context_switches += 1);
     let now = unsafe { bpf_ktime_get_ns() };
-    let prev = read_field::<i32>(&ctx, &SCHED_SWITCH_PREV_PID);
-    let next = read_field::<i32>(&ctx, &SCHED_SWITCH_NEXT_PID);
+    // TP_PROTO(bool preempt, struct task_struct *prev,
+    //          struct task_struct *next, unsigned int prev_state)
+    let prev = pid_of(ctx.arg(1));
+    let next = pid_of(ctx.arg(2));
     account_idle(now, prev == Some(0), next == Some(0));
     if let Some(next) = next
         && next != 0
@@ -72,20 +77,26 @@ pub(crate) fn sched_switch(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// The idle task is pid 0 on every CPU: switching to it starts an idle
-/// period, switching away from it ends one.
+/// Credits the interval since this CPU's previous switch to idle time when
+/// the task leaving the CPU is the idle task (pid 0 on every CPU).
 #[inline(always)]
-fn account_idle(now: u64, leaving_idle: bool, entering_idle: bool) {
+fn account_idle(now: u64, prev_is_idle: bool, next_is_idle: bool) {
     let Some(idle) = CPU_IDLE.get_ptr_mut(0) else { return };
-    // SAFETY: this CPU's slot of a per-CPU map; see `count`.
+    // SAFETY: this CPU's slot of a per-CPU map, written only by this program.
     let idle = unsafe { &mut *idle };
-    if leaving_idle && idle.idle_since_ns != 0 {
-        idle.idle_ns += now.saturating_sub(idle.idle_since_ns);
-        idle.idle_since_ns = 0;
+    if prev_is_idle {
+        let started = if idle.last_switch_ns != 0 {
+            idle.last_switch_ns
+        } else {
+            // First switch on this CPU since attach, out of idle: it was idle
+            // since before the programs attached.
+            // SAFETY: volatile so the loaded value is read, not the default.
+            unsafe { core::ptr::read_volatile(&LOAD_TIME_NS) }
+        };
+        idle.idle_ns += now.saturating_sub(started);
     }
-    if entering_idle {
-        idle.idle_since_ns = now;
-    }
+    idle.last_switch_ns = now;
+    idle.running_idle = u64::from(next_is_idle);
 }
 
 #[inline(always)]
@@ -100,9 +111,11 @@ fn record_runqueue_latency(now: u64, pid: u32) {
     }
 }
 
+/// Stamps the wakeup of the task in argument 0 (TP_PROTO(struct
+/// task_struct *p) for both wakeup tracepoints).
 #[inline(always)]
-fn record_wakeup(ctx: &TracePointContext) {
-    if let Some(pid) = read_field::<i32>(ctx, &SCHED_WAKEUP_PID)
+fn record_wakeup(ctx: &RawTracePointContext) {
+    if let Some(pid) = pid_of(ctx.arg(0))
         && pid != 0
     {
         let now = unsafe { bpf_ktime_get_ns() };
@@ -110,38 +123,38 @@ fn record_wakeup(ctx: &TracePointContext) {
     }
 }
 
-#[tracepoint(category = "sched", name = "sched_wakeup")]
-pub(crate) fn sched_wakeup(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sched_wakeup")]
+pub(crate) fn sched_wakeup(ctx: RawTracePointContext) -> i32 {
     record_wakeup(&ctx);
     0
 }
 
-#[tracepoint(category = "sched", name = "sched_wakeup_new")]
-pub(crate) fn sched_wakeup_new(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sched_wakeup_new")]
+pub(crate) fn sched_wakeup_new(ctx: RawTracePointContext) -> i32 {
     record_wakeup(&ctx);
     0
 }
 
-#[tracepoint(category = "sched", name = "sched_process_fork")]
-pub(crate) fn sched_process_fork(_ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub(crate) fn sched_process_fork(_ctx: RawTracePointContext) -> i32 {
     count(|c| c.forks += 1);
     0
 }
 
-#[tracepoint(category = "sched", name = "sched_process_exec")]
-pub(crate) fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub(crate) fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
     count(|c| c.execs += 1);
     0
 }
 
-#[tracepoint(category = "sched", name = "sched_process_exit")]
-pub(crate) fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub(crate) fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
     count(|c| c.exits += 1);
     0
 }
 
-#[tracepoint(category = "sched", name = "sched_migrate_task")]
-pub(crate) fn sched_migrate_task(_ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sched_migrate_task")]
+pub(crate) fn sched_migrate_task(_ctx: RawTracePointContext) -> i32 {
     count(|c| c.migrations += 1);
     0
 }

@@ -5,19 +5,28 @@
 //! Disabled collectors' programs are never loaded into the kernel. Dropping
 //! [`Kernel`] detaches and unloads everything.
 
+use std::{io, sync::OnceLock};
+
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{ProgramError, TracePoint},
+    programs::{ProgramError, RawTracePoint},
 };
 use tracing::{debug, error, info};
 
 use crate::{
+    btf::{Btf, BtfError},
     collectors::{Collector, CollectorError, CollectorSpec},
     tracefs::Tracefs,
 };
 
 /// The object built from `exporter-ebpf` by `build.rs`.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kernel-exporter-bpf"));
+
+/// Test-only hook: the collector named in this variable looks for a
+/// tracepoint no kernel has, so the end-to-end tests can prove that a
+/// missing tracepoint takes down that collector and nothing else.
+const TEST_MISSING_TRACEPOINT_ENV: &str = "KERNEL_EXPORTER_TEST_MISSING_TRACEPOINT";
+const TEST_MISSING_TRACEPOINT: &str = "kernel_exporter_test_missing";
 
 /// Failure to load the object as a whole (before any collector).
 #[derive(Debug, thiserror::Error)]
@@ -41,17 +50,16 @@ impl Kernel {
     /// handed to it. Only a failure of the object itself is an error.
     pub(crate) fn load(specs: &[&'static CollectorSpec]) -> Result<(Self, Vec<LoadedCollector>), LoadError> {
         let tracefs = Tracefs::find();
-        // Tracepoints and field offsets are checked against this kernel
+        // The kernel's BTF is read once, and only if a collector needs it.
+        let btf = OnceLock::new();
+        // Tracepoints and member offsets are checked against this kernel
         // before loading, because the offsets go into the object.
-        let prepared: Vec<Result<Vec<(&'static str, u32)>, CollectorError>> = specs
-            .iter()
-            .map(|spec| {
-                let tracefs = tracefs.as_ref().ok_or(CollectorError::TracefsNotMounted)?;
-                prepare(tracefs, spec)
-            })
-            .collect();
+        let prepared: Vec<Result<Vec<(&'static str, u32)>, CollectorError>> =
+            specs.iter().map(|spec| prepare(tracefs.as_ref(), &btf, spec)).collect();
 
         let mut loader = EbpfLoader::new();
+        let load_time_ns = crate::clock::monotonic_ns();
+        loader.override_global(exporter_common::sched::LOAD_TIME_GLOBAL, &load_time_ns, true);
         for offsets in prepared.iter().flatten() {
             for (global, offset) in offsets {
                 // must_exist: a name the object lacks is a build mismatch,
@@ -80,37 +88,53 @@ impl Kernel {
     }
 }
 
-/// Checks that every tracepoint of `spec` exists, and reads its field
-/// offsets from tracefs.
-fn prepare(tracefs: &Tracefs, spec: &CollectorSpec) -> Result<Vec<(&'static str, u32)>, CollectorError> {
-    for tp in spec.tracepoints {
-        // Checked first so a kernel without the tracepoint gets an error
-        // that says so, not a bare ENOENT from deep inside attach.
-        if !tracefs.has_event(tp.category, tp.name) {
-            return Err(CollectorError::MissingTracepoint { category: tp.category, name: tp.name });
+/// Checks that every tracepoint of `spec` exists (where tracefs shows
+/// it; raw tracepoints attach without tracefs), and finds the kernel member
+/// offsets its programs read.
+fn prepare(
+    tracefs: Option<&Tracefs>,
+    btf: &OnceLock<Result<Btf, BtfError>>,
+    spec: &CollectorSpec,
+) -> Result<Vec<(&'static str, u32)>, CollectorError> {
+    if let Some(tracefs) = tracefs {
+        for tp in spec.tracepoints {
+            // Checked first so a kernel without the tracepoint gets an error
+            // that says so, not a bare ENOENT from deep inside attach.
+            let name = tracepoint_name(spec, tp.name);
+            if !tracefs.has_event(tp.category, name) {
+                return Err(CollectorError::MissingTracepoint { category: tp.category, name });
+            }
         }
     }
-    let mut offsets: Vec<(&'static str, u32)> = Vec::with_capacity(spec.fields.len());
-    for wanted in spec.fields {
-        let missing = || CollectorError::Field {
-            category: wanted.category,
-            event: wanted.event,
-            field: wanted.field,
-            size: wanted.size,
-        };
-        let field = tracefs
-            .field(wanted.category, wanted.event, wanted.field)
-            .filter(|field| field.size == wanted.size)
-            .ok_or_else(missing)?;
-        // Events of one class share a global; they must agree.
-        match offsets.iter().find(|(global, _)| *global == wanted.global) {
-            Some(&(_, offset)) if offset != field.offset => return Err(missing()),
-            Some(_) => {}
-            None => offsets.push((wanted.global, field.offset)),
-        }
+    if spec.offsets.is_empty() {
+        return Ok(Vec::new());
     }
-    debug!(collector = spec.name, tracefs = %tracefs.root().display(), ?offsets, "field offsets");
+    let btf = btf.get_or_init(Btf::from_kernel).as_ref().map_err(|error| CollectorError::Btf(error.clone()))?;
+    let offsets = spec
+        .offsets
+        .iter()
+        .map(|wanted| {
+            btf.member(wanted.type_name, wanted.member)
+                .filter(|member| member.size == Some(wanted.size))
+                .map(|member| (wanted.global, member.offset))
+                .ok_or(CollectorError::KernelType {
+                    type_name: wanted.type_name,
+                    member: wanted.member,
+                    size: wanted.size,
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    debug!(collector = spec.name, ?offsets, "kernel member offsets from BTF");
     Ok(offsets)
+}
+
+/// The tracepoint name to use, after the test-only hook.
+fn tracepoint_name(spec: &CollectorSpec, name: &'static str) -> &'static str {
+    if std::env::var_os(TEST_MISSING_TRACEPOINT_ENV).is_some_and(|broken| broken == spec.name) {
+        TEST_MISSING_TRACEPOINT
+    } else {
+        name
+    }
 }
 
 fn attach(ebpf: &mut Ebpf, spec: &CollectorSpec) -> Result<(), CollectorError> {
@@ -122,11 +146,12 @@ fn attach(ebpf: &mut Ebpf, spec: &CollectorSpec) -> Result<(), CollectorError> {
             }
             CollectorError::Load { program: tp.program, source: Box::new(source) }
         })?;
-        program.attach(tp.category, tp.name).map_err(|source| CollectorError::Attach {
-            program: tp.program,
-            category: tp.category,
-            name: tp.name,
-            source: Box::new(source),
+        let name = tracepoint_name(spec, tp.name);
+        program.attach(name).map_err(|source| match &source {
+            ProgramError::SyscallError(error) if error.io_error.kind() == io::ErrorKind::NotFound => {
+                CollectorError::MissingTracepoint { category: tp.category, name }
+            }
+            _ => CollectorError::Attach { program: tp.program, category: tp.category, name, source: Box::new(source) },
         })?;
         debug!(program = tp.program, tracepoint = %format_args!("{}/{}", tp.category, tp.name), "attached");
     }
@@ -144,7 +169,7 @@ fn detach(ebpf: &mut Ebpf, spec: &CollectorSpec) {
     }
 }
 
-fn tracepoint_program<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut TracePoint, CollectorError> {
+fn tracepoint_program<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut RawTracePoint, CollectorError> {
     ebpf.program_mut(program).and_then(|p| p.try_into().ok()).ok_or(CollectorError::MissingProgram { program })
 }
 

@@ -217,7 +217,10 @@ mod tests {
         assert!(config.listen_addresses[0].addr.ip().is_loopback());
         assert_eq!(config.telemetry_path, "/metrics");
         assert_eq!(config.max_requests, Some(40));
-        assert_eq!(names(&config), vec!["sched"]);
+        let defaults: Vec<&str> =
+            collectors::REGISTRY.iter().filter(|spec| spec.default_enabled).map(|spec| spec.name).collect();
+        assert!(defaults.contains(&"sched"));
+        assert_eq!(names(&config), defaults);
     }
 
     #[test]
@@ -245,9 +248,14 @@ mod tests {
 
     #[test]
     fn collector_flags_last_one_wins() {
-        assert!(parse(&["--no-collector.sched"]).unwrap_err().contains("every collector is disabled"));
-        assert_eq!(names(&parse(&["--no-collector.sched", "--collector.sched"]).unwrap()), vec!["sched"]);
-        assert!(parse(&["--collector.sched", "--no-collector.sched"]).is_err());
+        assert!(!names(&parse(&["--no-collector.sched"]).unwrap()).contains(&"sched"));
+        let only = |args: &[&str]| names(&parse(&[&["--collector.disable-defaults"], args].concat()).unwrap());
+        assert_eq!(only(&["--no-collector.sched", "--collector.sched"]), vec!["sched"]);
+        assert!(
+            parse(&["--collector.disable-defaults", "--collector.sched", "--no-collector.sched"])
+                .unwrap_err()
+                .contains("every collector is disabled")
+        );
         assert!(parse(&["--collector.disable-defaults"]).is_err());
         assert_eq!(names(&parse(&["--collector.disable-defaults", "--collector.sched"]).unwrap()), vec!["sched"]);
     }

@@ -6,7 +6,9 @@
 //! every fatal error as one line that names the thing and the fix.
 
 mod bpf;
+mod btf;
 mod cli;
+mod clock;
 mod collectors;
 mod encode;
 mod histogram;

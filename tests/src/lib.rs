@@ -96,7 +96,9 @@ impl Exporter {
         self.child.as_ref().expect("running").id()
     }
 
-    fn wait_until_listening(&self) {
+    /// Waits until the daemon accepts connections; panics with its log if
+    /// it does not within the start-up timeout.
+    pub fn wait_until_listening(&self) {
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
             if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
@@ -255,6 +257,49 @@ pub fn promtool_check_metrics(text: &str) -> Result<(), String> {
     let out = promtool.wait_with_output().expect("promtool ran");
     let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if out.status.success() && printed.trim().is_empty() { Ok(()) } else { Err(printed) }
+}
+
+/// Each collector's programs, as the kernel names them (15 bytes at most, so
+/// some share a name).
+pub const COLLECTOR_PROGRAMS: &[(&str, &[&str])] = &[
+    (
+        "sched",
+        &[
+            "sched_switch",
+            "sched_wakeup",
+            "sched_wakeup_ne",
+            "sched_process_f",
+            "sched_process_e",
+            "sched_process_e",
+            "sched_migrate_t",
+        ],
+    ),
+    ("syscalls", &["sys_enter", "sys_exit"]),
+    ("mm", &["page_fault_user", "page_fault_kern", "mark_victim", "mm_vmscan_direc", "mm_vmscan_direc"]),
+    ("irq", &["irq_handler_ent", "softirq_entry", "softirq_exit"]),
+    ("signal", &["signal_generate"]),
+];
+
+/// How many BPF programs with one of the exporter's program names are loaded.
+pub fn exporter_programs_loaded() -> usize {
+    loaded_bpf_program_names()
+        .iter()
+        .filter(|name| COLLECTOR_PROGRAMS.iter().any(|(_, programs)| programs.contains(&name.as_str())))
+        .count()
+}
+
+/// Waits (up to 5 s) until an exporter that just exited has no programs
+/// left: the kernel releases them asynchronously. Panics if they stay.
+pub fn wait_until_no_exporter_programs() {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let loaded = exporter_programs_loaded();
+        if loaded == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{loaded} programs of an exited kernel-exporter are still loaded");
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Names (as the kernel truncates them) of the BPF programs loaded now.

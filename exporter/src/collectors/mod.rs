@@ -6,7 +6,12 @@
 //! into metric families. Adding one means those three files plus one line in
 //! [`REGISTRY`].
 
+mod irq;
+mod mm;
 mod sched;
+mod signal;
+mod syscall_names;
+mod syscalls;
 
 use aya::{
     Ebpf,
@@ -18,7 +23,7 @@ use crate::encode::Encoder;
 use crate::encode::Family;
 
 /// Every collector the daemon knows, in the order they appear in scrapes.
-pub(crate) const REGISTRY: &[CollectorSpec] = &[sched::SPEC];
+pub(crate) const REGISTRY: &[CollectorSpec] = &[sched::SPEC, syscalls::SPEC, mm::SPEC, irq::SPEC, signal::SPEC];
 
 /// What the daemon needs to know about a collector before loading it.
 #[derive(Debug)]
@@ -30,8 +35,8 @@ pub(crate) struct CollectorSpec {
     pub(crate) default_enabled: bool,
     /// The programs to load and attach, all or nothing.
     pub(crate) tracepoints: &'static [Tracepoint],
-    /// Tracepoint fields whose offsets the programs read from globals.
-    pub(crate) fields: &'static [FieldOffset],
+    /// Kernel struct members whose offsets the programs read from globals.
+    pub(crate) offsets: &'static [KernelOffset],
     /// Every family the collector may write, for the naming tests.
     #[cfg(test)]
     pub(crate) families: &'static [Family],
@@ -49,14 +54,14 @@ pub(crate) struct Tracepoint {
     pub(crate) name: &'static str,
 }
 
-/// A tracepoint field whose offset, read from tracefs, is written into the
-/// BPF object's global `global` before it is loaded.
+/// A kernel struct member a program reads: its offset in the running
+/// kernel, from BTF, is written into the BPF object's global `global`
+/// before it is loaded.
 #[derive(Debug)]
-pub(crate) struct FieldOffset {
+pub(crate) struct KernelOffset {
     pub(crate) global: &'static str,
-    pub(crate) category: &'static str,
-    pub(crate) event: &'static str,
-    pub(crate) field: &'static str,
+    pub(crate) type_name: &'static str,
+    pub(crate) member: &'static str,
     /// Size in bytes the program reads; a kernel with another size is refused.
     pub(crate) size: u32,
 }
@@ -72,15 +77,12 @@ pub(crate) trait Collector: Send + Sync {
 /// is one, the fix.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CollectorError {
-    #[error(
-        "tracefs is not mounted (looked in /sys/kernel/tracing and /sys/kernel/debug/tracing); \
-         mount it with `mount -t tracefs nodev /sys/kernel/tracing`"
-    )]
-    TracefsNotMounted,
     #[error("tracepoint {category}/{name} does not exist in this kernel")]
     MissingTracepoint { category: &'static str, name: &'static str },
-    #[error("tracepoint {category}/{event} has no field {field} of {size} bytes in this kernel")]
-    Field { category: &'static str, event: &'static str, field: &'static str, size: u32 },
+    #[error("{0}")]
+    Btf(#[from] crate::btf::BtfError),
+    #[error("the kernel has no {type_name}.{member} of {size} bytes (from its BTF)")]
+    KernelType { type_name: &'static str, member: &'static str, size: u32 },
     #[error("the BPF object has no program {program}: the daemon and BPF object were built from different sources")]
     MissingProgram { program: &'static str },
     #[error("the kernel rejected program {program}: {source}")]

@@ -10,7 +10,7 @@ use exporter_common::{
     sched::{CPU_IDLE_MAP, CpuIdle, RUNQUEUE_LATENCY_MAP, SCHED_COUNTERS_MAP, SchedCounters, offsets},
 };
 
-use super::{Collector, CollectorError, CollectorSpec, FieldOffset, PerCpuRead, Tracepoint};
+use super::{Collector, CollectorError, CollectorSpec, KernelOffset, PerCpuRead, Tracepoint};
 use crate::{
     encode::{Encoder, Family, Series},
     histogram::HistogramSeries,
@@ -40,10 +40,6 @@ const CPU_IDLE: Family = Family::counter(
     "Time each CPU spent running its idle task, from sched_switch timestamps.",
 );
 
-const fn field(global: &'static str, event: &'static str, field: &'static str) -> FieldOffset {
-    FieldOffset { global, category: "sched", event, field, size: 4 }
-}
-
 const fn tracepoint(name: &'static str) -> Tracepoint {
     // Programs are named after the tracepoint they attach to.
     Tracepoint { program: name, category: "sched", name }
@@ -62,12 +58,7 @@ pub(super) const SPEC: CollectorSpec = CollectorSpec {
         tracepoint("sched_process_exit"),
         tracepoint("sched_migrate_task"),
     ],
-    fields: &[
-        field(offsets::SWITCH_PREV_PID, "sched_switch", "prev_pid"),
-        field(offsets::SWITCH_NEXT_PID, "sched_switch", "next_pid"),
-        field(offsets::WAKEUP_PID, "sched_wakeup", "pid"),
-        field(offsets::WAKEUP_PID, "sched_wakeup_new", "pid"),
-    ],
+    offsets: &[KernelOffset { global: offsets::TASK_PID, type_name: "task_struct", member: "pid", size: 4 }],
     #[cfg(test)]
     families: &[CONTEXT_SWITCHES, FORKS, EXECS, EXITS, MIGRATIONS, RUNQUEUE_LATENCY, CPU_IDLE],
     open,
@@ -81,15 +72,7 @@ fn open(ebpf: &mut Ebpf) -> Result<Box<dyn Collector>, CollectorError> {
         map: CPU_IDLE_MAP,
         source: Box::new(MapError::IoError(source)),
     })?;
-    Ok(Box::new(Sched::new(counters, runqueue, idle, cpus, monotonic_ns)))
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_ns` reads.
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec into `now`.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
-    (now.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(now.tv_nsec as u64)
+    Ok(Box::new(Sched::new(counters, runqueue, idle, cpus, crate::clock::monotonic_ns)))
 }
 
 struct Sched<C, R, I> {
@@ -144,7 +127,11 @@ where
         out.family(&CPU_IDLE);
         self.idle.for_each_cpu(0, &mut |idle| {
             // A CPU idle right now has an open period to add.
-            let open = if idle.idle_since_ns != 0 { now.saturating_sub(idle.idle_since_ns) } else { 0 };
+            let open = if idle.running_idle != 0 && idle.last_switch_ns != 0 {
+                now.saturating_sub(idle.last_switch_ns)
+            } else {
+                0
+            };
             if let (Some(series), Some(last)) = (self.idle_series.get(cpu), exposed.get_mut(cpu)) {
                 *last = (*last).max(idle.idle_ns.saturating_add(open));
                 out.sample_f64(series, *last as f64 / 1e9);
@@ -203,9 +190,9 @@ mod tests {
             FakePerCpu {
                 cpus: vec![
                     // Busy now, 1.5 s idle so far.
-                    vec![CpuIdle { idle_since_ns: 0, idle_ns: 1_500_000_000 }],
+                    vec![CpuIdle { last_switch_ns: 9_500_000_000, idle_ns: 1_500_000_000, running_idle: 0 }],
                     // Idle since t=9 s, 2 s idle before.
-                    vec![CpuIdle { idle_since_ns: 9_000_000_000, idle_ns: 2_000_000_000 }],
+                    vec![CpuIdle { last_switch_ns: 9_000_000_000, idle_ns: 2_000_000_000, running_idle: 1 }],
                 ],
             },
             2,

@@ -6,39 +6,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kernel_exporter_tests::{Exporter, exporter_binary, free_port, loaded_bpf_program_names};
-
-/// The sched collector's programs, as the kernel names them (15 bytes at
-/// most: exec and exit share a truncated name).
-const SCHED_PROGRAMS: [&str; 7] = [
-    "sched_switch",
-    "sched_wakeup",
-    "sched_wakeup_ne",
-    "sched_process_f",
-    "sched_process_e",
-    "sched_process_e",
-    "sched_migrate_t",
-];
-
-fn our_programs_loaded() -> usize {
-    loaded_bpf_program_names().iter().filter(|name| SCHED_PROGRAMS.contains(&name.as_str())).count()
-}
-
-/// Program teardown is asynchronous in the kernel (RCU); allow it a moment.
-fn wait_for_programs(expected: usize) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let loaded = our_programs_loaded();
-        if loaded == expected || Instant::now() > deadline {
-            return loaded;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
+use kernel_exporter_tests::{
+    COLLECTOR_PROGRAMS, Exporter, exporter_binary, exporter_programs_loaded, free_port, wait_until_no_exporter_programs,
+};
 
 fn assert_orderly_exit(signal: libc::c_int, name: &str) {
-    let before = wait_for_programs(0);
-    assert_eq!(before, 0, "programs of an earlier instance are still loaded");
+    wait_until_no_exporter_programs();
     let port = free_port();
     let mut exporter = Exporter::spawn(port, &[]);
     // Wait for it to serve, then stop it.
@@ -47,12 +20,14 @@ fn assert_orderly_exit(signal: libc::c_int, name: &str) {
         assert!(Instant::now() < deadline, "never served; log:\n{}", exporter.log());
         thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(our_programs_loaded(), SCHED_PROGRAMS.len(), "every sched program is loaded while it runs");
+    let all: usize = COLLECTOR_PROGRAMS.iter().map(|(_, programs)| programs.len()).sum();
+    assert_eq!(exporter_programs_loaded(), all, "every collector's programs are loaded while it runs");
 
     let (status, took) = exporter.stop(signal);
     assert_eq!(status.code(), Some(0), "{name}: exit status {status}; log:\n{}", exporter.log());
     assert!(took < Duration::from_secs(1), "{name}: exit took {took:?}");
-    assert_eq!(wait_for_programs(0), 0, "{name}: programs left loaded after exit");
+    // Panics if programs stay loaded after the exit.
+    wait_until_no_exporter_programs();
 
     // A second start right after, on the same port, works.
     let again = Exporter::spawn(port, &[]);

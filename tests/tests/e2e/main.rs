@@ -2,6 +2,11 @@
 //! One target with a module per area; run one at a time
 //! (`--test-threads=1`), since they share the kernel's state.
 
+mod collectors;
 mod http;
+mod irq;
 mod lifecycle;
+mod mm;
 mod sched;
+mod signal;
+mod syscalls;

@@ -5,6 +5,7 @@ use std::{
     os::unix::net::UnixStream,
     process::Command,
     thread,
+    time::{Duration, Instant},
 };
 
 use kernel_exporter_tests::{Exporter, assert_close, proc_stat, promtool_check_metrics};
@@ -70,15 +71,89 @@ fn counters_match_proc_stat() {
         .unwrap_or_else(|found| panic!("promtool check metrics: {found}\n{}", after.text));
 }
 
-#[test]
-fn disabled_collector_loads_no_program() {
-    let exporter = Exporter::start(&["--no-collector.sched", "--collector.sched"]);
-    assert_eq!(exporter.scrape().get("kernel_exporter_collector_up{collector=\"sched\"}"), 1.0);
-    drop(exporter);
+/// `idle + iowait` of every CPU in /proc/stat, in seconds.
+fn proc_stat_idle_seconds() -> Vec<f64> {
+    // SAFETY: sysconf has no memory effects.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    std::fs::read_to_string("/proc/stat")
+        .expect("read /proc/stat")
+        .lines()
+        .filter(|line| line.starts_with("cpu") && !line.starts_with("cpu "))
+        .map(|line| {
+            let fields: Vec<f64> = line.split_whitespace().skip(1).map(|v| v.parse().expect("number")).collect();
+            (fields[3] + fields[4]) / ticks_per_second
+        })
+        .collect()
+}
 
-    let status = Exporter::spawn(kernel_exporter_tests::free_port(), &["--no-collector.sched"])
-        .wait_exit(std::time::Duration::from_secs(5));
-    // With the only collector disabled there is nothing to serve: a usage
-    // error, before anything is loaded.
-    assert_eq!(status.code(), Some(2));
+#[test]
+fn idle_seconds_match_proc_stat_per_cpu() {
+    let exporter = Exporter::start(&[]);
+    // A CPU that is idle when the programs attach starts counting when it
+    // next leaves idle; give every CPU the chance to.
+    thread::sleep(Duration::from_millis(500));
+
+    let kernel_before = proc_stat_idle_seconds();
+    let before = exporter.scrape();
+    // Mostly idle, with a little work so both kinds of period occur.
+    for _ in 0..6 {
+        ping_pong(500);
+        thread::sleep(Duration::from_millis(500));
+    }
+    let after = exporter.scrape();
+    let kernel_after = proc_stat_idle_seconds();
+
+    for (cpu, (kernel_before, kernel_after)) in kernel_before.iter().zip(&kernel_after).enumerate() {
+        let key = format!("kernel_cpu_idle_seconds_total{{cpu=\"{cpu}\"}}");
+        let ours = after.get(&key) - before.get(&key);
+        let kernel = kernel_after - kernel_before;
+        eprintln!("cpu {cpu}: idle +{ours:.3} s, /proc/stat idle+iowait +{kernel:.3} s");
+        // /proc/stat counts in ticks (10 ms) and is read twice, so it is
+        // only good to about two ticks; beyond that, 5%.
+        let allowed = (kernel * 0.05).max(0.03);
+        assert!((ours - kernel).abs() <= allowed, "cpu {cpu}: {ours:.3} s vs {kernel:.3} s (allowed ±{allowed:.3})");
+    }
+}
+
+#[test]
+fn runqueue_latency_counts_woken_tasks() {
+    const ROUND_TRIPS: usize = 5_000;
+    let exporter = Exporter::start(&[]);
+    let before = exporter.scrape();
+    let started = Instant::now();
+    ping_pong(ROUND_TRIPS);
+    let wall = started.elapsed().as_secs_f64();
+    let after = exporter.scrape();
+
+    let delta = |key: &str| after.get(key) - before.get(key);
+    let count = delta("kernel_sched_runqueue_latency_seconds_count");
+    let sum = delta("kernel_sched_runqueue_latency_seconds_sum");
+    let switches = delta(SWITCHES);
+    eprintln!("runqueue latency: +{count} measured wakeups, +{sum:.6} s, of +{switches} switches in {wall:.3} s");
+
+    // Each round trip wakes each of the two threads once, and each then
+    // runs: at least 2 × ROUND_TRIPS measured wakeups. Only switches to a
+    // woken task are measured, so never more than the switches.
+    assert!(count >= 2.0 * ROUND_TRIPS as f64, "{count} measured wakeups");
+    assert!(count <= switches, "{count} measured wakeups > {switches} switches");
+    let cpus = proc_stat_idle_seconds().len() as f64;
+    assert!(sum > 0.0 && sum <= (wall + 1.0) * cpus, "sum {sum} s");
+    assert_eq!(
+        after.get("kernel_sched_runqueue_latency_seconds_bucket{le=\"+Inf\"}"),
+        after.get("kernel_sched_runqueue_latency_seconds_count")
+    );
+}
+
+#[test]
+fn exec_exit_and_migration_counters_move() {
+    let exporter = Exporter::start(&[]);
+    let before = exporter.scrape();
+    spawn_processes(100);
+    let after = exporter.scrape();
+    let delta = |key: &str| after.get(key) - before.get(key);
+    // Every `true` is one exec and one exit of its only thread.
+    assert!(delta("kernel_sched_execs_total") >= 100.0);
+    assert!(delta("kernel_sched_process_exits_total") >= 100.0);
+    assert!(delta("kernel_sched_migrations_total") >= 0.0);
+    assert!(after.get("kernel_sched_migrations_total") > 0.0, "no task ever migrated on a multi-CPU host?");
 }

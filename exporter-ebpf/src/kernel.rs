@@ -1,0 +1,37 @@
+//! Reading members of the kernel structs raw tracepoints pass.
+//!
+//! Raw tracepoints hand programs the tracepoint's own arguments (pointers
+//! to `task_struct`, `pt_regs`, ...) instead of a copied record: cheaper per
+//! event, and each program has its own recursion guard, so a program is
+//! never skipped because another BPF program or a map syscall is active on
+//! the CPU (classic tracepoint programs are, silently). Member offsets
+//! differ between kernels, so they are globals the daemon fills in from the
+//! running kernel's BTF before loading. The defaults are placeholders.
+
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+
+/// Declares a member-offset global the daemon overwrites at load time.
+macro_rules! kernel_offset {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[unsafe(no_mangle)]
+        static $name: u32 = 0;
+    };
+}
+pub(crate) use kernel_offset;
+
+/// Reads a `T` at `base` plus the offset held in `offset` (a
+/// [`kernel_offset!`] global).
+#[inline(always)]
+pub(crate) fn read_member<T>(base: u64, offset: &u32) -> Option<T> {
+    // SAFETY: volatile so the compiler reads the loaded value instead of
+    // folding in the default.
+    let offset = unsafe { core::ptr::read_volatile(offset) };
+    if base == 0 {
+        return None;
+    }
+    let address = base.wrapping_add(u64::from(offset)) as *const T;
+    // SAFETY: bpf_probe_read_kernel checks the address; any T of plain
+    // integers is valid for any bytes.
+    unsafe { bpf_probe_read_kernel(address) }.ok()
+}
