@@ -86,13 +86,7 @@ mod tests {
     use bytes::BytesMut;
 
     use super::*;
-    use crate::collectors::testing::FakePerCpu;
-
-    fn scrape(irq: &impl Collector) -> String {
-        let mut buf = BytesMut::new();
-        irq.collect(&mut Encoder::new(&mut buf)).unwrap();
-        String::from_utf8(buf.to_vec()).unwrap()
-    }
+    use crate::collectors::testing::{FakePerCpu, scrape};
 
     fn cpu(hardirqs: u64, net_rx: u64, net_rx_ns: u64) -> IrqCounters {
         let mut counters = IrqCounters { hardirqs, ..IrqCounters::default() };

@@ -106,13 +106,7 @@ mod tests {
     use bytes::BytesMut;
 
     use super::*;
-    use crate::collectors::testing::FakePerCpu;
-
-    fn scrape(mm: &impl Collector) -> String {
-        let mut buf = BytesMut::new();
-        mm.collect(&mut Encoder::new(&mut buf)).unwrap();
-        String::from_utf8(buf.to_vec()).unwrap()
-    }
+    use crate::collectors::testing::{FakePerCpu, scrape};
 
     fn counters(user: u64, kernel: u64, oom: u64) -> MmCounters {
         MmCounters { page_faults_user: user, page_faults_kernel: kernel, oom_kills: oom }

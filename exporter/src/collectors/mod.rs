@@ -145,6 +145,13 @@ pub(crate) mod testing {
         pub(crate) cpus: Vec<Vec<T>>,
     }
 
+    /// What `collector` writes, as text; panics if it fails.
+    pub(crate) fn scrape(collector: &dyn Collector) -> String {
+        let mut buf = bytes::BytesMut::new();
+        collector.collect(&mut Encoder::new(&mut buf)).expect("collect");
+        String::from_utf8(buf.to_vec()).expect("UTF-8")
+    }
+
     impl<T: Send + Sync> PerCpuRead<T> for FakePerCpu<T> {
         fn for_each_cpu(&self, index: u32, each: &mut dyn FnMut(&T)) -> Result<(), MapError> {
             for cpu in &self.cpus {

@@ -147,16 +147,10 @@ mod tests {
     use bytes::BytesMut;
 
     use super::*;
-    use crate::collectors::testing::FakePerCpu;
+    use crate::collectors::testing::{FakePerCpu, scrape};
 
     fn counters(context_switches: u64, forks: u64) -> SchedCounters {
         SchedCounters { context_switches, forks, execs: 1, exits: 2, migrations: 3 }
-    }
-
-    fn scrape(sched: &impl Collector) -> String {
-        let mut buf = BytesMut::new();
-        sched.collect(&mut Encoder::new(&mut buf)).unwrap();
-        String::from_utf8(buf.to_vec()).unwrap()
     }
 
     #[test]

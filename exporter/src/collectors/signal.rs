@@ -131,13 +131,7 @@ mod tests {
     use bytes::BytesMut;
 
     use super::*;
-    use crate::collectors::testing::FakePerCpu;
-
-    fn scrape(signal: &impl Collector) -> String {
-        let mut buf = BytesMut::new();
-        signal.collect(&mut Encoder::new(&mut buf)).unwrap();
-        String::from_utf8(buf.to_vec()).unwrap()
-    }
+    use crate::collectors::testing::{FakePerCpu, scrape};
 
     fn counts(pairs: &[(usize, u64)]) -> SignalCounts {
         let mut counts = SignalCounts::default();
