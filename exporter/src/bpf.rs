@@ -15,7 +15,7 @@ use tracing::{debug, error, info};
 
 use crate::{
     btf::{Btf, BtfError},
-    collectors::{Collector, CollectorError, CollectorSpec},
+    collectors::{Collector, CollectorError, CollectorOptions, CollectorSpec},
     tracefs::Tracefs,
 };
 
@@ -48,7 +48,10 @@ impl Kernel {
     /// Loads the object (maps are created here), then each collector in
     /// `specs`: its programs are verified, loaded and attached, and its maps
     /// handed to it. Only a failure of the object itself is an error.
-    pub(crate) fn load(specs: &[&'static CollectorSpec]) -> Result<(Self, Vec<LoadedCollector>), LoadError> {
+    pub(crate) fn load(
+        specs: &[&'static CollectorSpec],
+        options: &CollectorOptions,
+    ) -> Result<(Self, Vec<LoadedCollector>), LoadError> {
         let tracefs = Tracefs::find();
         // The kernel's BTF is read once, and only if a collector needs it.
         let btf = OnceLock::new();
@@ -73,7 +76,8 @@ impl Kernel {
             .iter()
             .zip(prepared)
             .map(|(spec, prepared)| {
-                let state = prepared.and_then(|_| attach(&mut ebpf, spec)).and_then(|()| (spec.open)(&mut ebpf));
+                let state =
+                    prepared.and_then(|_| attach(&mut ebpf, spec)).and_then(|()| (spec.open)(&mut ebpf, options));
                 match &state {
                     Ok(_) => info!(collector = spec.name, programs = spec.tracepoints.len(), "collector attached"),
                     Err(error) => {

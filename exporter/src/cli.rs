@@ -9,7 +9,7 @@ use std::{
 
 use clap::{Arg, ArgAction, ArgMatches, Command, FromArgMatches as _, Parser};
 
-use crate::collectors::{self, CollectorSpec};
+use crate::collectors::{self, CollectorOptions, CollectorSpec};
 
 /// Where the exporter listens unless told otherwise: loopback only, so a
 /// fresh install exposes nothing to the network.
@@ -44,6 +44,16 @@ struct RawArgs {
     #[arg(long = "log.format", value_name = "FORMAT", default_value = "logfmt")]
     log_format: LogFormat,
 
+    /// Regex of block devices (names as in /proc/diskstats) to leave out of
+    /// the block collector's series.
+    #[arg(long = "collector.block.device-exclude", value_name = "REGEX")]
+    block_device_exclude: Option<String>,
+
+    /// Regex of network devices (names as in /proc/net/dev) to leave out of
+    /// the net collector's series.
+    #[arg(long = "collector.net.device-exclude", value_name = "REGEX")]
+    net_device_exclude: Option<String>,
+
     /// Disable all collectors that are on by default; enable the ones you
     /// want with --collector.NAME.
     #[arg(long = "collector.disable-defaults")]
@@ -77,6 +87,7 @@ pub(crate) struct Config {
     pub(crate) log_format: LogFormat,
     /// Enabled collectors, in registry order.
     pub(crate) collectors: Vec<&'static CollectorSpec>,
+    pub(crate) collector_options: CollectorOptions,
 }
 
 /// One `--web.listen-address`.
@@ -133,7 +144,13 @@ impl Config {
             return Err("every collector is disabled; enable at least one with --collector.NAME".to_owned());
         }
 
+        let collector_options = CollectorOptions {
+            block_device_exclude: device_regex("collector.block.device-exclude", raw.block_device_exclude.as_deref())?,
+            net_device_exclude: device_regex("collector.net.device-exclude", raw.net_device_exclude.as_deref())?,
+        };
+
         Ok(Self {
+            collector_options,
             listen_addresses,
             telemetry_path,
             max_requests: (raw.max_requests != 0).then_some(raw.max_requests),
@@ -181,6 +198,16 @@ fn collector_enabled(matches: &ArgMatches, spec: &CollectorSpec, disable_default
     } else {
         spec.default_enabled && !disable_defaults
     }
+}
+
+/// A device-name regex; anchored as node_exporter's are not, so `^…$` is
+/// the user's to write.
+fn device_regex(flag: &str, pattern: Option<&str>) -> Result<Option<regex::Regex>, String> {
+    pattern
+        .map(|pattern| {
+            regex::Regex::new(pattern).map_err(|e| format!("--{flag}={pattern:?} is not a valid regex: {e}"))
+        })
+        .transpose()
 }
 
 fn parse_listen_address(text: &str) -> Result<ListenAddress, String> {
@@ -258,6 +285,17 @@ mod tests {
         );
         assert!(parse(&["--collector.disable-defaults"]).is_err());
         assert_eq!(names(&parse(&["--collector.disable-defaults", "--collector.sched"]).unwrap()), vec!["sched"]);
+    }
+
+    #[test]
+    fn device_exclude_flags_are_regexes() {
+        let config = parse(&["--collector.net.device-exclude=^veth"]).unwrap();
+        let exclude = config.collector_options.net_device_exclude.unwrap();
+        assert!(exclude.is_match("veth0a1b"));
+        assert!(!exclude.is_match("eth0"));
+        assert!(config.collector_options.block_device_exclude.is_none());
+        let error = parse(&["--collector.block.device-exclude=(loop"]).unwrap_err();
+        assert!(error.contains("--collector.block.device-exclude=\"(loop\" is not a valid regex"), "{error}");
     }
 
     #[test]

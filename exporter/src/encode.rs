@@ -1,5 +1,5 @@
-//! Prometheus text exposition format 0.0.4, written straight into one
-//! reused buffer.
+//! Prometheus text exposition format 0.0.4 and OpenMetrics 1.0.0, written
+//! straight into one reused buffer.
 //!
 //! Everything about a series except its value is known before the first
 //! scrape: metric families are `const`s, and a labelled series' bytes
@@ -9,8 +9,60 @@
 
 use bytes::{BufMut as _, BytesMut};
 
-/// `Content-Type` of the text format.
-pub(crate) const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The exposition formats this exporter writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// Prometheus text format 0.0.4, the default.
+    #[default]
+    Text,
+    /// OpenMetrics 1.0.0: counter families are named without `_total`, and
+    /// the body ends with `# EOF`.
+    OpenMetrics,
+}
+
+impl Format {
+    pub(crate) const fn content_type(self) -> &'static str {
+        match self {
+            Self::Text => "text/plain; version=0.0.4; charset=utf-8",
+            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+
+    /// The format an `Accept` header asks for, in the order Prometheus'
+    /// own negotiation (`expfmt.NegotiateIncludingOpenMetrics`) picks it:
+    /// the acceptable media ranges by falling quality, the first one this
+    /// exporter can write wins, text 0.0.4 otherwise.
+    pub(crate) fn negotiate(accept: Option<&str>) -> Self {
+        let Some(accept) = accept else { return Self::Text };
+        let mut ranges: Vec<(f32, Option<Self>)> = accept
+            .split(',')
+            .filter_map(|range| {
+                let mut parts = range.split(';').map(str::trim);
+                let media = parts.next()?.to_ascii_lowercase();
+                let mut quality = 1.0f32;
+                let mut version = None;
+                for parameter in parts {
+                    let (key, value) = parameter.split_once('=')?;
+                    let value = value.trim().trim_matches('"');
+                    match key.trim().to_ascii_lowercase().as_str() {
+                        "q" => quality = value.parse().ok()?,
+                        "version" => version = Some(value.to_owned()),
+                        _ => {}
+                    }
+                }
+                let format = match (media.as_str(), version.as_deref()) {
+                    ("application/openmetrics-text", None | Some("1.0.0" | "0.0.1")) => Some(Self::OpenMetrics),
+                    ("text/plain", None | Some("0.0.4")) => Some(Self::Text),
+                    _ => None,
+                };
+                (quality > 0.0).then_some((quality, format))
+            })
+            .collect();
+        // Stable: equal qualities keep the client's order.
+        ranges.sort_by(|a, b| b.0.total_cmp(&a.0));
+        ranges.into_iter().find_map(|(_, format)| format).unwrap_or(Self::Text)
+    }
+}
 
 /// The metric types this exporter writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,11 +167,25 @@ impl Series {
 /// Writes families and samples into a caller-owned buffer.
 pub(crate) struct Encoder<'a> {
     buf: &'a mut BytesMut,
+    format: Format,
 }
 
 impl<'a> Encoder<'a> {
+    /// An encoder of the text format 0.0.4.
+    #[cfg(test)]
     pub(crate) fn new(buf: &'a mut BytesMut) -> Self {
-        Self { buf }
+        Self::with_format(buf, Format::Text)
+    }
+
+    pub(crate) fn with_format(buf: &'a mut BytesMut, format: Format) -> Self {
+        Self { buf, format }
+    }
+
+    /// Ends the body as the format requires.
+    pub(crate) fn finish(self) {
+        if self.format == Format::OpenMetrics {
+            self.buf.put_slice(b"# EOF\n");
+        }
     }
 
     /// A position to [`rollback`](Self::rollback) to.
@@ -134,9 +200,13 @@ impl<'a> Encoder<'a> {
 
     /// `# HELP` and `# TYPE` lines; call once per family, before its samples.
     pub(crate) fn family(&mut self, family: &Family) {
-        for part in
-            ["# HELP ", family.name, " ", family.help, "\n# TYPE ", family.name, " ", family.kind.as_str(), "\n"]
-        {
+        // OpenMetrics names a counter family without the `_total` its
+        // samples carry.
+        let name = match (self.format, family.kind) {
+            (Format::OpenMetrics, MetricType::Counter) => family.name.strip_suffix("_total").unwrap_or(family.name),
+            _ => family.name,
+        };
+        for part in ["# HELP ", name, " ", family.help, "\n# TYPE ", name, " ", family.kind.as_str(), "\n"] {
             self.buf.put_slice(part.as_bytes());
         }
     }
@@ -220,6 +290,50 @@ mod tests {
         assert_eq!(
             &*series.0,
             b"kernel_exporter_collector_up{a=\"back\\\\slash\",b=\"\\\"quoted\\\"\\nline\"} ".as_slice()
+        );
+    }
+
+    #[test]
+    fn openmetrics_names_counter_families_without_total_and_ends_with_eof() {
+        let mut buf = BytesMut::new();
+        let mut out = Encoder::with_format(&mut buf, Format::OpenMetrics);
+        out.single(&FORKS, 3);
+        out.family(&UP);
+        out.finish();
+        assert_eq!(
+            std::str::from_utf8(&buf).unwrap(),
+            "# HELP kernel_sched_forks New tasks.\n# TYPE kernel_sched_forks counter\nkernel_sched_forks_total 3\n\
+             # HELP kernel_exporter_collector_up Whether the collector works.\n\
+             # TYPE kernel_exporter_collector_up gauge\n# EOF\n"
+        );
+    }
+
+    #[test]
+    fn negotiates_like_prometheus() {
+        // What Prometheus 2.42 sends by default.
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,\
+                          text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::negotiate(Some(prometheus)), Format::OpenMetrics);
+        assert_eq!(Format::negotiate(None), Format::Text);
+        assert_eq!(Format::negotiate(Some("*/*")), Format::Text);
+        assert_eq!(Format::negotiate(Some("text/plain")), Format::Text);
+        assert_eq!(Format::negotiate(Some("application/openmetrics-text")), Format::OpenMetrics);
+        // Preference by quality, not position.
+        assert_eq!(
+            Format::negotiate(Some("text/plain;version=0.0.4;q=0.9, application/openmetrics-text; version=1.0.0")),
+            Format::OpenMetrics
+        );
+        assert_eq!(
+            Format::negotiate(Some("application/openmetrics-text;q=0.2,text/plain;version=0.0.4")),
+            Format::Text
+        );
+        // Versions we do not write, q=0 and garbage fall back to text.
+        assert_eq!(Format::negotiate(Some("application/openmetrics-text;version=2.0.0")), Format::Text);
+        assert_eq!(Format::negotiate(Some("application/openmetrics-text;q=0")), Format::Text);
+        assert_eq!(Format::negotiate(Some(";;;,=,q=x")), Format::Text);
+        assert_eq!(
+            Format::negotiate(Some("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily")),
+            Format::Text
         );
     }
 

@@ -54,7 +54,7 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
         // an orderly exit, not the default action.
         let shutdown = server::shutdown_signal().context("cannot install signal handlers")?;
 
-        let (kernel, collectors) = bpf::Kernel::load(&config.collectors)?;
+        let (kernel, collectors) = bpf::Kernel::load(&config.collectors, &config.collector_options)?;
         let listeners = server::bind_all(&config.listen_addresses)?;
         let scraper = scrape::Scraper::new(collectors);
         let app = server::App::new(scraper, &config);

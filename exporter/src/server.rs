@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     cli::{Config, ListenAddress},
-    encode::TEXT_CONTENT_TYPE,
+    encode::Format,
     scrape::Scraper,
 };
 
@@ -132,7 +132,7 @@ impl App {
         let path = request.uri().path();
         let is_read = matches!(*request.method(), Method::GET | Method::HEAD);
         if path == self.telemetry_path {
-            if is_read { self.metrics() } else { method_not_allowed() }
+            if is_read { self.metrics(request) } else { method_not_allowed() }
         } else if path == "/" {
             if is_read {
                 response(StatusCode::OK, "text/html; charset=utf-8", self.landing_page.clone())
@@ -144,7 +144,14 @@ impl App {
         }
     }
 
-    fn metrics(&self) -> Response<Full<Bytes>> {
+    fn metrics<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
+        let (collect, exclude) = collector_filters(request.uri().query());
+        let selection = match self.scraper.select(&collect, &exclude) {
+            Ok(selection) => selection,
+            Err(error) => {
+                return response(StatusCode::BAD_REQUEST, "text/plain; charset=utf-8", format!("{error}\n").into());
+            }
+        };
         let _slot = match &self.scrape_slots {
             Some(slots) => match slots.try_acquire() {
                 Ok(slot) => Some(slot),
@@ -158,8 +165,89 @@ impl App {
             },
             None => None,
         };
-        response(StatusCode::OK, TEXT_CONTENT_TYPE, self.scraper.scrape())
+        let header = |name| request.headers().get(name).and_then(|value| value.to_str().ok());
+        let format = Format::negotiate(header(header::ACCEPT));
+        let body = self.scraper.scrape(format, selection);
+        if !accepts_gzip(header(header::ACCEPT_ENCODING)) {
+            return response(StatusCode::OK, format.content_type(), body);
+        }
+        let mut response = response(StatusCode::OK, format.content_type(), gzip(&body));
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+        response
     }
+}
+
+/// Whether an `Accept-Encoding` header allows gzip (any `gzip` coding with
+/// a quality above zero; Prometheus sends `gzip` by default).
+fn accepts_gzip(accept_encoding: Option<&str>) -> bool {
+    accept_encoding.is_some_and(|codings| {
+        codings.split(',').any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            parts.next().is_some_and(|name| name.eq_ignore_ascii_case("gzip"))
+                && parts.all(|parameter| {
+                    parameter.strip_prefix("q=").is_none_or(|q| q.trim().parse::<f32>().is_ok_and(|q| q > 0.0))
+                })
+        })
+    })
+}
+
+/// Compresses a body. Fast compression: bodies are small and scraped often,
+/// so CPU matters more than the last few percent of size.
+fn gzip(body: &[u8]) -> Bytes {
+    use std::io::Write as _;
+    let mut encoder =
+        flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4 + 64), flate2::Compression::fast());
+    // Writing into a Vec cannot fail.
+    let _ = encoder.write_all(body);
+    encoder.finish().unwrap_or_default().into()
+}
+
+/// The `collect[]` and `exclude[]` values of a query string, decoded
+/// (Prometheus sends the brackets percent-encoded).
+fn collector_filters(query: Option<&str>) -> (Vec<String>, Vec<String>) {
+    let mut collect = Vec::new();
+    let mut exclude = Vec::new();
+    for pair in query.unwrap_or_default().split('&').filter(|pair| !pair.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match percent_decode(key).as_str() {
+            "collect[]" => collect.push(percent_decode(value)),
+            "exclude[]" => exclude.push(percent_decode(value)),
+            _ => {}
+        }
+    }
+    (collect, exclude)
+}
+
+/// `application/x-www-form-urlencoded` decoding; malformed escapes are kept
+/// as they are.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let hex = |digit: u8| char::from(digit).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = match bytes.get(i..i + 3) {
+            Some(&[b'%', high, low]) => hex(high).zip(hex(low)).map(|(high, low)| (high * 16 + low) as u8),
+            _ => None,
+        };
+        match (bytes[i], escaped) {
+            (_, Some(decoded)) => {
+                out.push(decoded);
+                i += 3;
+            }
+            (b'+', None) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, None) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn response(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
@@ -274,6 +362,38 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, app: Arc<App>, mu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gzip_negotiation() {
+        assert!(accepts_gzip(Some("gzip")));
+        assert!(accepts_gzip(Some("deflate, GZIP;q=0.5")));
+        assert!(!accepts_gzip(Some("gzip;q=0")));
+        assert!(!accepts_gzip(Some("identity")));
+        assert!(!accepts_gzip(Some("gzipx")));
+        assert!(!accepts_gzip(None));
+    }
+
+    #[test]
+    fn gzip_round_trips() {
+        use std::io::Read as _;
+        let body = b"kernel_sched_forks_total 3\n".repeat(100);
+        let compressed = gzip(&body);
+        assert!(compressed.len() < body.len() / 4);
+        let mut decoded = Vec::new();
+        flate2::read::GzDecoder::new(&compressed[..]).read_to_end(&mut decoded).unwrap();
+        assert_eq!(decoded, body);
+    }
+
+    #[test]
+    fn query_filters_are_decoded() {
+        let (collect, exclude) = collector_filters(Some("collect%5B%5D=sched&collect[]=irq&x=1&exclude%5b%5d=a%2Bb+c"));
+        assert_eq!(collect, ["sched", "irq"]);
+        assert_eq!(exclude, ["a+b c"]);
+        assert_eq!(collector_filters(None), (vec![], vec![]));
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        // A sign is not a hex digit; `+` still means a space.
+        assert_eq!(percent_decode("%+1"), "% 1");
+    }
 
     #[test]
     fn landing_page_links_the_escaped_path() {

@@ -292,6 +292,33 @@ pub(crate) fn ensure_debian_packages(needs: &[(&str, &str)]) -> anyhow::Result<(
     .with_context(|| format!("cannot install {list}; run `apt-get install {list}`"))
 }
 
+/// Installs Python modules the end-to-end tests use (the `import` name and
+/// the PyPI package), when `python3` cannot import them.
+pub(crate) fn ensure_python_modules(needs: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = needs
+        .iter()
+        .filter(|(module, _)| {
+            !Command::new("python3")
+                .args(["-c", &format!("import {module}")])
+                .output()
+                .is_ok_and(|out| out.status.success())
+        })
+        .map(|&(_, package)| package)
+        .collect();
+    if missing.is_empty() {
+        let modules: Vec<&str> = needs.iter().map(|(module, _)| *module).collect();
+        say("ok", &format!("python modules {} present", modules.join(", ")));
+        return Ok(());
+    }
+    let list = missing.join(" ");
+    say("setup", &format!("installing Python packages: {list} (pip)"));
+    run_checked(
+        Command::new("python3").args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(&missing),
+        &format!("python3 -m pip install {list}"),
+    )
+    .with_context(|| format!("cannot install {list}; run `python3 -m pip install {list}`"))
+}
+
 pub(crate) fn is_root() -> bool {
     fs::read_to_string("/proc/self/status")
         .ok()

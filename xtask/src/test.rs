@@ -14,6 +14,11 @@ use crate::prereq::{self, Toolchain, say};
 /// Commands the end-to-end tests run, and the Debian packages that have them.
 const E2E_COMMANDS: &[(&str, &str)] = &[("promtool", "prometheus"), ("curl", "curl"), ("setpriv", "util-linux")];
 
+/// Python modules the end-to-end tests use, and their PyPI packages: the
+/// reference parsers of both exposition formats (promtool 2.42 only reads
+/// the text format).
+const E2E_PYTHON_MODULES: &[(&str, &str)] = &[("prometheus_client", "prometheus-client")];
+
 pub(crate) fn test(filter: Option<&str>) -> anyhow::Result<()> {
     let toolchain = Toolchain::ensure()?;
     if !prereq::is_root() {
@@ -23,6 +28,7 @@ pub(crate) fn test(filter: Option<&str>) -> anyhow::Result<()> {
     }
     prereq::ensure_tracefs()?;
     prereq::ensure_debian_packages(E2E_COMMANDS)?;
+    prereq::ensure_python_modules(E2E_PYTHON_MODULES)?;
     let binary = toolchain.build(false)?;
 
     let mut tally = Tally::default();

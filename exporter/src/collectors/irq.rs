@@ -5,7 +5,7 @@
 use aya::{Ebpf, maps::MapError};
 use exporter_common::irq::{IRQ_COUNTERS_MAP, IrqCounters, NR_SOFTIRQS};
 
-use super::{Collector, CollectorError, CollectorSpec, PerCpuRead, Tracepoint};
+use super::{Collector, CollectorError, CollectorOptions, CollectorSpec, PerCpuRead, Tracepoint};
 use crate::encode::{Encoder, Family, Series};
 
 const HARDIRQS: Family = Family::counter(
@@ -43,7 +43,7 @@ pub(super) const SPEC: CollectorSpec = CollectorSpec {
     open,
 };
 
-fn open(ebpf: &mut Ebpf) -> Result<Box<dyn Collector>, CollectorError> {
+fn open(ebpf: &mut Ebpf, _options: &CollectorOptions) -> Result<Box<dyn Collector>, CollectorError> {
     let counters = super::take_per_cpu_array::<IrqCounters>(ebpf, IRQ_COUNTERS_MAP)?;
     Ok(Box::new(Irq::new(counters)))
 }

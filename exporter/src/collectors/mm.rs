@@ -8,7 +8,7 @@ use exporter_common::{
     mm::{DIRECT_RECLAIM_LATENCY_MAP, MM_COUNTERS_MAP, MmCounters},
 };
 
-use super::{Collector, CollectorError, CollectorSpec, PerCpuRead, Tracepoint};
+use super::{Collector, CollectorError, CollectorOptions, CollectorSpec, PerCpuRead, Tracepoint};
 use crate::{
     encode::{Encoder, Family, Series},
     histogram::HistogramSeries,
@@ -53,7 +53,7 @@ pub(super) const SPEC: CollectorSpec = CollectorSpec {
     open,
 };
 
-fn open(ebpf: &mut Ebpf) -> Result<Box<dyn Collector>, CollectorError> {
+fn open(ebpf: &mut Ebpf, _options: &CollectorOptions) -> Result<Box<dyn Collector>, CollectorError> {
     let counters = super::take_per_cpu_array::<MmCounters>(ebpf, MM_COUNTERS_MAP)?;
     let reclaim = super::take_per_cpu_array::<Log2Histogram>(ebpf, DIRECT_RECLAIM_LATENCY_MAP)?;
     Ok(Box::new(Mm::new(counters, reclaim)))

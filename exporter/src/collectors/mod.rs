@@ -42,7 +42,22 @@ pub(crate) struct CollectorSpec {
     pub(crate) families: &'static [Family],
     /// Takes the collector's maps out of the loaded object once its programs
     /// are attached.
-    pub(crate) open: fn(&mut Ebpf) -> Result<Box<dyn Collector>, CollectorError>,
+    pub(crate) open: OpenFn,
+}
+
+/// How a collector takes its maps out of the loaded object.
+pub(crate) type OpenFn = fn(&mut Ebpf, &CollectorOptions) -> Result<Box<dyn Collector>, CollectorError>;
+
+/// Options of individual collectors, from `--collector.NAME.OPTION` flags.
+#[derive(Debug, Default, Clone)]
+#[allow(dead_code, reason = "read by the block and net collectors, which land next")]
+pub(crate) struct CollectorOptions {
+    /// `--collector.block.device-exclude`: block devices (by name, as in
+    /// /proc/diskstats) whose series are not exported.
+    pub(crate) block_device_exclude: Option<regex::Regex>,
+    /// `--collector.net.device-exclude`: network devices (by name, as in
+    /// /proc/net/dev) whose series are not exported.
+    pub(crate) net_device_exclude: Option<regex::Regex>,
 }
 
 /// A tracepoint program and where it attaches.
@@ -132,6 +147,14 @@ pub(crate) fn take_per_cpu_array<T: aya::Pod>(
 ) -> Result<PerCpuArray<MapData, T>, CollectorError> {
     let raw = ebpf.take_map(map).ok_or(CollectorError::MissingMap { map })?;
     PerCpuArray::try_from(raw).map_err(|source| CollectorError::Map { map, source: Box::new(source) })
+}
+
+/// The syscalls collector over any map reader, for the allocation test.
+#[cfg(test)]
+pub(crate) fn syscalls_for_test(
+    counts: impl PerCpuRead<exporter_common::syscalls::SyscallCounts> + 'static,
+) -> Box<dyn Collector> {
+    syscalls::for_test(counts)
 }
 
 #[cfg(test)]

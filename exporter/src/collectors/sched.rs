@@ -10,7 +10,7 @@ use exporter_common::{
     sched::{CPU_IDLE_MAP, CpuIdle, RUNQUEUE_LATENCY_MAP, SCHED_COUNTERS_MAP, SchedCounters, offsets},
 };
 
-use super::{Collector, CollectorError, CollectorSpec, KernelOffset, PerCpuRead, Tracepoint};
+use super::{Collector, CollectorError, CollectorOptions, CollectorSpec, KernelOffset, PerCpuRead, Tracepoint};
 use crate::{
     encode::{Encoder, Family, Series},
     histogram::HistogramSeries,
@@ -64,7 +64,7 @@ pub(super) const SPEC: CollectorSpec = CollectorSpec {
     open,
 };
 
-fn open(ebpf: &mut Ebpf) -> Result<Box<dyn Collector>, CollectorError> {
+fn open(ebpf: &mut Ebpf, _options: &CollectorOptions) -> Result<Box<dyn Collector>, CollectorError> {
     let counters = super::take_per_cpu_array::<SchedCounters>(ebpf, SCHED_COUNTERS_MAP)?;
     let runqueue = super::take_per_cpu_array::<Log2Histogram>(ebpf, RUNQUEUE_LATENCY_MAP)?;
     let idle = super::take_per_cpu_array::<CpuIdle>(ebpf, CPU_IDLE_MAP)?;

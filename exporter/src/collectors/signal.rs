@@ -9,7 +9,7 @@
 use aya::{Ebpf, maps::MapError};
 use exporter_common::signal::{MAX_SIGNAL, SIGNALS_GENERATED_MAP, SignalCounts};
 
-use super::{Collector, CollectorError, CollectorSpec, PerCpuRead, Tracepoint};
+use super::{Collector, CollectorError, CollectorOptions, CollectorSpec, PerCpuRead, Tracepoint};
 use crate::encode::{Encoder, Family, Series};
 
 const GENERATED: Family = Family::counter(
@@ -86,7 +86,7 @@ pub(super) const SPEC: CollectorSpec = CollectorSpec {
     open,
 };
 
-fn open(ebpf: &mut Ebpf) -> Result<Box<dyn Collector>, CollectorError> {
+fn open(ebpf: &mut Ebpf, _options: &CollectorOptions) -> Result<Box<dyn Collector>, CollectorError> {
     let counts = super::take_per_cpu_array::<SignalCounts>(ebpf, SIGNALS_GENERATED_MAP)?;
     Ok(Box::new(Signal::new(counts)))
 }

@@ -17,7 +17,8 @@ use aya::{Ebpf, maps::MapError};
 use exporter_common::syscalls::{MAX_SYSCALLS, SYSCALL_COUNTS_MAP, SyscallCounts, offsets};
 
 use super::{
-    Collector, CollectorError, CollectorSpec, KernelOffset, PerCpuRead, Tracepoint, syscall_names::syscall_name,
+    Collector, CollectorError, CollectorOptions, CollectorSpec, KernelOffset, PerCpuRead, Tracepoint,
+    syscall_names::syscall_name,
 };
 use crate::encode::{Encoder, Family, Series};
 
@@ -50,9 +51,14 @@ pub(super) const SPEC: CollectorSpec = CollectorSpec {
     open,
 };
 
-fn open(ebpf: &mut Ebpf) -> Result<Box<dyn Collector>, CollectorError> {
+fn open(ebpf: &mut Ebpf, _options: &CollectorOptions) -> Result<Box<dyn Collector>, CollectorError> {
     let counts = super::take_per_cpu_array::<SyscallCounts>(ebpf, SYSCALL_COUNTS_MAP)?;
     Ok(Box::new(Syscalls::new(counts)))
+}
+
+#[cfg(test)]
+pub(super) fn for_test(counts: impl PerCpuRead<SyscallCounts> + 'static) -> Box<dyn Collector> {
+    Box::new(Syscalls::new(counts))
 }
 
 /// The label value of syscall `nr`: its name, or `unknown_NR` for a number

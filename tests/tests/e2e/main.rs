@@ -3,6 +3,7 @@
 //! (`--test-threads=1`), since they share the kernel's state.
 
 mod collectors;
+mod formats;
 mod http;
 mod irq;
 mod lifecycle;
