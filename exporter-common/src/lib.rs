@@ -11,12 +11,15 @@
 #![no_std]
 #![deny(missing_docs)]
 
+pub mod block;
 pub mod histogram;
 pub mod irq;
 pub mod mm;
+pub mod net;
 pub mod sched;
 pub mod signal;
 pub mod syscalls;
+pub mod tcp;
 
 /// Implements `aya::Pod` for shared types when the daemon asks for it.
 macro_rules! user_pod {

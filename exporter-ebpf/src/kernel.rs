@@ -35,3 +35,24 @@ pub(crate) fn read_member<T>(base: u64, offset: &u32) -> Option<T> {
     // integers is valid for any bytes.
     unsafe { bpf_probe_read_kernel(address) }.ok()
 }
+
+/// Inode number of the exporter's network namespace, written in by the
+/// daemon (`exporter_common::net::NETNS_INUM_GLOBAL`). Network statistics
+/// are those of this namespace only, as `/proc/net` shows them to the
+/// exporter.
+#[unsafe(no_mangle)]
+static NETNS_INUM: u32 = 0;
+
+kernel_offset!(
+    /// Offset of `ns.inum` in `struct net`; a collector that calls
+    /// [`in_exporter_netns`] lists it in its offsets.
+    NET_NS_INUM
+);
+
+/// Whether the `struct net` at `net` is the exporter's network namespace.
+#[inline(always)]
+pub(crate) fn in_exporter_netns(net: u64) -> bool {
+    // SAFETY: volatile so the loaded value is read, not the default.
+    let own = unsafe { core::ptr::read_volatile(&NETNS_INUM) };
+    read_member::<u32>(net, &NET_NS_INUM) == Some(own)
+}

@@ -5,7 +5,7 @@
 //! Disabled collectors' programs are never loaded into the kernel. Dropping
 //! [`Kernel`] detaches and unloads everything.
 
-use std::{io, sync::OnceLock};
+use std::io;
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -14,7 +14,6 @@ use aya::{
 use tracing::{debug, error, info};
 
 use crate::{
-    btf::{Btf, BtfError},
     collectors::{Collector, CollectorError, CollectorOptions, CollectorSpec},
     tracefs::Tracefs,
 };
@@ -53,16 +52,29 @@ impl Kernel {
         options: &CollectorOptions,
     ) -> Result<(Self, Vec<LoadedCollector>), LoadError> {
         let tracefs = Tracefs::find();
-        // The kernel's BTF is read once, and only if a collector needs it.
-        let btf = OnceLock::new();
+        // The kernel's BTF is parsed once, only if a collector needs it,
+        // and released when every collector is open.
         // Tracepoints and member offsets are checked against this kernel
         // before loading, because the offsets go into the object.
         let prepared: Vec<Result<Vec<(&'static str, u32)>, CollectorError>> =
-            specs.iter().map(|spec| prepare(tracefs.as_ref(), &btf, spec)).collect();
+            specs.iter().map(|spec| prepare(tracefs.as_ref(), spec)).collect();
 
+        // Two parses of the kernel's BTF never live at once: ours is dropped
+        // before aya's loader parses it again (in `new`), and aya's is
+        // dropped before loading, since the programs need no CO-RE
+        // relocations (member offsets come from `btf.rs`). Together they
+        // would be most of the daemon's peak memory.
+        crate::btf::release_kernel();
+        release_freed_memory();
         let mut loader = EbpfLoader::new();
+        loader.btf(None);
+        release_freed_memory();
         let load_time_ns = crate::clock::monotonic_ns();
         loader.override_global(exporter_common::sched::LOAD_TIME_GLOBAL, &load_time_ns, true);
+        // Network collectors count only the devices and sockets of the
+        // exporter's own namespace; 0 matches none (their `open` reports why).
+        let netns_inum = own_netns_inum().unwrap_or(0);
+        loader.override_global(exporter_common::net::NETNS_INUM_GLOBAL, &netns_inum, true);
         for offsets in prepared.iter().flatten() {
             for (global, offset) in offsets {
                 // must_exist: a name the object lacks is a build mismatch,
@@ -88,6 +100,8 @@ impl Kernel {
                 LoadedCollector { name: spec.name, state }
             })
             .collect();
+        crate::btf::release_kernel();
+        release_freed_memory();
         Ok((Self { _ebpf: ebpf }, collectors))
     }
 }
@@ -95,11 +109,7 @@ impl Kernel {
 /// Checks that every tracepoint of `spec` exists (where tracefs shows
 /// it; raw tracepoints attach without tracefs), and finds the kernel member
 /// offsets its programs read.
-fn prepare(
-    tracefs: Option<&Tracefs>,
-    btf: &OnceLock<Result<Btf, BtfError>>,
-    spec: &CollectorSpec,
-) -> Result<Vec<(&'static str, u32)>, CollectorError> {
+fn prepare(tracefs: Option<&Tracefs>, spec: &CollectorSpec) -> Result<Vec<(&'static str, u32)>, CollectorError> {
     if let Some(tracefs) = tracefs {
         for tp in spec.tracepoints {
             // Checked first so a kernel without the tracepoint gets an error
@@ -113,8 +123,8 @@ fn prepare(
     if spec.offsets.is_empty() {
         return Ok(Vec::new());
     }
-    let btf = btf.get_or_init(Btf::from_kernel).as_ref().map_err(|error| CollectorError::Btf(error.clone()))?;
-    let offsets = spec
+    let btf = crate::btf::kernel()?;
+    let mut offsets = spec
         .offsets
         .iter()
         .map(|wanted| {
@@ -128,8 +138,17 @@ fn prepare(
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    offsets.extend(crate::collectors::kernel_values(spec, &btf)?);
     debug!(collector = spec.name, ?offsets, "kernel member offsets from BTF");
     Ok(offsets)
+}
+
+/// Inode number of the exporter's network namespace: the one whose
+/// `/proc/net` it sees, and the one its network statistics are about.
+pub(crate) fn own_netns_inum() -> io::Result<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let inode = std::fs::metadata("/proc/self/ns/net")?.ino();
+    u32::try_from(inode).map_err(|_| io::Error::other(format!("namespace inode {inode} is not a 32-bit number")))
 }
 
 /// The tracepoint name to use, after the test-only hook.
@@ -175,6 +194,13 @@ fn detach(ebpf: &mut Ebpf, spec: &CollectorSpec) {
 
 fn tracepoint_program<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut RawTracePoint, CollectorError> {
     ebpf.program_mut(program).and_then(|p| p.try_into().ok()).ok_or(CollectorError::MissingProgram { program })
+}
+
+/// Hands memory freed after start-up (the kernel's BTF, the object's
+/// parse) back to the system, so it does not stay in the resident set.
+fn release_freed_memory() {
+    // SAFETY: malloc_trim only walks glibc's own free lists.
+    unsafe { libc::malloc_trim(0) };
 }
 
 /// An error and its causes on one line: verifier logs are many lines long

@@ -278,6 +278,9 @@ pub const COLLECTOR_PROGRAMS: &[(&str, &[&str])] = &[
     ("mm", &["page_fault_user", "page_fault_kern", "mark_victim", "mm_vmscan_direc", "mm_vmscan_direc"]),
     ("irq", &["irq_handler_ent", "softirq_entry", "softirq_exit"]),
     ("signal", &["signal_generate"]),
+    ("tcp", &["inet_sock_set_s", "tcp_retransmit_", "tcp_retransmit_", "tcp_send_reset", "tcp_receive_res"]),
+    ("block", &["block_rq_issue", "block_rq_comple"]),
+    ("net", &["netif_receive_s", "net_dev_xmit", "kfree_skb"]),
 ];
 
 /// How many BPF programs with one of the exporter's program names are loaded.

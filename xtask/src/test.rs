@@ -12,7 +12,13 @@ use anyhow::{Context as _, bail};
 use crate::prereq::{self, Toolchain, say};
 
 /// Commands the end-to-end tests run, and the Debian packages that have them.
-const E2E_COMMANDS: &[(&str, &str)] = &[("promtool", "prometheus"), ("curl", "curl"), ("setpriv", "util-linux")];
+const E2E_COMMANDS: &[(&str, &str)] = &[
+    ("promtool", "prometheus"),
+    ("curl", "curl"),
+    ("setpriv", "util-linux"),
+    // `ip` and `tc` (one package) build the tcp test's lossy namespace.
+    ("ip", "iproute2"),
+];
 
 /// Python modules the end-to-end tests use, and their PyPI packages: the
 /// reference parsers of both exposition formats (promtool 2.42 only reads

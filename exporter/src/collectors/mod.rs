@@ -6,16 +6,19 @@
 //! into metric families. Adding one means those three files plus one line in
 //! [`REGISTRY`].
 
+mod block;
 mod irq;
 mod mm;
+mod net;
 mod sched;
 mod signal;
 mod syscall_names;
 mod syscalls;
+mod tcp;
 
 use aya::{
     Ebpf,
-    maps::{MapData, MapError, PerCpuArray},
+    maps::{MapData, MapError, PerCpuArray, PerCpuHashMap},
 };
 
 use crate::encode::Encoder;
@@ -23,7 +26,8 @@ use crate::encode::Encoder;
 use crate::encode::Family;
 
 /// Every collector the daemon knows, in the order they appear in scrapes.
-pub(crate) const REGISTRY: &[CollectorSpec] = &[sched::SPEC, syscalls::SPEC, mm::SPEC, irq::SPEC, signal::SPEC];
+pub(crate) const REGISTRY: &[CollectorSpec] =
+    &[sched::SPEC, syscalls::SPEC, mm::SPEC, irq::SPEC, signal::SPEC, block::SPEC, tcp::SPEC, net::SPEC];
 
 /// What the daemon needs to know about a collector before loading it.
 #[derive(Debug)]
@@ -50,7 +54,6 @@ pub(crate) type OpenFn = fn(&mut Ebpf, &CollectorOptions) -> Result<Box<dyn Coll
 
 /// Options of individual collectors, from `--collector.NAME.OPTION` flags.
 #[derive(Debug, Default, Clone)]
-#[allow(dead_code, reason = "read by the block and net collectors, which land next")]
 pub(crate) struct CollectorOptions {
     /// `--collector.block.device-exclude`: block devices (by name, as in
     /// /proc/diskstats) whose series are not exported.
@@ -114,6 +117,14 @@ pub(crate) enum CollectorError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    #[error("the kernel has no enum {name} (from its BTF)")]
+    KernelEnum { name: &'static str },
+    #[error("cannot {what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the BPF object has no map {map}: the daemon and BPF object were built from different sources")]
     MissingMap { map: &'static str },
     #[error("map {map} does not have the expected type or layout: {source}")]
@@ -138,6 +149,54 @@ impl<T: aya::Pod + Send + Sync> PerCpuRead<T> for PerCpuArray<MapData, T> {
         values.iter().for_each(each);
         Ok(())
     }
+}
+
+/// Reading and pruning a per-CPU hash map, whose keys come and go (the
+/// `block` collector's devices). Behind a trait so the collectors' label
+/// and churn logic are tested without a kernel.
+pub(crate) trait PerCpuHashRead<K, V>: Send + Sync {
+    /// Every key in the map now.
+    fn keys(&self) -> Result<Vec<K>, MapError>;
+    /// Calls `each` with every possible CPU's value of `key`.
+    fn for_each_cpu(&self, key: &K, each: &mut dyn FnMut(&V)) -> Result<(), MapError>;
+    /// Deletes `key` (all CPUs' values).
+    fn remove(&mut self, key: &K) -> Result<(), MapError>;
+}
+
+impl<K: aya::Pod + Send + Sync, V: aya::Pod + Send + Sync> PerCpuHashRead<K, V> for PerCpuHashMap<MapData, K, V> {
+    fn keys(&self) -> Result<Vec<K>, MapError> {
+        Self::keys(self).collect()
+    }
+
+    fn for_each_cpu(&self, key: &K, each: &mut dyn FnMut(&V)) -> Result<(), MapError> {
+        // One BPF_MAP_LOOKUP_ELEM returns the value of every possible CPU.
+        let values = self.get(key, 0)?;
+        values.iter().for_each(each);
+        Ok(())
+    }
+
+    fn remove(&mut self, key: &K) -> Result<(), MapError> {
+        Self::remove(self, key)
+    }
+}
+
+/// Takes a per-CPU hash map out of the object for a collector to own.
+pub(crate) fn take_per_cpu_hash<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    map: &'static str,
+) -> Result<PerCpuHashMap<MapData, K, V>, CollectorError> {
+    let raw = ebpf.take_map(map).ok_or(CollectorError::MissingMap { map })?;
+    PerCpuHashMap::try_from(raw).map_err(|source| CollectorError::Map { map, source: Box::new(source) })
+}
+
+/// Values from the kernel's BTF other than member offsets (flag values
+/// that moved between kernels) that `spec`'s programs read from globals,
+/// as `(global, value)`; written in before load like the offsets.
+pub(crate) fn kernel_values(
+    spec: &CollectorSpec,
+    btf: &crate::btf::Btf,
+) -> Result<Vec<(&'static str, u32)>, CollectorError> {
+    if spec.name == block::SPEC.name { block::kernel_values(btf) } else { Ok(Vec::new()) }
 }
 
 /// Takes a per-CPU array out of the object for a collector to own.
@@ -173,6 +232,26 @@ pub(crate) mod testing {
         let mut buf = bytes::BytesMut::new();
         collector.collect(&mut Encoder::new(&mut buf)).expect("collect");
         String::from_utf8(buf.to_vec()).expect("UTF-8")
+    }
+
+    /// A per-CPU hash: key → one value per CPU.
+    pub(crate) struct FakePerCpuHash<K, V> {
+        pub(crate) entries: std::collections::BTreeMap<K, Vec<V>>,
+    }
+
+    impl<K: Ord + Copy + Send + Sync, V: Send + Sync> PerCpuHashRead<K, V> for FakePerCpuHash<K, V> {
+        fn keys(&self) -> Result<Vec<K>, MapError> {
+            Ok(self.entries.keys().copied().collect())
+        }
+
+        fn for_each_cpu(&self, key: &K, each: &mut dyn FnMut(&V)) -> Result<(), MapError> {
+            self.entries.get(key).ok_or(MapError::KeyNotFound)?.iter().for_each(each);
+            Ok(())
+        }
+
+        fn remove(&mut self, key: &K) -> Result<(), MapError> {
+            self.entries.remove(key).map(drop).ok_or(MapError::KeyNotFound)
+        }
     }
 
     impl<T: Send + Sync> PerCpuRead<T> for FakePerCpu<T> {

@@ -2,12 +2,15 @@
 //! One target with a module per area; run one at a time
 //! (`--test-threads=1`), since they share the kernel's state.
 
+mod block;
 mod collectors;
 mod formats;
 mod http;
 mod irq;
 mod lifecycle;
 mod mm;
+mod net;
 mod sched;
 mod signal;
 mod syscalls;
+mod tcp;
