@@ -181,6 +181,11 @@ impl<'a> Encoder<'a> {
         Self { buf, format }
     }
 
+    /// The buffer, for encoders of their own (the exporter's self metrics).
+    pub(crate) fn buffer(&mut self) -> &mut BytesMut {
+        self.buf
+    }
+
     /// Ends the body as the format requires.
     pub(crate) fn finish(self) {
         if self.format == Format::OpenMetrics {

@@ -15,6 +15,7 @@ mod histogram;
 mod logging;
 mod privileges;
 mod scrape;
+mod self_metrics;
 mod server;
 mod tracefs;
 

@@ -5,6 +5,7 @@
 //! Every setup step prints one line; a step that cannot be done stops with
 //! one line naming what is missing and the command that fixes it.
 
+mod bench;
 mod prereq;
 mod run;
 mod test;
@@ -37,6 +38,13 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Compare with node_exporter, benchmark the encoder and the probes;
+    /// writes target/bench/report.json.
+    Bench {
+        /// Shorter criterion runs, for a quick look.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Run the unit tests, then the end-to-end tests against the real kernel.
     Test {
         /// Only run end-to-end tests whose name contains this.
@@ -52,6 +60,7 @@ fn main() -> ExitCode {
         }
         Command::Run { release, args } => run::run(release, &args),
         Command::Test { filter } => test::test(filter.as_deref()),
+        Command::Bench { quick } => bench::bench(quick),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,79 @@
+//! Encoder throughput: series written per second into the reused buffer,
+//! for plain counters, labelled counters and log2 histograms.
+//!
+//! The encoder modules are compiled in from the daemon's sources (the daemon
+//! is a binary crate); they depend only on `bytes`, `itoa`, `ryu` and the
+//! shared layouts.
+
+#![allow(dead_code, unreachable_pub, reason = "the daemon's modules, compiled here for their encoder alone")]
+
+#[path = "../src/encode.rs"]
+mod encode;
+#[path = "../src/histogram.rs"]
+mod histogram;
+
+use std::hint::black_box;
+
+use bytes::BytesMut;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use encode::{Encoder, Family, Format, Series};
+use exporter_common::histogram::Log2Histogram;
+
+const SYSCALLS: Family = Family::counter("kernel_syscalls_total", "Syscalls entered, by syscall.");
+const LATENCY: Family = Family::histogram("kernel_block_io_latency_seconds", "Block I/O latency.");
+
+fn encoder(c: &mut Criterion) {
+    let mut group = c.benchmark_group("encode");
+    let series: Vec<Series> =
+        (0..500).map(|nr| Series::new(&SYSCALLS, &[("syscall", &format!("syscall_{nr}"))])).collect();
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+
+    group.throughput(Throughput::Elements(series.len() as u64));
+    group.bench_function("labelled_counters_500", |b| {
+        b.iter(|| {
+            buf.clear();
+            let mut out = Encoder::with_format(&mut buf, Format::Text);
+            out.family(&SYSCALLS);
+            for (i, s) in series.iter().enumerate() {
+                out.sample(s, black_box(1_000_000 + i as u64 * 7919));
+            }
+            black_box(buf.len())
+        });
+    });
+
+    group.bench_function("float_gauges_500", |b| {
+        b.iter(|| {
+            buf.clear();
+            let mut out = Encoder::with_format(&mut buf, Format::Text);
+            for (i, s) in series.iter().enumerate() {
+                out.sample_f64(s, black_box(i as f64 * 0.001_234_5));
+            }
+            black_box(buf.len())
+        });
+    });
+
+    // A histogram is 24 bounds + Inf + sum + count = 27 series.
+    let histograms: Vec<histogram::HistogramSeries> = (0..20)
+        .map(|d| histogram::HistogramSeries::new(&LATENCY, &[("device", &format!("sd{d}")), ("op", "read")]))
+        .collect();
+    let mut values = Log2Histogram::default();
+    for shift in 8..30 {
+        values.record(1 << shift);
+    }
+    group.throughput(Throughput::Elements(histograms.len() as u64 * 27));
+    group.bench_function("histograms_20", |b| {
+        b.iter(|| {
+            buf.clear();
+            let mut out = Encoder::with_format(&mut buf, Format::Text);
+            out.family(&LATENCY);
+            for h in &histograms {
+                out.histogram(h, black_box(&values));
+            }
+            black_box(buf.len())
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, encoder);
+criterion_main!(benches);

@@ -1,0 +1,508 @@
+//! `cargo xtask bench`: kernel-exporter against node_exporter on this
+//! machine, in one run, alternating, plus criterion micro-benchmarks of the
+//! encoder and the per-event cost of the kernel programs.
+//!
+//! Machines here are shared and noisy: every comparison is made between
+//! runs interleaved in time, and reported as a ratio.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    net::TcpListener,
+    path::Path,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::prereq::{self, Toolchain, say};
+
+/// Rounds of (kernel-exporter, node_exporter) load runs.
+const ROUNDS: usize = 3;
+/// Length of one load run.
+const RUN: Duration = Duration::from_secs(5);
+/// Concurrent keep-alive clients, as the issue asks.
+const CLIENTS: usize = 4;
+/// getppid calls per probe-overhead measurement.
+const PROBE_CALLS: u64 = 2_000_000;
+/// Ping-pong round trips per runqueue-latency overhead measurement.
+const ROUND_TRIPS: u64 = 100_000;
+
+const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
+
+pub(crate) fn bench(quick: bool) -> anyhow::Result<()> {
+    let toolchain = Toolchain::ensure()?;
+    if !prereq::is_root() {
+        bail!("the benchmark loads BPF programs and needs root; run `sudo -E env PATH=\"$PATH\" cargo xtask bench`");
+    }
+    prereq::ensure_tracefs()?;
+    prereq::ensure_debian_packages(&[("wrk", "wrk"), ("prometheus-node-exporter", "prometheus-node-exporter")])?;
+    let binary = toolchain.build(true)?;
+    let report_dir = prereq::target_dir().join("bench");
+    fs::create_dir_all(&report_dir).with_context(|| format!("cannot create {}", report_dir.display()))?;
+
+    say("bench", "criterion micro-benchmarks of the encoder (cargo bench -p kernel-exporter)");
+    let mut criterion = toolchain.cargo();
+    criterion.args(["bench", "--package", "kernel-exporter", "--bench", "encode", "--"]);
+    if quick {
+        criterion.args(["--warm-up-time", "1", "--measurement-time", "2"]);
+    }
+    prereq::run_checked(&mut criterion, "cargo bench -p kernel-exporter")?;
+    let encoder = criterion_estimates(&prereq::target_dir().join("criterion"))?;
+
+    say(
+        "bench",
+        &format!("end to end: {ROUNDS} alternating rounds of {}s, {CLIENTS} keep-alive clients", RUN.as_secs()),
+    );
+    let ours_port = free_port()?;
+    let node_port = free_port()?;
+    let mut ours = Server::start(
+        "kernel-exporter",
+        Command::new(&binary).arg(format!("--web.listen-address=127.0.0.1:{ours_port}")),
+        ours_port,
+    )?;
+    let mut node = Server::start(
+        "node_exporter",
+        Command::new(NODE_EXPORTER).arg(format!("--web.listen-address=127.0.0.1:{node_port}")),
+        node_port,
+    )?;
+    let mut ours_runs = Vec::new();
+    let mut node_runs = Vec::new();
+    for round in 1..=ROUNDS {
+        say("bench", &format!("round {round}/{ROUNDS}: kernel-exporter"));
+        ours_runs.push(ours.load()?);
+        say("bench", &format!("round {round}/{ROUNDS}: node_exporter"));
+        node_runs.push(node.load()?);
+    }
+    let ours_summary = Summary::of(&ours_runs, ours.peak_rss_kib()?, ours.scrape_size()?);
+    let node_summary = Summary::of(&node_runs, node.peak_rss_kib()?, node.scrape_size()?);
+    ours.stop();
+    node.stop();
+
+    say("bench", "probe overhead: getppid and ping-pong loops without and with programs attached");
+    let probes = probe_overhead(&binary)?;
+
+    let table = render(&ours_summary, &node_summary, &encoder, &probes);
+    println!("\n{table}");
+    let json = report_json(&ours_summary, &node_summary, &encoder, &probes);
+    let report = report_dir.join("report.json");
+    fs::write(&report, json).with_context(|| format!("cannot write {}", report.display()))?;
+    say("ok", &format!("report written to {}", report.display()));
+    Ok(())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// An exporter under load.
+struct Server {
+    name: &'static str,
+    child: Child,
+    port: u16,
+}
+
+/// One load run's figures.
+struct Run {
+    /// Largest resident set sampled during the run (every 50 ms).
+    serving_rss_kib: u64,
+    scrapes_per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    cpu_seconds: f64,
+    scrapes: f64,
+}
+
+impl Server {
+    fn start(name: &'static str, command: &mut Command, port: u16) -> anyhow::Result<Self> {
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        let server = Self { name, child, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("{name} did not listen on 127.0.0.1:{port} within 20 s");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(server)
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/metrics", self.port)
+    }
+
+    /// CPU seconds (user + system) the process has used so far.
+    fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        let rest = &stat[stat.rfind(')').context("malformed stat")? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = fields
+            .get(11)
+            .zip(fields.get(12))
+            .map_or(Ok(0.0), |(u, s)| Ok::<_, anyhow::Error>(u.parse::<f64>()? + s.parse::<f64>()?))?;
+        Ok(ticks / 100.0)
+    }
+
+    /// `VmHWM`: the peak resident set since start, start-up included.
+    fn peak_rss_kib(&self) -> anyhow::Result<u64> {
+        status_kib(self.child.id(), "VmHWM:")
+    }
+
+    /// Bytes and series of one plain scrape.
+    fn scrape_size(&self) -> anyhow::Result<(usize, usize)> {
+        let out = Command::new("curl").args(["-sS", "--fail", &self.url()]).output()?;
+        if !out.status.success() {
+            bail!("curl {} failed", self.url());
+        }
+        let series = out.stdout.split(|&b| b == b'\n').filter(|line| !line.is_empty() && line[0] != b'#').count();
+        Ok((out.stdout.len(), series))
+    }
+
+    fn load(&mut self) -> anyhow::Result<Run> {
+        let cpu_before = self.cpu_seconds()?;
+        let pid = self.child.id();
+        let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let sampler = {
+            let sampling = std::sync::Arc::clone(&sampling);
+            thread::spawn(move || {
+                let mut peak = 0;
+                while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                    peak = peak.max(status_kib(pid, "VmRSS:").unwrap_or(0));
+                    thread::sleep(Duration::from_millis(50));
+                }
+                peak
+            })
+        };
+        let out = Command::new("wrk")
+            .args(["--latency", "-t", "2", "-c", &CLIENTS.to_string(), "-d", &format!("{}s", RUN.as_secs())])
+            .arg(self.url())
+            .output()
+            .context("cannot run wrk")?;
+        let cpu = self.cpu_seconds()? - cpu_before;
+        sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+        let serving_rss_kib = sampler.join().unwrap_or(0);
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() || text.contains("Non-2xx") {
+            bail!("wrk against {} failed:\n{text}", self.name);
+        }
+        let requests = text
+            .lines()
+            .find_map(|line| line.split_once(" requests in").map(|(n, _)| n.trim()))
+            .and_then(|n| n.parse::<f64>().ok())
+            .context("wrk printed no request count")?;
+        let rate = text
+            .lines()
+            .find_map(|line| line.strip_prefix("Requests/sec:"))
+            .and_then(|n| n.trim().parse().ok())
+            .context("wrk printed no Requests/sec")?;
+        let percentile = |p: &str| {
+            text.lines()
+                .find_map(|line| line.trim().strip_prefix(p).map(str::trim))
+                .and_then(duration_ms)
+                .with_context(|| format!("wrk printed no {p} latency"))
+        };
+        Ok(Run {
+            serving_rss_kib,
+            scrapes_per_second: rate,
+            p50_ms: percentile("50%")?,
+            p99_ms: percentile("99%")?,
+            cpu_seconds: cpu,
+            scrapes: requests,
+        })
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A `kB` line of /proc/PID/status.
+fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+/// wrk's "1.23ms", "456.78us", "1.02s" in milliseconds.
+fn duration_ms(text: &str) -> Option<f64> {
+    let (number, scale) = if let Some(n) = text.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        return None;
+    };
+    number.parse::<f64>().ok().map(|n| n * scale)
+}
+
+/// Medians over the rounds.
+struct Summary {
+    scrapes_per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    cpu_ms_per_1000: f64,
+    serving_rss_mib: f64,
+    peak_rss_mib: f64,
+    bytes: usize,
+    series: usize,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+impl Summary {
+    fn of(runs: &[Run], peak_rss_kib: u64, (bytes, series): (usize, usize)) -> Self {
+        Self {
+            scrapes_per_second: median(runs.iter().map(|r| r.scrapes_per_second).collect()),
+            p50_ms: median(runs.iter().map(|r| r.p50_ms).collect()),
+            p99_ms: median(runs.iter().map(|r| r.p99_ms).collect()),
+            cpu_ms_per_1000: median(runs.iter().map(|r| r.cpu_seconds * 1000.0 / r.scrapes * 1000.0).collect()),
+            serving_rss_mib: runs.iter().map(|r| r.serving_rss_kib).max().unwrap_or(0) as f64 / 1024.0,
+            peak_rss_mib: peak_rss_kib as f64 / 1024.0,
+            bytes,
+            series,
+        }
+    }
+}
+
+/// Criterion's mean estimates (ns per iteration) by benchmark id.
+fn criterion_estimates(dir: &Path) -> anyhow::Result<Vec<(String, f64, f64)>> {
+    let mut found = Vec::new();
+    for group in fs::read_dir(dir).with_context(|| format!("no criterion results in {}", dir.display()))? {
+        let group = group?.path();
+        for bench in fs::read_dir(&group)?.filter_map(Result::ok).map(|e| e.path()) {
+            let estimates = bench.join("new/estimates.json");
+            let benchmark = bench.join("new/benchmark.json");
+            let (Ok(estimates), Ok(benchmark)) = (fs::read_to_string(&estimates), fs::read_to_string(&benchmark))
+            else {
+                continue;
+            };
+            let mean = json_number(&estimates, "\"mean\"", "\"point_estimate\"");
+            let elements = json_number(&benchmark, "\"throughput\"", "\"Elements\"");
+            if let Some(mean) = mean {
+                let id = format!(
+                    "{}/{}",
+                    group.file_name().unwrap_or_default().to_string_lossy(),
+                    bench.file_name().unwrap_or_default().to_string_lossy()
+                );
+                let per_second = elements.map_or(f64::NAN, |elements| elements * 1e9 / mean);
+                found.push((id, mean, per_second));
+            }
+        }
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(found)
+}
+
+/// The first number after `key` then `field` in a JSON text: enough for
+/// criterion's two small files, without a JSON dependency.
+fn json_number(text: &str, key: &str, field: &str) -> Option<f64> {
+    let rest = &text[text.find(key)?..];
+    let rest = &rest[rest.find(field)? + field.len()..];
+    let rest = rest.trim_start_matches([':', ' ', '{', '"']);
+    let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == 'e' || c == '-' || c == '+'))?;
+    rest[..end].parse().ok()
+}
+
+/// Added nanoseconds per event for each measured probe.
+struct Probes {
+    getppid_baseline_ns: f64,
+    syscalls_ns_per_event: f64,
+    all_collectors_getppid_ns: f64,
+    pingpong_baseline_ns: f64,
+    runqueue_pair_ns: f64,
+}
+
+fn probe_overhead(binary: &Path) -> anyhow::Result<Probes> {
+    let getppid = || -> f64 {
+        let started = Instant::now();
+        for _ in 0..PROBE_CALLS {
+            // SAFETY: getppid has no arguments and cannot fail.
+            unsafe { libc_getppid() };
+        }
+        started.elapsed().as_nanos() as f64 / PROBE_CALLS as f64
+    };
+    let pingpong = || -> f64 { ping_pong(ROUND_TRIPS) };
+    let with = |args: &[&str], measure: &dyn Fn() -> f64| -> anyhow::Result<f64> {
+        let port = free_port()?;
+        let _server = Server::start(
+            "kernel-exporter",
+            Command::new(binary).arg(format!("--web.listen-address=127.0.0.1:{port}")).args(args),
+            port,
+        )?;
+        // Alternate with the baseline in the same breath.
+        Ok(measure())
+    };
+    let mut baseline = Vec::new();
+    let mut syscalls = Vec::new();
+    let mut all = Vec::new();
+    let mut pp_base = Vec::new();
+    let mut pp_sched = Vec::new();
+    for _ in 0..ROUNDS {
+        baseline.push(getppid());
+        syscalls.push(with(&["--collector.disable-defaults", "--collector.syscalls"], &getppid)?);
+        all.push(with(&[], &getppid)?);
+        pp_base.push(pingpong());
+        pp_sched.push(with(&["--collector.disable-defaults", "--collector.sched"], &pingpong)?);
+    }
+    let base = median(baseline);
+    let pp = median(pp_base);
+    Ok(Probes {
+        getppid_baseline_ns: base,
+        // A getppid is two events: sys_enter and sys_exit.
+        syscalls_ns_per_event: (median(syscalls) - base) / 2.0,
+        all_collectors_getppid_ns: median(all) - base,
+        pingpong_baseline_ns: pp,
+        // A round trip is two wakeups and two switches to a woken task: two
+        // wakeup/switch pairs of the runqueue-latency histogram.
+        runqueue_pair_ns: (median(pp_sched) - pp) / 2.0,
+    })
+}
+
+/// `getppid()` without a libc dependency in the xtask.
+unsafe fn libc_getppid() -> i32 {
+    unsafe extern "C" {
+        fn getppid() -> i32;
+    }
+    // SAFETY: getppid has no arguments and cannot fail.
+    unsafe { getppid() }
+}
+
+/// Two threads bouncing a byte over a socket pair; ns per round trip.
+fn ping_pong(round_trips: u64) -> f64 {
+    use std::{
+        io::{Read as _, Write as _},
+        os::unix::net::UnixStream,
+    };
+    let Ok((mut left, mut right)) = UnixStream::pair() else { return f64::NAN };
+    let echo = thread::spawn(move || {
+        let mut byte = [0u8; 1];
+        for _ in 0..round_trips {
+            if right.read_exact(&mut byte).is_err() || right.write_all(&byte).is_err() {
+                break;
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut byte = [1u8; 1];
+    for _ in 0..round_trips {
+        if left.write_all(&byte).is_err() || left.read_exact(&mut byte).is_err() {
+            break;
+        }
+    }
+    let ns = started.elapsed().as_nanos() as f64 / round_trips as f64;
+    let _ = echo.join();
+    ns
+}
+
+fn render(ours: &Summary, node: &Summary, encoder: &[(String, f64, f64)], probes: &Probes) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "{:<34} {:>16} {:>16} {:>12}",
+        "end to end (median of rounds)", "kernel-exporter", "node_exporter", "ratio"
+    );
+    let mut row = |name: &str, a: f64, b: f64| {
+        let _ = writeln!(t, "{name:<34} {a:>16.3} {b:>16.3} {:>12.4}", a / b);
+    };
+    row("scrapes/s", ours.scrapes_per_second, node.scrapes_per_second);
+    row("p50 scrape latency (ms)", ours.p50_ms, node.p50_ms);
+    row("p99 scrape latency (ms)", ours.p99_ms, node.p99_ms);
+    row("CPU ms per 1,000 scrapes", ours.cpu_ms_per_1000, node.cpu_ms_per_1000);
+    row("peak RSS while serving (MiB)", ours.serving_rss_mib, node.serving_rss_mib);
+    row("peak RSS incl. start-up (MiB)", ours.peak_rss_mib, node.peak_rss_mib);
+    row("bytes per scrape", ours.bytes as f64, node.bytes as f64);
+    row("series per scrape", ours.series as f64, node.series as f64);
+    let _ = writeln!(t, "\n{:<48} {:>14} {:>18}", "encoder (criterion)", "ns/iter", "series/s");
+    for (id, ns, per_second) in encoder {
+        let _ = writeln!(t, "{id:<48} {ns:>14.1} {per_second:>18.0}");
+    }
+    let _ = writeln!(t, "\nprobe overhead (ns added)");
+    let _ = writeln!(t, "  getppid baseline                      {:>8.1} ns/call", probes.getppid_baseline_ns);
+    let _ = writeln!(t, "  syscalls collector, per event         {:>8.1} ns", probes.syscalls_ns_per_event);
+    let _ = writeln!(t, "  all default collectors, per getppid   {:>8.1} ns", probes.all_collectors_getppid_ns);
+    let _ = writeln!(t, "  ping-pong baseline                    {:>8.1} ns/round trip", probes.pingpong_baseline_ns);
+    let _ = writeln!(t, "  runqueue latency, per wakeup+switch   {:>8.1} ns", probes.runqueue_pair_ns);
+    t
+}
+
+fn report_json(ours: &Summary, node: &Summary, encoder: &[(String, f64, f64)], probes: &Probes) -> String {
+    let summary = |s: &Summary| {
+        format!(
+            "{{\"scrapes_per_second\": {:.3}, \"p50_ms\": {:.4}, \"p99_ms\": {:.4}, \"cpu_ms_per_1000_scrapes\": {:.3}, \"serving_rss_mib\": {:.2}, \"peak_rss_mib\": {:.2}, \"bytes_per_scrape\": {}, \"series_per_scrape\": {}}}",
+            s.scrapes_per_second,
+            s.p50_ms,
+            s.p99_ms,
+            s.cpu_ms_per_1000,
+            s.serving_rss_mib,
+            s.peak_rss_mib,
+            s.bytes,
+            s.series
+        )
+    };
+    let encoder: Vec<String> = encoder
+        .iter()
+        .map(|(id, ns, per_second)| {
+            format!("{{\"id\": \"{id}\", \"ns_per_iter\": {ns:.2}, \"series_per_second\": {per_second:.0}}}")
+        })
+        .collect();
+    format!(
+        "{{\n  \"rounds\": {ROUNDS},\n  \"run_seconds\": {},\n  \"clients\": {CLIENTS},\n  \"kernel_exporter\": {},\n  \"node_exporter\": {},\n  \"ratios\": {{\"cpu_per_scrape\": {:.5}, \"p50\": {:.5}, \"serving_rss\": {:.4}, \"peak_rss\": {:.4}}},\n  \"encoder\": [{}],\n  \"probes_ns\": {{\"getppid_baseline\": {:.2}, \"syscalls_per_event\": {:.2}, \"all_collectors_per_getppid\": {:.2}, \"pingpong_baseline\": {:.1}, \"runqueue_per_wakeup_switch_pair\": {:.2}}}\n}}\n",
+        RUN.as_secs(),
+        summary(ours),
+        summary(node),
+        ours.cpu_ms_per_1000 / node.cpu_ms_per_1000,
+        ours.p50_ms / node.p50_ms,
+        ours.serving_rss_mib / node.serving_rss_mib,
+        ours.peak_rss_mib / node.peak_rss_mib,
+        encoder.join(", "),
+        probes.getppid_baseline_ns,
+        probes.syscalls_ns_per_event,
+        probes.all_collectors_getppid_ns,
+        probes.pingpong_baseline_ns,
+        probes.runqueue_pair_ns,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_wrk_durations() {
+        assert_eq!(duration_ms("1.50ms"), Some(1.5));
+        assert_eq!(duration_ms("250.00us"), Some(0.25));
+        assert_eq!(duration_ms("1.20s"), Some(1200.0));
+        assert_eq!(duration_ms("fast"), None);
+    }
+
+    #[test]
+    fn reads_criterion_numbers() {
+        let estimates =
+            r#"{"mean":{"confidence_interval":{"lower_bound":1.0},"point_estimate":1234.5,"standard_error":2.0}}"#;
+        assert_eq!(json_number(estimates, "\"mean\"", "\"point_estimate\""), Some(1234.5));
+        let benchmark = r#"{"group_id":"encode","throughput":{"Elements":1000},"full_id":"x"}"#;
+        assert_eq!(json_number(benchmark, "\"throughput\"", "\"Elements\""), Some(1000.0));
+        assert_eq!(json_number("{}", "\"mean\"", "\"point_estimate\""), None);
+    }
+}
