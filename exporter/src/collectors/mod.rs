@@ -180,13 +180,28 @@ impl<K: aya::Pod + Send + Sync, V: aya::Pod + Send + Sync> PerCpuHashRead<K, V> 
     }
 }
 
-/// Takes a per-CPU hash map out of the object for a collector to own.
-pub(crate) fn take_per_cpu_hash<K: aya::Pod, V: aya::Pod>(
+/// Takes a per-CPU hash map out of the object for a collector to own,
+/// read in batches ([`crate::batch`]).
+pub(crate) fn take_per_cpu_hash<K, V>(
     ebpf: &mut Ebpf,
     map: &'static str,
-) -> Result<PerCpuHashMap<MapData, K, V>, CollectorError> {
+) -> Result<crate::batch::BatchedPerCpuHash<K, V>, CollectorError>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod,
+{
     let raw = ebpf.take_map(map).ok_or(CollectorError::MissingMap { map })?;
-    PerCpuHashMap::try_from(raw).map_err(|source| CollectorError::Map { map, source: Box::new(source) })
+    // Checks the type and the key and value sizes against K and V.
+    let checked = PerCpuHashMap::<_, K, V>::try_from(&raw)
+        .map(drop)
+        .map_err(|source| CollectorError::Map { map, source: Box::new(source) });
+    checked?;
+    let aya::maps::Map::PerCpuHashMap(data) = raw else {
+        return Err(CollectorError::Map { map, source: Box::new(MapError::InvalidName { name: map.to_owned() }) });
+    };
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(_, io_error)| CollectorError::Map { map, source: Box::new(MapError::IoError(io_error)) })?;
+    Ok(crate::batch::BatchedPerCpuHash::new(data, cpus))
 }
 
 /// Values from the kernel's BTF other than member offsets (flag values

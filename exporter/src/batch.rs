@@ -1,0 +1,196 @@
+//! Reading a whole per-CPU hash map with `BPF_MAP_LOOKUP_BATCH`: up to a
+//! batch of entries, every CPU's value of each, per syscall, instead of a
+//! `GET_NEXT_KEY` plus a `LOOKUP_ELEM` per entry (aya 0.14 has no batch
+//! operations). A container host with thousands of veth devices is read in
+//! a handful of syscalls.
+//!
+//! A walk takes a snapshot: keys and values land in buffers kept from
+//! scrape to scrape, so a steady-state scrape allocates nothing here.
+
+use std::{
+    collections::HashMap,
+    hash::Hash,
+    io,
+    marker::PhantomData,
+    mem::size_of,
+    os::fd::{AsFd as _, AsRawFd as _},
+    sync::{Mutex, PoisonError},
+};
+
+use aya::maps::{MapData, MapError};
+
+use crate::collectors::PerCpuHashRead;
+
+/// `enum bpf_cmd` values (linux/bpf.h).
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// Entries asked for per syscall. The value buffer holds this many entries
+/// for every possible CPU; the batch shrinks on hosts with many CPUs so the
+/// buffer stays near 1 MiB.
+const MAX_BATCH: usize = 256;
+const VALUE_BUFFER_BUDGET: usize = 1 << 20;
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// The element-operation member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// A per-CPU hash map read in batches.
+pub(crate) struct BatchedPerCpuHash<K, V> {
+    data: MapData,
+    cpus: usize,
+    snapshot: Mutex<Snapshot<K, V>>,
+    _types: PhantomData<(K, V)>,
+}
+
+struct Snapshot<K, V> {
+    keys: Vec<K>,
+    /// `cpus` values per key, in key order.
+    values: Vec<V>,
+    index: HashMap<K, usize>,
+    raw_keys: Vec<u8>,
+    raw_values: Vec<u8>,
+    batch: usize,
+}
+
+impl<K: aya::Pod + Eq + Hash, V: aya::Pod> BatchedPerCpuHash<K, V> {
+    pub(crate) fn new(data: MapData, cpus: usize) -> Self {
+        let stride = size_of::<V>().next_multiple_of(8);
+        let batch = (VALUE_BUFFER_BUDGET / (stride * cpus.max(1))).clamp(1, MAX_BATCH);
+        Self {
+            data,
+            cpus,
+            snapshot: Mutex::new(Snapshot {
+                keys: Vec::new(),
+                values: Vec::new(),
+                index: HashMap::new(),
+                raw_keys: vec![0; batch * size_of::<K>()],
+                raw_values: vec![0; batch * stride * cpus],
+                batch,
+            }),
+            _types: PhantomData,
+        }
+    }
+
+    fn fd(&self) -> i32 {
+        self.data.fd().as_fd().as_raw_fd()
+    }
+
+    /// Walks the whole map into the snapshot.
+    fn walk(&self, snapshot: &mut Snapshot<K, V>) -> io::Result<()> {
+        let stride = size_of::<V>().next_multiple_of(8);
+        snapshot.keys.clear();
+        snapshot.values.clear();
+        snapshot.index.clear();
+        // Hash maps' batch cursor is a bucket index.
+        let mut cursor = 0u32;
+        let mut next = 0u32;
+        let mut first = true;
+        loop {
+            let mut attr = BatchAttr {
+                in_batch: if first { 0 } else { (&raw const cursor) as u64 },
+                out_batch: (&raw mut next) as u64,
+                keys: snapshot.raw_keys.as_mut_ptr() as u64,
+                values: snapshot.raw_values.as_mut_ptr() as u64,
+                count: snapshot.batch as u32,
+                map_fd: self.fd() as u32,
+                ..BatchAttr::default()
+            };
+            // SAFETY: the attr points at buffers sized for `count` keys and
+            // `count * cpus` values of `stride` bytes, which the kernel fills;
+            // `next` and `cursor` are u32 as hash maps' batch tokens are.
+            let rc =
+                unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &raw mut attr, size_of::<BatchAttr>()) };
+            let error = (rc < 0).then(io::Error::last_os_error);
+            match error.as_ref().and_then(io::Error::raw_os_error) {
+                None | Some(libc::ENOENT) => {}
+                // A bucket holds more entries than the batch: grow and
+                // restart the walk.
+                Some(libc::ENOSPC) if snapshot.batch < 1 << 16 => {
+                    snapshot.batch *= 2;
+                    snapshot.raw_keys.resize(snapshot.batch * size_of::<K>(), 0);
+                    snapshot.raw_values.resize(snapshot.batch * stride * self.cpus, 0);
+                    return self.walk(snapshot);
+                }
+                Some(_) => return Err(error.unwrap_or_else(|| io::Error::other("bpf(BPF_MAP_LOOKUP_BATCH)"))),
+            }
+            for entry in 0..attr.count as usize {
+                // SAFETY: the kernel wrote `count` keys and their values;
+                // unaligned reads of plain-integer types.
+                let key: K =
+                    unsafe { snapshot.raw_keys.as_ptr().add(entry * size_of::<K>()).cast::<K>().read_unaligned() };
+                snapshot.index.insert(key, snapshot.keys.len());
+                snapshot.keys.push(key);
+                for cpu in 0..self.cpus {
+                    let at = (entry * self.cpus + cpu) * stride;
+                    // SAFETY: as above; `at + size_of::<V>()` is within the
+                    // buffer by its construction.
+                    snapshot.values.push(unsafe { snapshot.raw_values.as_ptr().add(at).cast::<V>().read_unaligned() });
+                }
+            }
+            if error.is_some() {
+                return Ok(());
+            }
+            cursor = next;
+            first = false;
+        }
+    }
+}
+
+impl<K, V> PerCpuHashRead<K, V> for BatchedPerCpuHash<K, V>
+where
+    K: aya::Pod + Eq + Hash + Send + Sync,
+    V: aya::Pod + Send + Sync,
+{
+    fn keys(&self) -> Result<Vec<K>, MapError> {
+        let mut snapshot = self.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
+        self.walk(&mut snapshot).map_err(|io_error| {
+            MapError::SyscallError(aya::sys::SyscallError { call: "bpf_map_lookup_batch", io_error })
+        })?;
+        Ok(snapshot.keys.clone())
+    }
+
+    fn for_each_cpu(&self, key: &K, each: &mut dyn FnMut(&V)) -> Result<(), MapError> {
+        let snapshot = self.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = *snapshot.index.get(key).ok_or(MapError::KeyNotFound)?;
+        snapshot.values[entry * self.cpus..(entry + 1) * self.cpus].iter().for_each(each);
+        Ok(())
+    }
+
+    fn remove(&mut self, key: &K) -> Result<(), MapError> {
+        let attr = ElemAttr { map_fd: self.fd() as u32, key: std::ptr::from_ref(key) as u64, ..ElemAttr::default() };
+        // SAFETY: the attr points at one key of the map's key size.
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_DELETE_ELEM, &raw const attr, size_of::<ElemAttr>()) };
+        if rc < 0 {
+            let io_error = io::Error::last_os_error();
+            return Err(if io_error.raw_os_error() == Some(libc::ENOENT) {
+                MapError::KeyNotFound
+            } else {
+                MapError::SyscallError(aya::sys::SyscallError { call: "bpf_map_delete_elem", io_error })
+            });
+        }
+        self.snapshot.lock().unwrap_or_else(PoisonError::into_inner).index.remove(key);
+        Ok(())
+    }
+}
