@@ -72,7 +72,37 @@ fn open(ebpf: &mut Ebpf, _options: &CollectorOptions) -> Result<Box<dyn Collecto
         map: CPU_IDLE_MAP,
         source: Box::new(MapError::IoError(source)),
     })?;
+    prime_every_cpu(cpus);
     Ok(Box::new(Sched::new(counters, runqueue, idle, cpus, crate::clock::monotonic_ns)))
+}
+
+/// Makes every online CPU switch tasks once, now that the programs are
+/// attached. Until a CPU's first switch the daemon cannot tell whether it
+/// is idle (a tickless idle CPU may not switch for seconds), so its idle
+/// time would only appear, in one jump, at that first switch; a short-lived
+/// thread pinned to each CPU forces the switch in and out.
+fn prime_every_cpu(cpus: usize) {
+    let threads: Vec<_> = (0..cpus)
+        .map(|cpu| {
+            std::thread::spawn(move || {
+                // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET
+                // writes within it; sched_setaffinity(0, ...) pins the
+                // calling thread only.
+                let pinned = unsafe {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu, &mut set);
+                    libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) == 0
+                };
+                // Offline CPUs refuse the affinity: nothing to prime there.
+                if pinned {
+                    std::thread::sleep(std::time::Duration::from_micros(100));
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        let _ = thread.join();
+    }
 }
 
 struct Sched<C, R, I> {
