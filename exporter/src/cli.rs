@@ -5,6 +5,7 @@
 use std::{
     fmt,
     net::{IpAddr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
 };
 
 use clap::{Arg, ArgAction, ArgMatches, Command, FromArgMatches as _, Parser};
@@ -26,6 +27,21 @@ struct RawArgs {
     /// ":PORT" listens on every interface, IPv4 and IPv6.
     #[arg(long = "web.listen-address", value_name = "ADDR", default_value = DEFAULT_LISTEN_ADDRESS)]
     listen_addresses: Vec<String>,
+
+    /// exporter-toolkit's web-config.yml: TLS, mutual TLS, basic auth, extra
+    /// headers, plus `allowed_sources`. Re-read on change and on SIGHUP.
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    web_config_file: Option<PathBuf>,
+
+    /// Serve plain HTTP without auth on addresses other than loopback.
+    /// Anyone who can reach the port then reads the host's statistics.
+    #[arg(long = "web.allow-insecure")]
+    allow_insecure: bool,
+
+    /// After the BPF programs are attached and the listeners open, switch
+    /// to this user (and its groups). Every capability is dropped either way.
+    #[arg(long = "runtime.user", value_name = "NAME")]
+    runtime_user: Option<String>,
 
     /// Path under which to expose metrics.
     #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics")]
@@ -58,6 +74,28 @@ struct RawArgs {
     /// want with --collector.NAME.
     #[arg(long = "collector.disable-defaults")]
     disable_defaults: bool,
+
+    #[command(subcommand)]
+    command: Option<SubCommand>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum SubCommand {
+    /// Validate a web config file and the certificates, keys and hashes it
+    /// names, print what it sets up, and exit (0 if usable, 1 if not).
+    CheckConfig {
+        #[arg(long = "web.config.file", value_name = "PATH", required = true)]
+        web_config_file: PathBuf,
+    },
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub(crate) enum Invocation {
+    /// Run the exporter.
+    Serve(Config),
+    /// `kernel-exporter check-config --web.config.file=PATH`.
+    CheckConfig { web_config_file: PathBuf },
 }
 
 /// Severity threshold for logs.
@@ -81,6 +119,10 @@ pub(crate) enum LogFormat {
 pub(crate) struct Config {
     pub(crate) listen_addresses: Vec<ListenAddress>,
     pub(crate) telemetry_path: String,
+    pub(crate) web_config_file: Option<PathBuf>,
+    pub(crate) allow_insecure: bool,
+    /// `--runtime.user`.
+    pub(crate) runtime_user: Option<String>,
     /// `None` means no limit.
     pub(crate) max_requests: Option<usize>,
     pub(crate) log_level: LogLevel,
@@ -105,21 +147,29 @@ impl fmt::Display for ListenAddress {
     }
 }
 
-impl Config {
+impl Invocation {
     /// Parses the process's arguments; prints usage and exits on bad input,
     /// as every command-line tool does.
     pub(crate) fn from_env() -> Self {
         let mut command = command();
         let matches = command.clone().get_matches();
         match Self::from_matches(&matches) {
-            Ok(config) => config,
+            Ok(invocation) => invocation,
             Err(message) => command.error(clap::error::ErrorKind::ValueValidation, message).exit(),
         }
     }
 
     fn from_matches(matches: &ArgMatches) -> Result<Self, String> {
         let raw = RawArgs::from_arg_matches(matches).map_err(|e| e.to_string())?;
+        match raw.command {
+            Some(SubCommand::CheckConfig { web_config_file }) => Ok(Self::CheckConfig { web_config_file }),
+            None => Config::from_raw(raw, matches).map(Self::Serve),
+        }
+    }
+}
 
+impl Config {
+    fn from_raw(raw: RawArgs, matches: &ArgMatches) -> Result<Self, String> {
         let mut listen_addresses: Vec<ListenAddress> = Vec::with_capacity(raw.listen_addresses.len());
         for text in &raw.listen_addresses {
             let address = parse_listen_address(text)?;
@@ -153,6 +203,9 @@ impl Config {
             collector_options,
             listen_addresses,
             telemetry_path,
+            web_config_file: raw.web_config_file,
+            allow_insecure: raw.allow_insecure,
+            runtime_user: raw.runtime_user,
             max_requests: (raw.max_requests != 0).then_some(raw.max_requests),
             log_level: raw.log_level,
             log_format: raw.log_format,
@@ -225,11 +278,33 @@ fn parse_listen_address(text: &str) -> Result<ListenAddress, String> {
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Config, String> {
+    fn invocation(args: &[&str]) -> Result<Invocation, String> {
         let matches = command()
             .try_get_matches_from(std::iter::once("kernel-exporter").chain(args.iter().copied()))
             .map_err(|e| e.to_string())?;
-        Config::from_matches(&matches)
+        Invocation::from_matches(&matches)
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        match invocation(args)? {
+            Invocation::Serve(config) => Ok(config),
+            other => panic!("not a serve invocation: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn web_config_flags_and_check_config() {
+        let config = parse(&["--web.config.file=/etc/web.yml", "--web.allow-insecure"]).unwrap();
+        assert_eq!(config.web_config_file, Some(PathBuf::from("/etc/web.yml")));
+        assert!(config.allow_insecure);
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.web_config_file, None);
+        assert!(!config.allow_insecure);
+        match invocation(&["check-config", "--web.config.file=/etc/web.yml"]).unwrap() {
+            Invocation::CheckConfig { web_config_file } => assert_eq!(web_config_file, PathBuf::from("/etc/web.yml")),
+            other => panic!("{other:?}"),
+        }
+        assert!(invocation(&["check-config"]).is_err(), "the file is required");
     }
 
     fn names(config: &Config) -> Vec<&'static str> {

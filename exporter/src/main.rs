@@ -1,10 +1,12 @@
 //! `kernel-exporter`: a Prometheus exporter whose numbers come from eBPF
 //! programs on stable kernel tracepoints.
 //!
-//! `main` stays thin: command line → validated [`cli::Config`] → [`run`].
+//! `main` stays thin: command line → validated [`cli::Config`] → [`run`]
+//! (or `check-config` → [`check_config`]).
 //! It is the only place where an error becomes an exit code, and it prints
 //! every fatal error as one line that names the thing and the fix.
 
+mod auth;
 mod batch;
 mod bpf;
 mod btf;
@@ -15,18 +17,24 @@ mod encode;
 mod histogram;
 mod logging;
 mod privileges;
+mod reload;
 mod scrape;
 mod self_metrics;
 mod server;
+mod tls;
 mod tracefs;
+mod web_config;
 
-use std::process::ExitCode;
+use std::{path::Path, process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
-use tracing::info;
+use tracing::{info, warn};
 
 fn main() -> ExitCode {
-    let config = cli::Config::from_env();
+    let config = match cli::Invocation::from_env() {
+        cli::Invocation::Serve(config) => config,
+        cli::Invocation::CheckConfig { web_config_file } => return check_config(&web_config_file),
+    };
     logging::init(config.log_level, config.log_format);
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
@@ -40,7 +48,36 @@ fn main() -> ExitCode {
 /// Loads and attaches the kernel programs, opens the listeners, and serves
 /// until SIGINT or SIGTERM. Everything is detached when this returns.
 fn run(config: cli::Config) -> anyhow::Result<()> {
+    // First: a bad web config or an exposed listener is the operator's
+    // to fix before anything is loaded or listens.
+    let exposure =
+        reload::Exposure { listen_addresses: config.listen_addresses.clone(), allow_insecure: config.allow_insecure };
+    let front_door = Arc::new(reload::FrontDoor::new(config.web_config_file.as_deref(), exposure)?);
+    let policy = front_door.current();
+    for warning in policy.warnings() {
+        warn!("{warning}");
+    }
+    if config.web_config_file.is_some() {
+        info!("web config: {policy}");
+    }
     privileges::ensure_can_load_bpf()?;
+    // Held pending until the runtime's handlers are in place: a SIGTERM
+    // during start-up (the listeners accept connections before then) must
+    // end in an orderly exit, not the default action.
+    let start_up_signals = signals::hold(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
+    // Looked up now so a typo fails before anything is loaded.
+    let runtime_user = config.runtime_user.as_deref().map(privileges::RuntimeUser::lookup).transpose()?;
+
+    // Everything privileged happens here, in this one thread: load and
+    // attach, open the listeners, then give every privilege up before the
+    // runtime starts its threads (capabilities are per thread).
+    let (kernel, collectors) = bpf::Kernel::load(&config.collectors, &config.collector_options)?;
+    let listeners = server::bind_all(&config.listen_addresses)?;
+    privileges::drop_privileges(runtime_user.as_ref())?;
+    match &runtime_user {
+        Some(user) => info!(user = user.name, uid = user.uid, "dropped every capability and switched user"),
+        None => info!("dropped every capability"),
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         // Scrapes are short and few; two workers keep one free while the
@@ -52,16 +89,20 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
         .context("cannot start the tokio runtime")?;
 
     runtime.block_on(async {
-        // Before anything slow: a SIGTERM during start-up must still end in
-        // an orderly exit, not the default action.
         let shutdown = server::shutdown_signal().context("cannot install signal handlers")?;
+        let hangup = reload::hangup_signal().context("cannot install the SIGHUP handler")?;
+        // This thread takes the held signals from here on (the runtime's
+        // threads keep them blocked, as they inherited).
+        signals::release(&start_up_signals);
 
-        let (kernel, collectors) = bpf::Kernel::load(&config.collectors, &config.collector_options)?;
-        let listeners = server::bind_all(&config.listen_addresses)?;
-        let scraper = scrape::Scraper::new(collectors);
-        let app = server::App::new(scraper, &config);
+        let self_metrics = self_metrics::SelfMetrics::new();
+        let front_door_metrics = self_metrics.front_door();
+        let reloader = tokio::spawn(reload::watch(Arc::clone(&front_door), front_door_metrics.clone(), hangup));
+        let scraper = scrape::Scraper::new(collectors, self_metrics);
+        let app = server::App::new(scraper, &config, front_door, front_door_metrics);
 
         server::serve(listeners, app, shutdown).await;
+        reloader.abort();
         info!("shutting down: detaching BPF programs");
         drop(kernel);
         anyhow::Ok(())
@@ -70,4 +111,46 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
     // here rather than holding the exit hostage.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     Ok(())
+}
+
+/// Holding signals pending across start-up.
+mod signals {
+    /// Blocks `signals` in this thread (and the threads it starts).
+    pub(super) fn hold(signals: &[libc::c_int]) -> libc::sigset_t {
+        // SAFETY: a zeroed sigset_t is initialised by sigemptyset; the mask
+        // calls only read the set.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&raw mut set);
+            for &signal in signals {
+                libc::sigaddset(&raw mut set, signal);
+            }
+            libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut());
+            set
+        }
+    }
+
+    /// Unblocks them in this thread: pending ones are delivered now.
+    pub(super) fn release(set: &libc::sigset_t) {
+        // SAFETY: reads the set only.
+        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, set, std::ptr::null_mut()) };
+    }
+}
+
+/// `kernel-exporter check-config`: everything start-up would check about
+/// the web config, without loading or listening; one line either way.
+fn check_config(path: &Path) -> ExitCode {
+    match reload::Policy::load(path) {
+        Ok(policy) => {
+            for warning in policy.warnings() {
+                eprintln!("warning: {warning}");
+            }
+            println!("{}: OK: {policy}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -2,8 +2,17 @@
 //! tracepoints needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN on kernels
 //! before 5.8); without them every `bpf()` call fails with EPERM, so the
 //! daemon checks up front and says so in one line.
+//!
+//! Once every program is attached and every listener is open, nothing the
+//! daemon does needs a privilege: maps are read and updated through the file
+//! descriptors it holds (since Linux 6.5 map operations on a held fd need no
+//! capability), listeners are open, and configuration files are read as the
+//! runtime user. [`drop_privileges`] then switches to `--runtime.user` and
+//! drops every capability for good. It runs before any other thread exists:
+//! capabilities are per thread, and threads started later inherit the empty
+//! sets.
 
-use std::fs;
+use std::{ffi::CString, fs, io};
 
 /// Capability numbers from `linux/capability.h`.
 const CAP_SYS_ADMIN: u32 = 21;
@@ -21,6 +30,147 @@ pub(crate) enum PrivilegeError {
     MissingCapabilities { effective: u64 },
     #[error("cannot read the effective capabilities from /proc/self/status: {0}")]
     Unreadable(String),
+}
+
+/// The account `--runtime.user` names, looked up at start-up (before
+/// anything is loaded, so a typo fails fast).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RuntimeUser {
+    pub(crate) name: String,
+    pub(crate) uid: libc::uid_t,
+    pub(crate) gid: libc::gid_t,
+    /// Supplementary groups of the account, from the group database.
+    pub(crate) groups: Vec<libc::gid_t>,
+}
+
+/// Failures while giving privileges up; each is fatal: a daemon that meant to
+/// drop privileges must not keep serving with them.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DropError {
+    #[error("--runtime.user={0}: no such user (check `getent passwd {0}`)")]
+    UnknownUser(String),
+    #[error("--runtime.user={user}: switching to it needs root (CAP_SETUID and CAP_SETGID): {call} failed: {source}")]
+    Switch {
+        user: String,
+        call: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot drop capabilities: {call} failed: {source}")]
+    Capabilities {
+        call: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl RuntimeUser {
+    /// Looks `name` up in the password and group databases.
+    pub(crate) fn lookup(name: &str) -> Result<Self, DropError> {
+        let unknown = || DropError::UnknownUser(name.to_owned());
+        let c_name = CString::new(name).map_err(|_| unknown())?;
+        // SAFETY: `passwd` is plain data (integers and pointers); all-zero
+        // is a valid value that getpwnam_r overwrites.
+        let mut passwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut buffer = vec![0 as libc::c_char; 16 * 1024];
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer refers to live memory of the stated size;
+        // getpwnam_r fills `passwd` with pointers into `buffer`.
+        let rc = unsafe {
+            libc::getpwnam_r(c_name.as_ptr(), &raw mut passwd, buffer.as_mut_ptr(), buffer.len(), &raw mut found)
+        };
+        if rc != 0 || found.is_null() {
+            return Err(unknown());
+        }
+        let (uid, gid) = (passwd.pw_uid, passwd.pw_gid);
+        let mut groups = vec![0 as libc::gid_t; 64];
+        loop {
+            let mut count = groups.len() as libc::c_int;
+            // SAFETY: `groups` has room for `count` gids; getgrouplist
+            // writes at most that many and the needed count.
+            let rc = unsafe { libc::getgrouplist(c_name.as_ptr(), gid, groups.as_mut_ptr(), &raw mut count) };
+            if rc >= 0 {
+                groups.truncate(usize::try_from(count).unwrap_or(0));
+                break;
+            }
+            // Too small: `count` now holds the size needed.
+            let needed = usize::try_from(count).unwrap_or(0).max(groups.len() * 2);
+            if needed > 65_536 {
+                groups.clear();
+                break;
+            }
+            groups.resize(needed, 0);
+        }
+        Ok(Self { name: name.to_owned(), uid, gid, groups })
+    }
+}
+
+/// Switches to `user` (when given) and drops every capability from every
+/// set, then sets no_new_privs. Call with no other thread running.
+pub(crate) fn drop_privileges(user: Option<&RuntimeUser>) -> Result<(), DropError> {
+    let capabilities = |call: &'static str| DropError::Capabilities { call, source: io::Error::last_os_error() };
+    // The bounding set can only shrink while CAP_SETPCAP is held (root); a
+    // daemon started with ambient CAP_BPF and CAP_PERFMON only (the systemd
+    // unit) already runs with a bounding set the unit narrowed.
+    let last_cap = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|text| text.trim().parse::<libc::c_ulong>().ok())
+        .unwrap_or(63);
+    for cap in 0..=last_cap {
+        // SAFETY: prctl with integer arguments only.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
+        if rc != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
+            return Err(capabilities("prctl(PR_CAPBSET_DROP)"));
+        }
+    }
+    if let Some(user) = user {
+        let switch = |call: &'static str| DropError::Switch {
+            user: user.name.clone(),
+            call,
+            source: io::Error::last_os_error(),
+        };
+        // SAFETY: plain syscalls on integers and a live gid slice; glibc
+        // applies set*id to every thread (there is only this one).
+        unsafe {
+            if libc::setgroups(user.groups.len(), user.groups.as_ptr()) != 0 {
+                return Err(switch("setgroups"));
+            }
+            if libc::setresgid(user.gid, user.gid, user.gid) != 0 {
+                return Err(switch("setresgid"));
+            }
+            if libc::setresuid(user.uid, user.uid, user.uid) != 0 {
+                return Err(switch("setresuid"));
+            }
+        }
+    }
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) } != 0 {
+        return Err(capabilities("prctl(PR_CAP_AMBIENT_CLEAR_ALL)"));
+    }
+    #[repr(C)]
+    struct CapHeader {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct CapData {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    // SAFETY: capset reads one header and two data words (version 3).
+    if unsafe { libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) } != 0 {
+        return Err(capabilities("capset"));
+    }
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(capabilities("prctl(PR_SET_NO_NEW_PRIVS)"));
+    }
+    Ok(())
 }
 
 /// Fails with one clear line unless the process can load and attach BPF
@@ -54,6 +204,16 @@ mod tests {
         let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\nCapBnd:\t0\n";
         assert_eq!(effective_capabilities(status), Some(0x1ff_ffff_ffff));
         assert_eq!(effective_capabilities("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn looks_users_up() {
+        let root = RuntimeUser::lookup("root").unwrap();
+        assert_eq!((root.uid, root.gid), (0, 0));
+        assert!(root.groups.contains(&0));
+        let error = RuntimeUser::lookup("no-such-user-kernel-exporter").unwrap_err();
+        assert!(error.to_string().contains("no such user"), "{error}");
+        assert!(RuntimeUser::lookup("nul\0byte").is_err());
     }
 
     #[test]

@@ -70,7 +70,7 @@ struct Buffer {
 }
 
 impl Scraper {
-    pub(crate) fn new(collectors: Vec<LoadedCollector>) -> Self {
+    pub(crate) fn new(collectors: Vec<LoadedCollector>, self_metrics: SelfMetrics) -> Self {
         let collectors = collectors
             .into_iter()
             .map(|LoadedCollector { name, state }| Entry {
@@ -91,7 +91,7 @@ impl Scraper {
         Self {
             collectors,
             build_info,
-            self_metrics: SelfMetrics::new(),
+            self_metrics,
             buffer: Mutex::new(Buffer { bytes: BytesMut::new(), last_len: 4096 }),
         }
     }
@@ -188,14 +188,17 @@ mod tests {
     }
 
     fn scraper() -> Scraper {
-        Scraper::new(vec![
-            LoadedCollector { name: "good", state: Ok(Box::new(Fixed(Ok(())))) },
-            LoadedCollector { name: "failing", state: Ok(Box::new(Fixed(Err(())))) },
-            LoadedCollector {
-                name: "missing",
-                state: Err(CollectorError::MissingTracepoint { category: "x", name: "y" }),
-            },
-        ])
+        Scraper::new(
+            vec![
+                LoadedCollector { name: "good", state: Ok(Box::new(Fixed(Ok(())))) },
+                LoadedCollector { name: "failing", state: Ok(Box::new(Fixed(Err(())))) },
+                LoadedCollector {
+                    name: "missing",
+                    state: Err(CollectorError::MissingTracepoint { category: "x", name: "y" }),
+                },
+            ],
+            SelfMetrics::new(),
+        )
     }
 
     #[test]
@@ -333,10 +336,13 @@ mod allocations {
             counts.calls[nr] = 1 + nr as u64;
             counts.errors[nr] = 1;
         }
-        let scraper = Scraper::new(vec![LoadedCollector {
-            name: "syscalls",
-            state: Ok(syscalls_for_test(FakePerCpu { cpus: vec![vec![counts]; 4] })),
-        }]);
+        let scraper = Scraper::new(
+            vec![LoadedCollector {
+                name: "syscalls",
+                state: Ok(syscalls_for_test(FakePerCpu { cpus: vec![vec![counts]; 4] })),
+            }],
+            SelfMetrics::new(),
+        );
         for _ in 0..3 {
             drop(scraper.scrape(Format::Text, scraper.all()));
         }

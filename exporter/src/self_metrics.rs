@@ -1,6 +1,7 @@
 //! The exporter's own metrics, kept in a `prometheus-client` registry:
-//! scrapes, scrape durations, and the process metrics every Prometheus
-//! client library exposes (CPU, memory, file descriptors, start time).
+//! scrapes, scrape durations, the front door's failures and reloads, and the
+//! process metrics every Prometheus client library exposes (CPU, memory,
+//! file descriptors, start time).
 //!
 //! They are few and fixed, so they are encoded by the registry's own text
 //! encoders into the scrape's buffer, after the kernel statistics.
@@ -10,11 +11,11 @@ use std::{fmt, fs, sync::atomic::AtomicU64};
 use bytes::{BufMut as _, BytesMut};
 use prometheus_client::{
     encoding::{prometheus_text, text},
-    metrics::{counter::Counter, gauge::Gauge, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::{Registry, Unit},
 };
 
-use crate::encode::Format;
+use crate::{auth::AuthFailure, encode::Format, tls::HandshakeFailure};
 
 /// Scrape-duration histogram bounds, in seconds: a kernel-exporter scrape
 /// takes well under a millisecond, a slow one tens of milliseconds.
@@ -30,6 +31,77 @@ pub(crate) struct SelfMetrics {
     virtual_memory: Gauge,
     open_fds: Gauge,
     max_fds: Gauge,
+    front_door: FrontDoorMetrics,
+}
+
+/// One `reason` label; the values are the fixed sets of
+/// [`HandshakeFailure`] and [`AuthFailure`].
+type Reason = [(&'static str, &'static str); 1];
+
+/// The front door's counters and reload gauges, shared with the accept
+/// loops, the request handler and the reloader.
+#[derive(Clone)]
+pub(crate) struct FrontDoorMetrics {
+    tls_handshake_failures: Family<Reason, Counter>,
+    auth_failures: Family<Reason, Counter>,
+    reload_successful: Gauge,
+    reload_success_timestamp: Gauge<f64, AtomicU64>,
+}
+
+impl FrontDoorMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let tls_handshake_failures = Family::<Reason, Counter>::default();
+        // Every reason from the start: a rate() over a series that appears
+        // only with the first failure misses that failure.
+        for reason in HandshakeFailure::ALL {
+            drop(tls_handshake_failures.get_or_create(&[("reason", reason.as_str())]));
+        }
+        registry.register(
+            "kernel_exporter_tls_handshake_failures",
+            "TLS connections that did not get to HTTP, by reason",
+            tls_handshake_failures.clone(),
+        );
+        let auth_failures = Family::<Reason, Counter>::default();
+        for reason in AuthFailure::ALL {
+            drop(auth_failures.get_or_create(&[("reason", reason.as_str())]));
+        }
+        registry.register(
+            "kernel_exporter_auth_failures",
+            "Requests refused by basic auth, by reason",
+            auth_failures.clone(),
+        );
+        let reload_successful = Gauge::default();
+        registry.register(
+            "kernel_exporter_config_last_reload_successful",
+            "Whether the last web config reload attempt succeeded (1) or kept the previous configuration (0)",
+            reload_successful.clone(),
+        );
+        let reload_success_timestamp = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "kernel_exporter_config_last_reload_success_timestamp",
+            "Unix time of the last successful web config load",
+            Unit::Seconds,
+            reload_success_timestamp.clone(),
+        );
+        Self { tls_handshake_failures, auth_failures, reload_successful, reload_success_timestamp }
+    }
+
+    pub(crate) fn tls_handshake_failed(&self, reason: HandshakeFailure) {
+        self.tls_handshake_failures.get_or_create(&[("reason", reason.as_str())]).inc();
+    }
+
+    pub(crate) fn auth_failed(&self, reason: AuthFailure) {
+        self.auth_failures.get_or_create(&[("reason", reason.as_str())]).inc();
+    }
+
+    pub(crate) fn reload_succeeded(&self, unix_time: f64) {
+        self.reload_successful.set(1);
+        self.reload_success_timestamp.set(unix_time);
+    }
+
+    pub(crate) fn reload_failed(&self) {
+        self.reload_successful.set(0);
+    }
 }
 
 impl SelfMetrics {
@@ -79,7 +151,24 @@ impl SelfMetrics {
             start_time,
         );
 
-        Self { registry, scrapes, scrape_duration, cpu_seconds, resident_memory, virtual_memory, open_fds, max_fds }
+        let front_door = FrontDoorMetrics::register(&mut registry);
+
+        Self {
+            registry,
+            scrapes,
+            scrape_duration,
+            cpu_seconds,
+            resident_memory,
+            virtual_memory,
+            open_fds,
+            max_fds,
+            front_door,
+        }
+    }
+
+    /// Handles on the front door's metrics.
+    pub(crate) fn front_door(&self) -> FrontDoorMetrics {
+        self.front_door.clone()
     }
 
     /// Counts a served scrape that took `seconds` to build.
@@ -246,6 +335,24 @@ mod tests {
         assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
         assert!(text.contains("\nprocess_start_time_seconds "), "{text}");
         assert!(!text.contains("# EOF"), "{text}");
+        assert!(text.contains("kernel_exporter_tls_handshake_failures_total{reason=\"plain_http\"} 0\n"), "{text}");
+        assert!(text.contains("kernel_exporter_auth_failures_total{reason=\"wrong_password\"} 0\n"), "{text}");
+
+        let front_door = metrics.front_door();
+        front_door.auth_failed(AuthFailure::WrongPassword);
+        front_door.tls_handshake_failed(HandshakeFailure::NoClientCertificate);
+        front_door.reload_succeeded(1.5e9);
+        front_door.reload_failed();
+        let mut text = BytesMut::new();
+        metrics.encode(Format::Text, &mut text);
+        let text = std::str::from_utf8(&text).unwrap();
+        assert!(text.contains("kernel_exporter_auth_failures_total{reason=\"wrong_password\"} 1\n"), "{text}");
+        assert!(
+            text.contains("kernel_exporter_tls_handshake_failures_total{reason=\"no_client_certificate\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nkernel_exporter_config_last_reload_successful 0\n"), "{text}");
+        assert!(text.contains("\nkernel_exporter_config_last_reload_success_timestamp_seconds 1500000000"), "{text}");
 
         let mut openmetrics = BytesMut::new();
         metrics.encode(Format::OpenMetrics, &mut openmetrics);

@@ -1,38 +1,66 @@
-//! The HTTP side: listeners, routes, the scrape concurrency bound and an
-//! orderly shutdown on SIGINT/SIGTERM.
+//! The HTTP side: listeners, the front door pipeline, routes, the scrape
+//! concurrency bound and an orderly shutdown on SIGINT/SIGTERM.
+//!
+//! Each connection goes through the pipeline in order: (socket filter, to
+//! come) → TLS ([`tls::accept`], with the policy in force when the
+//! connection arrived) → HTTP limits (hyper: header timeout; HTTP/2 only when
+//! ALPN chose it) → basic auth ([`auth`], with the policy in force for each
+//! request) → route. The policy's extra headers go on every response,
+//! refusals included.
 //!
 //! Routes: the telemetry path answers GET and HEAD with the exposition
 //! body, `/` is a small landing page, other paths are 404 and other methods
 //! 405, as node_exporter answers them.
 
-use std::{convert::Infallible, future::Future, io, net::SocketAddr, os::fd::AsRawFd as _, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    os::fd::{AsRawFd as _, FromRawFd as _, IntoRawFd as _},
+    sync::Arc,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{
     Method, Request, Response, StatusCode,
+    body::Incoming,
     header::{self, HeaderValue},
-    server::conn::http1,
+    server::conn::{http1, http2},
     service::service_fn,
 };
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::graceful::GracefulConnection,
+};
 use tokio::{
     net::{TcpListener, TcpSocket, TcpStream},
     signal::unix::{SignalKind, signal},
     sync::{Semaphore, watch},
     task::JoinSet,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
+    auth::{self, AuthFailure, Authenticator},
     cli::{Config, ListenAddress},
     encode::Format,
+    reload::FrontDoor,
     scrape::Scraper,
+    self_metrics::FrontDoorMetrics,
+    tls,
 };
 
 /// How long a client may take to send its request headers; slow-loris
 /// clients are cut off here instead of holding a connection forever.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// HTTP/2 streams one connection may have open; Prometheus uses one.
+const HTTP2_MAX_STREAMS: u32 = 16;
 
 /// How long in-flight requests get to finish once shutdown starts; SIGTERM
 /// must end the process within a second.
@@ -66,12 +94,14 @@ pub(crate) fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
 }
 
 /// Opens every listener before serving any, so a bad address fails
-/// start-up instead of leaving a half-listening daemon.
-pub(crate) fn bind_all(addresses: &[ListenAddress]) -> Result<Vec<(ListenAddress, TcpListener)>, BindError> {
+/// start-up instead of leaving a half-listening daemon. The listeners are
+/// plain std sockets: they are opened before the async runtime exists (and
+/// before privileges are dropped), and handed to it by [`serve`].
+pub(crate) fn bind_all(addresses: &[ListenAddress]) -> Result<Vec<(ListenAddress, std::net::TcpListener)>, BindError> {
     addresses.iter().map(|&address| bind(address).map(|listener| (address, listener))).collect()
 }
 
-fn bind(address: ListenAddress) -> Result<TcpListener, BindError> {
+fn bind(address: ListenAddress) -> Result<std::net::TcpListener, BindError> {
     let fail = |source: io::Error| {
         let hint = match source.kind() {
             io::ErrorKind::AddrInUse => " (another process, perhaps another kernel-exporter, listens there)",
@@ -91,7 +121,17 @@ fn bind(address: ListenAddress) -> Result<TcpListener, BindError> {
         set_ipv6_only(&socket, !address.dual_stack).map_err(fail)?;
     }
     socket.bind(address.addr).map_err(fail)?;
-    socket.listen(LISTEN_BACKLOG).map_err(fail)
+    // tokio's `listen` needs a running runtime; listen on the raw socket.
+    let fd = socket.into_raw_fd();
+    // SAFETY: `fd` is the socket just bound, owned by nobody else now; the
+    // std listener takes ownership and closes it.
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+    // SAFETY: listen(2) on a socket descriptor we own.
+    if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG as libc::c_int) } != 0 {
+        return Err(fail(io::Error::last_os_error()));
+    }
+    listener.set_nonblocking(true).map_err(fail)?;
+    Ok(listener)
 }
 
 fn set_ipv6_only(socket: &TcpSocket, only: bool) -> io::Result<()> {
@@ -116,16 +156,48 @@ pub(crate) struct App {
     telemetry_path: String,
     landing_page: Bytes,
     scrape_slots: Option<Semaphore>,
+    front_door: Arc<FrontDoor>,
+    authenticator: Authenticator,
+    metrics: FrontDoorMetrics,
 }
 
 impl App {
-    pub(crate) fn new(scraper: Scraper, config: &Config) -> Self {
+    pub(crate) fn new(
+        scraper: Scraper,
+        config: &Config,
+        front_door: Arc<FrontDoor>,
+        metrics: FrontDoorMetrics,
+    ) -> Self {
         Self {
             scraper,
             telemetry_path: config.telemetry_path.clone(),
             landing_page: landing_page(&config.telemetry_path),
             scrape_slots: config.max_requests.map(Semaphore::new),
+            front_door,
+            authenticator: Authenticator::for_this_host(),
+            metrics,
         }
+    }
+
+    /// Auth, then the route; the policy's headers on whatever comes out.
+    async fn respond(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let policy = self.front_door.current();
+        let allowed = match &policy.users {
+            None => Ok(()),
+            Some(users) => self.authenticator.check(users, request.headers().get(header::AUTHORIZATION)).await,
+        };
+        let mut response = match allowed {
+            Ok(()) => self.handle(&request),
+            Err(failure) => {
+                self.metrics.auth_failed(failure);
+                refused(failure)
+            }
+        };
+        let headers = response.headers_mut();
+        for (name, value) in &policy.headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        response
     }
 
     fn handle<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
@@ -257,6 +329,23 @@ fn response(status: StatusCode, content_type: &'static str, body: Bytes) -> Resp
     response
 }
 
+/// 401 with the challenge, or 429 when too many checks are waiting.
+fn refused(failure: AuthFailure) -> Response<Full<Bytes>> {
+    if failure == AuthFailure::Overloaded {
+        let mut response = response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(b"too many password checks in progress; retry later\n"),
+        );
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    }
+    let mut response =
+        response(StatusCode::UNAUTHORIZED, "text/plain; charset=utf-8", Bytes::from_static(b"Unauthorized\n"));
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(auth::CHALLENGE));
+    response
+}
+
 fn method_not_allowed() -> Response<Full<Bytes>> {
     let mut response = response(
         StatusCode::METHOD_NOT_ALLOWED,
@@ -296,11 +385,22 @@ fn html_escape(text: &str) -> String {
 
 /// Serves every listener until `shutdown` resolves, then gives in-flight
 /// requests [`SHUTDOWN_GRACE`] to finish.
-pub(crate) async fn serve(listeners: Vec<(ListenAddress, TcpListener)>, app: App, shutdown: impl Future<Output = ()>) {
+pub(crate) async fn serve(
+    listeners: Vec<(ListenAddress, std::net::TcpListener)>,
+    app: App,
+    shutdown: impl Future<Output = ()>,
+) {
     let app = Arc::new(app);
     let (stop, stopped) = watch::channel(());
     let mut accept_loops = JoinSet::new();
     for (address, listener) in listeners {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(error) => {
+                error!(address = %address, "cannot serve the listener: {error}");
+                continue;
+            }
+        };
         info!(address = %address, path = app.telemetry_path, "listening");
         accept_loops.spawn(accept_loop(listener, Arc::clone(&app), stopped.clone()));
     }
@@ -337,15 +437,55 @@ async fn accept_loop(listener: TcpListener, app: Arc<App>, mut stopped: watch::R
     // Dropping the set aborts whatever is left.
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, app: Arc<App>, mut stopped: watch::Receiver<()>) {
-    let service = service_fn(move |request| {
-        let response = app.handle(&request);
-        async move { Ok::<_, Infallible>(response) }
-    });
-    let connection = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), service);
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, app: Arc<App>, stopped: watch::Receiver<()>) {
+    // The TLS config of this moment serves the whole connection.
+    let tls_config = app.front_door.current().tls.clone();
+    let service = {
+        let app = Arc::clone(&app);
+        service_fn(move |request| {
+            let app = Arc::clone(&app);
+            async move { Ok::<_, std::convert::Infallible>(app.respond(request).await) }
+        })
+    };
+    let http1 = || {
+        let mut builder = http1::Builder::new();
+        builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+        builder
+    };
+    let Some(tls_config) = tls_config else {
+        return drive(http1().serve_connection(TokioIo::new(stream), service), peer, stopped).await;
+    };
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls::accept(stream, tls_config)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(failure)) => {
+            app.metrics.tls_handshake_failed(failure);
+            debug!(peer = %peer, reason = %failure, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            app.metrics.tls_handshake_failed(tls::HandshakeFailure::Timeout);
+            debug!(peer = %peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let connection = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(HTTP2_MAX_STREAMS)
+            .serve_connection(TokioIo::new(stream), service);
+        drive(connection, peer, stopped).await;
+    } else {
+        drive(http1().serve_connection(TokioIo::new(stream), service), peer, stopped).await;
+    }
+}
+
+/// Serves one HTTP connection until it ends or shutdown starts, then lets
+/// it finish gracefully.
+async fn drive<C>(connection: C, peer: SocketAddr, mut stopped: watch::Receiver<()>)
+where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
     let mut connection = std::pin::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,

@@ -6,6 +6,7 @@
 //! one line naming what is missing and the command that fixes it.
 
 mod bench;
+mod install;
 mod prereq;
 mod run;
 mod test;
@@ -34,6 +35,10 @@ enum Command {
         /// Build with optimizations.
         #[arg(long)]
         release: bool,
+        /// Serve mutual TLS with a local CA and certificates made under
+        /// target/dev-pki/ (once); prints the matching curl command.
+        #[arg(long)]
+        tls: bool,
         /// Arguments for kernel-exporter, after `--`.
         #[arg(last = true)]
         args: Vec<String>,
@@ -44,6 +49,22 @@ enum Command {
         /// Shorter criterion runs, for a quick look.
         #[arg(long)]
         quick: bool,
+    },
+    /// Install the release binary, the systemd unit, the example web config
+    /// and the system user, idempotently.
+    Install {
+        /// The binary goes to PREFIX/bin.
+        #[arg(long, value_name = "DIR", default_value = "/usr/local")]
+        prefix: std::path::PathBuf,
+        /// Install into this root instead of /: an image or a test's folder.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: std::path::PathBuf,
+        /// Install this already built daemon instead of building a release.
+        #[arg(long, value_name = "PATH")]
+        binary: Option<std::path::PathBuf>,
+        /// Print each step that would be taken; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Run the unit tests, then the end-to-end tests against the real kernel.
     Test {
@@ -58,7 +79,10 @@ fn main() -> ExitCode {
         Command::Build { release } => {
             prereq::Toolchain::ensure().and_then(|toolchain| toolchain.build(release).map(drop))
         }
-        Command::Run { release, args } => run::run(release, &args),
+        Command::Run { release, tls, args } => run::run(release, tls, &args),
+        Command::Install { prefix, root, binary, dry_run } => {
+            install::install(&install::Options { prefix, root, binary, dry_run })
+        }
         Command::Test { filter } => test::test(filter.as_deref()),
         Command::Bench { quick } => bench::bench(quick),
     };

@@ -1,16 +1,23 @@
 //! `cargo xtask run`: build, then replace this process with the exporter so
-//! Ctrl-C and SIGTERM reach it directly.
+//! Ctrl-C and SIGTERM reach it directly. With `--tls`, first make a local
+//! CA, a server and a client certificate under `target/dev-pki/` (once) and
+//! start with mutual TLS.
 
-use std::{os::unix::process::CommandExt as _, process::Command};
+use std::{
+    fs,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 
 use crate::prereq::{self, Toolchain, say};
 
 const DEFAULT_LISTEN_ADDRESS: &str = "127.0.0.1:9569";
 const DEFAULT_TELEMETRY_PATH: &str = "/metrics";
 
-pub(crate) fn run(release: bool, args: &[String]) -> anyhow::Result<()> {
+pub(crate) fn run(release: bool, tls: bool, args: &[String]) -> anyhow::Result<()> {
     let toolchain = Toolchain::ensure()?;
     let binary = toolchain.build(release)?;
     if !can_load_bpf() {
@@ -21,15 +28,117 @@ pub(crate) fn run(release: bool, args: &[String]) -> anyhow::Result<()> {
     }
     prereq::ensure_tracefs()?;
 
-    let url = metrics_url(args);
+    let mut args = args.to_vec();
+    let pki = if tls {
+        let pki = dev_pki()?;
+        args.insert(0, format!("--web.config.file={}", pki.join("web.yml").display()));
+        Some(pki)
+    } else {
+        None
+    };
+    let mut url = metrics_url(&args);
     say("run", &format!("{} {}", binary.display(), args.join(" ")));
     println!();
-    println!("  metrics: {url}");
-    println!("  try:     curl -s {url} | grep ^kernel_");
+    match &pki {
+        None => {
+            println!("  metrics: {url}");
+            println!("  try:     curl -s {url} | grep ^kernel_");
+        }
+        Some(pki) => {
+            url = url.replacen("http://", "https://", 1);
+            let file = |name: &str| pki.join(name).display().to_string();
+            println!("  metrics: {url} (mutual TLS; certificates in {})", pki.display());
+            println!(
+                "  try:     curl -s --cacert {} --cert {} --key {} {url} | grep ^kernel_",
+                file("ca.crt"),
+                file("client.crt"),
+                file("client.key")
+            );
+        }
+    }
     println!("  stop:    Ctrl-C");
     println!();
-    let error = Command::new(&binary).args(args).exec();
+    let error = Command::new(&binary).args(&args).exec();
     bail!("cannot start {}: {error}", binary.display())
+}
+
+/// `target/dev-pki/`: a CA, a server certificate for localhost and
+/// 127.0.0.1, a client certificate, and a web config requiring mutual TLS.
+/// Made once with the `openssl` CLI; delete the folder to start over.
+fn dev_pki() -> anyhow::Result<PathBuf> {
+    let dir = prereq::target_dir().join("dev-pki");
+    let config = dir.join("web.yml");
+    if config.is_file() {
+        return Ok(dir);
+    }
+    prereq::ensure_debian_packages(&[("openssl", "openssl")])?;
+    say("tls", &format!("creating a local CA, a server and a client certificate in {}", dir.display()));
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = |name: &str| dir.join(name).display().to_string();
+    let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    openssl(
+        &dir,
+        &[
+            &["req", "-x509"],
+            &key[..],
+            &["-days", "3650", "-subj", "/CN=kernel-exporter dev CA"],
+            &["-keyout", &path("ca.key"), "-out", &path("ca.crt")],
+        ]
+        .concat(),
+    )?;
+    for (name, san, usage) in [
+        ("server", "DNS:localhost,IP:127.0.0.1,IP:::1", "serverAuth"),
+        ("client", "DNS:prometheus.local", "clientAuth"),
+    ] {
+        let ext = path(&format!("{name}.ext"));
+        fs::write(&ext, format!("subjectAltName={san}\nextendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\n"))?;
+        openssl(
+            &dir,
+            &[
+                &["req", "-new"],
+                &key[..],
+                &["-subj", &format!("/CN=kernel-exporter dev {name}")],
+                &["-keyout", &path(&format!("{name}.key")), "-out", &path(&format!("{name}.csr"))],
+            ]
+            .concat(),
+        )?;
+        openssl(
+            &dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &path(&format!("{name}.csr")),
+                "-days",
+                "825",
+                "-CA",
+                &path("ca.crt"),
+                "-CAkey",
+                &path("ca.key"),
+                "-CAcreateserial",
+                "-extfile",
+                &ext,
+                "-out",
+                &path(&format!("{name}.crt")),
+            ],
+        )?;
+    }
+    // Written last: its presence means the folder is complete.
+    fs::write(
+        &config,
+        "# Made by `cargo xtask run --tls`: mutual TLS with the local CA.\n\
+         tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_ca_file: ca.crt\n  \
+         client_auth_type: RequireAndVerifyClientCert\n",
+    )?;
+    Ok(dir)
+}
+
+fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().context("cannot run openssl")?;
+    if !out.status.success() {
+        bail!("openssl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
 }
 
 /// The URL a user should scrape, from the first listen address and the
@@ -64,7 +173,7 @@ fn can_load_bpf() -> bool {
     const CAP_SYS_ADMIN: u32 = 21;
     const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
-    let effective = std::fs::read_to_string("/proc/self/status").ok().and_then(|status| {
+    let effective = fs::read_to_string("/proc/self/status").ok().and_then(|status| {
         status
             .lines()
             .find_map(|line| line.strip_prefix("CapEff:"))

@@ -14,16 +14,26 @@ use crate::prereq::{self, Toolchain, say};
 /// Commands the end-to-end tests run, and the Debian packages that have them.
 const E2E_COMMANDS: &[(&str, &str)] = &[
     ("promtool", "prometheus"),
+    // The front door tests: a real Prometheus server scrapes over mutual
+    // TLS; certificates come from the openssl CLI.
+    ("prometheus", "prometheus"),
+    ("openssl", "openssl"),
     ("curl", "curl"),
     ("setpriv", "util-linux"),
     // `ip` and `tc` (one package) build the tcp test's lossy namespace.
     ("ip", "iproute2"),
+    // The deploy tests check the systemd unit with `systemd-analyze verify`,
+    // and its system-call filter against what strace sees the daemon call.
+    ("systemd-analyze", "systemd"),
+    ("strace", "strace"),
 ];
 
 /// Python modules the end-to-end tests use, and their PyPI packages: the
 /// reference parsers of both exposition formats (promtool 2.42 only reads
-/// the text format).
-const E2E_PYTHON_MODULES: &[(&str, &str)] = &[("prometheus_client", "prometheus-client")];
+/// the text format), and the Kubernetes schemas the DaemonSet is validated
+/// against (shipped in the package, so offline).
+const E2E_PYTHON_MODULES: &[(&str, &str)] =
+    &[("prometheus_client", "prometheus-client"), ("kubernetes_validate", "kubernetes-validate")];
 
 pub(crate) fn test(filter: Option<&str>) -> anyhow::Result<()> {
     let toolchain = Toolchain::ensure()?;
@@ -54,7 +64,10 @@ pub(crate) fn test(filter: Option<&str>) -> anyhow::Result<()> {
     say("test", "end-to-end tests against the real kernel (cargo test -p kernel-exporter-tests)");
     let mut e2e = toolchain.cargo();
     e2e.args(["test", "--package", "kernel-exporter-tests", "--", "--test-threads=1"])
-        .env("KERNEL_EXPORTER_BIN", &binary);
+        .env("KERNEL_EXPORTER_BIN", &binary)
+        // The deploy tests run `xtask install` into a temporary root. Not
+        // current_exe(): a rebuild during the run replaces that file.
+        .env("XTASK_BIN", prereq::target_dir().join("debug/xtask"));
     if let Some(filter) = filter {
         e2e.arg(filter);
     }

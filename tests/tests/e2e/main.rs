@@ -4,12 +4,15 @@
 
 mod block;
 mod collectors;
+mod deploy;
 mod formats;
+mod front_door;
 mod http;
 mod irq;
 mod lifecycle;
 mod mm;
 mod net;
+mod privileges;
 mod sched;
 mod signal;
 mod syscalls;

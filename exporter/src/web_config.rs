@@ -1,0 +1,787 @@
+//! `--web.config.file`: exporter-toolkit's web-config.yml, parsed and
+//! validated into a typed [`WebConfig`] before anything listens.
+//!
+//! A node_exporter user's file works unchanged: the same keys, the same
+//! defaults (TLS 1.2 to 1.3, server cipher order, HTTP/2 on), the same Go
+//! names for versions, cipher suites and curves, and the same allowed set of
+//! extra response headers. One key is ours: `allowed_sources`, the CIDR
+//! allowlist the socket filter enforces (parsed and validated here).
+//!
+//! Every error names the file, the key and what is wrong with it. This module
+//! does not read the certificate files (`tls` does); it resolves their paths
+//! relative to the config file's directory, as exporter-toolkit does.
+
+use std::{
+    collections::BTreeMap,
+    fmt, fs, io,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use hyper::header::{HeaderName, HeaderValue};
+use serde::Deserialize;
+
+/// A web config file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConfigError {
+    #[error("cannot read the web config {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    /// YAML syntax, unknown keys and wrong types, as the YAML parser words
+    /// them (with the key and the line).
+    #[error("web config {}: {message}", path.display())]
+    Syntax { path: PathBuf, message: String },
+    #[error("web config {}: {key}: {problem}", path.display())]
+    Invalid { path: PathBuf, key: String, problem: String },
+}
+
+/// The file as written, keys exactly as exporter-toolkit spells them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    tls_server_config: RawTls,
+    #[serde(default)]
+    http_server_config: RawHttp,
+    basic_auth_users: Option<BTreeMap<String, String>>,
+    /// exporter-toolkit's newer rate limiter: recognised so the error can
+    /// say what to use instead.
+    rate_limit: Option<serde_yaml::Value>,
+    allowed_sources: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Option<String>,
+    key: Option<String>,
+    client_ca: Option<String>,
+    cert_file: Option<String>,
+    key_file: Option<String>,
+    client_auth_type: Option<String>,
+    client_ca_file: Option<String>,
+    cipher_suites: Option<Vec<String>>,
+    curve_preferences: Option<Vec<String>>,
+    min_version: Option<String>,
+    max_version: Option<String>,
+    prefer_server_cipher_suites: Option<bool>,
+    client_allowed_sans: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    http2: Option<bool>,
+    headers: Option<BTreeMap<String, String>>,
+}
+
+/// The validated web config.
+#[derive(Debug, Clone)]
+pub(crate) struct WebConfig {
+    pub(crate) path: PathBuf,
+    /// `None`: plain HTTP.
+    pub(crate) tls: Option<TlsSettings>,
+    /// Offer HTTP/2 through ALPN (TLS only).
+    pub(crate) http2: bool,
+    /// Extra headers on every response.
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+    /// User name → bcrypt hash; empty means no basic auth.
+    pub(crate) users: BTreeMap<String, String>,
+    /// Not enforced yet: the allowlist filter reads it.
+    #[allow(dead_code)]
+    pub(crate) allowed_sources: Vec<Cidr>,
+    /// Things that work but differ from what the file asks for.
+    pub(crate) warnings: Vec<String>,
+}
+
+/// Where PEM text comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PemSource {
+    File(PathBuf),
+    Inline(String),
+}
+
+impl PemSource {
+    /// The config key and the file, for error messages.
+    pub(crate) fn describe(&self, file_key: &str, inline_key: &str) -> String {
+        match self {
+            Self::File(path) => format!("{file_key} ({})", path.display()),
+            Self::Inline(_) => inline_key.to_owned(),
+        }
+    }
+
+    pub(crate) fn file(&self) -> Option<&Path> {
+        match self {
+            Self::File(path) => Some(path),
+            Self::Inline(_) => None,
+        }
+    }
+}
+
+/// `tls_server_config`, validated.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsSettings {
+    pub(crate) cert: PemSource,
+    pub(crate) key: PemSource,
+    pub(crate) client_ca: Option<PemSource>,
+    pub(crate) client_auth: ClientAuth,
+    /// `None`: no SAN check. Never an empty list.
+    pub(crate) client_allowed_sans: Option<Vec<String>>,
+    pub(crate) min_version: TlsVersion,
+    pub(crate) max_version: TlsVersion,
+    /// TLS 1.2 suites, in the file's order; `None` means the provider's
+    /// defaults. TLS 1.3 suites are not configurable (as in Go).
+    pub(crate) tls12_cipher_suites: Option<Vec<CipherSuite>>,
+    /// Key-exchange groups in order; `None` means the provider's defaults.
+    pub(crate) curves: Option<Vec<Curve>>,
+    pub(crate) prefer_server_cipher_suites: bool,
+}
+
+/// exporter-toolkit's `client_auth_type` values, with Go's `crypto/tls`
+/// meanings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ClientAuth {
+    /// No certificate is asked for.
+    NoClientCert,
+    /// Asked for, not required, not verified.
+    RequestClientCert,
+    /// Required, not verified against a CA.
+    RequireAnyClientCert,
+    /// Not required; verified against `client_ca` when given.
+    VerifyClientCertIfGiven,
+    /// Required and verified against `client_ca`.
+    RequireAndVerifyClientCert,
+}
+
+impl ClientAuth {
+    const NAMES: &[(&str, Self)] = &[
+        ("NoClientCert", Self::NoClientCert),
+        ("RequestClientCert", Self::RequestClientCert),
+        ("RequireAnyClientCert", Self::RequireAnyClientCert),
+        // exporter-toolkit keeps this old spelling working.
+        ("RequireClientCert", Self::RequireAnyClientCert),
+        ("VerifyClientCertIfGiven", Self::VerifyClientCertIfGiven),
+        ("RequireAndVerifyClientCert", Self::RequireAndVerifyClientCert),
+    ];
+
+    pub(crate) fn requires_certificate(self) -> bool {
+        matches!(self, Self::RequireAnyClientCert | Self::RequireAndVerifyClientCert)
+    }
+
+    pub(crate) fn verifies(self) -> bool {
+        matches!(self, Self::VerifyClientCertIfGiven | Self::RequireAndVerifyClientCert)
+    }
+}
+
+impl fmt::Display for ClientAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = Self::NAMES.iter().find(|(_, value)| value == self).map_or("?", |(name, _)| name);
+        f.write_str(name)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+impl fmt::Display for TlsVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tls12 => "TLS12",
+            Self::Tls13 => "TLS13",
+        })
+    }
+}
+
+/// The TLS 1.2 suites rustls implements, by their Go names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CipherSuite {
+    EcdheEcdsaAes128Gcm,
+    EcdheEcdsaAes256Gcm,
+    EcdheEcdsaChacha20,
+    EcdheRsaAes128Gcm,
+    EcdheRsaAes256Gcm,
+    EcdheRsaChacha20,
+}
+
+impl CipherSuite {
+    /// Go's names (both spellings Go accepts for ChaCha20).
+    const GO_NAMES: &[(&str, Self)] = &[
+        ("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", Self::EcdheEcdsaAes128Gcm),
+        ("TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", Self::EcdheEcdsaAes256Gcm),
+        ("TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256", Self::EcdheEcdsaChacha20),
+        ("TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305", Self::EcdheEcdsaChacha20),
+        ("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", Self::EcdheRsaAes128Gcm),
+        ("TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384", Self::EcdheRsaAes256Gcm),
+        ("TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256", Self::EcdheRsaChacha20),
+        ("TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305", Self::EcdheRsaChacha20),
+    ];
+    /// TLS 1.3 suites: Go accepts the names but always enables all three,
+    /// and so do we.
+    const TLS13_GO_NAMES: &[&str] =
+        &["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"];
+    /// Suites Go knows that rustls deliberately does not implement (CBC
+    /// modes, RSA key exchange, RC4, 3DES).
+    const GO_ONLY_NAMES: &[&str] = &[
+        "TLS_RSA_WITH_AES_128_CBC_SHA",
+        "TLS_RSA_WITH_AES_256_CBC_SHA",
+        "TLS_RSA_WITH_AES_128_GCM_SHA256",
+        "TLS_RSA_WITH_AES_256_GCM_SHA384",
+        "TLS_RSA_WITH_AES_128_CBC_SHA256",
+        "TLS_RSA_WITH_RC4_128_SHA",
+        "TLS_RSA_WITH_3DES_EDE_CBC_SHA",
+        "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
+        "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA",
+        "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256",
+        "TLS_ECDHE_ECDSA_WITH_RC4_128_SHA",
+        "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
+        "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA",
+        "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256",
+        "TLS_ECDHE_RSA_WITH_RC4_128_SHA",
+        "TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA",
+    ];
+}
+
+/// Key-exchange groups, by exporter-toolkit's names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Curve {
+    X25519,
+    P256,
+    P384,
+}
+
+/// One `allowed_sources` entry: an address and a prefix length whose host
+/// bits are zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Cidr {
+    pub(crate) addr: IpAddr,
+    pub(crate) prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is inside (an IPv4 address never matches an IPv6 range).
+    #[allow(dead_code)]
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    /// `10.0.0.0/8`, `2001:db8::/32`, or a bare address (a single host).
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| format!("{text:?} is not an IP address or CIDR range"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(prefix) => prefix
+                .parse::<u8>()
+                .ok()
+                .filter(|&p| p <= max)
+                .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {max}"))?,
+        };
+        let cidr = Self { addr, prefix };
+        if !cidr.contains(addr) {
+            // The network address with the host bits cleared.
+            let network = match addr {
+                IpAddr::V4(v4) => IpAddr::from(
+                    (u32::from(v4) & u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)).to_be_bytes(),
+                ),
+                IpAddr::V6(v6) => IpAddr::from(
+                    (u128::from(v6) & u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)).to_be_bytes(),
+                ),
+            };
+            return Err(format!("{text:?} has host bits set; the range is {network}/{prefix}"));
+        }
+        Ok(cidr)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Header names exporter-toolkit lets a web config set, with the values
+/// allowed where the header is an enumeration (empty: any value).
+const ALLOWED_HEADERS: &[(&str, &[&str])] = &[
+    ("Strict-Transport-Security", &[]),
+    ("X-Content-Type-Options", &["nosniff"]),
+    ("X-Frame-Options", &["deny", "sameorigin"]),
+    ("X-XSS-Protection", &[]),
+    ("Content-Security-Policy", &[]),
+];
+
+impl WebConfig {
+    /// Reads and validates `path`.
+    pub(crate) fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates `text`, read from `path` (relative file names in it are
+    /// relative to the directory of `path`).
+    pub(crate) fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        // An empty file is a valid, empty config (as in Go).
+        let raw: RawConfig = if text.trim().is_empty() {
+            RawConfig::default()
+        } else {
+            serde_yaml::from_str(text)
+                .map_err(|error| ConfigError::Syntax { path: path.to_owned(), message: error.to_string() })?
+        };
+        let invalid =
+            |key: &str, problem: String| ConfigError::Invalid { path: path.to_owned(), key: key.to_owned(), problem };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut warnings = Vec::new();
+
+        if raw.rate_limit.is_some() {
+            return Err(invalid(
+                "rate_limit",
+                "is not supported by kernel-exporter; bound concurrent scrapes with --web.max-requests".to_owned(),
+            ));
+        }
+
+        let tls = tls_settings(raw.tls_server_config, dir, &invalid, &mut warnings)?;
+
+        let http2 = raw.http_server_config.http2.unwrap_or(true);
+        let mut headers = Vec::new();
+        for (name, value) in raw.http_server_config.headers.unwrap_or_default() {
+            let key = format!("http_server_config.headers.{name}");
+            let Some((canonical, allowed)) = ALLOWED_HEADERS.iter().find(|(allowed, _)| *allowed == name) else {
+                let names: Vec<&str> = ALLOWED_HEADERS.iter().map(|(name, _)| *name).collect();
+                return Err(invalid(
+                    &key,
+                    format!("this header cannot be configured; allowed are {}", names.join(", ")),
+                ));
+            };
+            if !allowed.is_empty() && !allowed.contains(&value.as_str()) {
+                return Err(invalid(&key, format!("{value:?} is not allowed; expected one of {allowed:?}")));
+            }
+            let value = HeaderValue::from_str(&value)
+                .map_err(|_| invalid(&key, format!("{value:?} is not a valid header value")))?;
+            headers.push((HeaderName::from_static(header_static(canonical)), value));
+        }
+
+        let users = raw.basic_auth_users.unwrap_or_default();
+        for (user, hash) in &users {
+            let key = format!("basic_auth_users.{user}");
+            if user.contains(':') {
+                return Err(invalid(&key, "a user name cannot contain ':' (basic auth splits there)".to_owned()));
+            }
+            let parts = hash.parse::<bcrypt::HashParts>().map_err(|_| {
+                invalid(
+                    &key,
+                    "is not a bcrypt hash ($2a$, $2b$ or $2y$); make one with `htpasswd -nBC 10 USER`".to_owned(),
+                )
+            })?;
+            if !(4..=31).contains(&parts.get_cost()) {
+                return Err(invalid(&key, format!("bcrypt cost {} is outside 4..=31", parts.get_cost())));
+            }
+        }
+
+        let mut allowed_sources = Vec::new();
+        for (i, text) in raw.allowed_sources.unwrap_or_default().iter().enumerate() {
+            allowed_sources.push(
+                text.trim().parse::<Cidr>().map_err(|problem| invalid(&format!("allowed_sources[{i}]"), problem))?,
+            );
+        }
+
+        Ok(Self { path: path.to_owned(), tls, http2, headers, users, allowed_sources, warnings })
+    }
+
+    /// Files whose change means the config must be re-read: the config
+    /// itself and the PEM files it names.
+    pub(crate) fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.path.clone()];
+        if let Some(tls) = &self.tls {
+            let sources = [Some(&tls.cert), Some(&tls.key), tls.client_ca.as_ref()];
+            files.extend(sources.into_iter().flatten().filter_map(PemSource::file).map(Path::to_owned));
+        }
+        files
+    }
+}
+
+fn header_static(name: &str) -> &'static str {
+    // HeaderName::from_static wants lower case.
+    match name {
+        "Strict-Transport-Security" => "strict-transport-security",
+        "X-Content-Type-Options" => "x-content-type-options",
+        "X-Frame-Options" => "x-frame-options",
+        "X-XSS-Protection" => "x-xss-protection",
+        _ => "content-security-policy",
+    }
+}
+
+fn tls_settings(
+    raw: RawTls,
+    dir: &Path,
+    invalid: &impl Fn(&str, String) -> ConfigError,
+    warnings: &mut Vec<String>,
+) -> Result<Option<TlsSettings>, ConfigError> {
+    const PREFIX: &str = "tls_server_config";
+    let key = |name: &str| format!("{PREFIX}.{name}");
+    // Empty strings count as unset, as in Go.
+    let set = |value: Option<String>| value.filter(|v| !v.is_empty());
+    let (cert, cert_file) = (set(raw.cert), set(raw.cert_file));
+    let (pem_key, key_file) = (set(raw.key), set(raw.key_file));
+    let (client_ca, client_ca_file) = (set(raw.client_ca), set(raw.client_ca_file));
+    let client_auth_type = set(raw.client_auth_type);
+
+    let enabled = cert.is_some()
+        || cert_file.is_some()
+        || pem_key.is_some()
+        || key_file.is_some()
+        || client_ca.is_some()
+        || client_ca_file.is_some()
+        || client_auth_type.is_some();
+    if !enabled {
+        let stray = [
+            ("cipher_suites", raw.cipher_suites.is_some()),
+            ("curve_preferences", raw.curve_preferences.is_some()),
+            ("min_version", raw.min_version.is_some()),
+            ("max_version", raw.max_version.is_some()),
+            ("client_allowed_sans", raw.client_allowed_sans.is_some()),
+        ];
+        if let Some((name, _)) = stray.iter().find(|(_, present)| *present) {
+            warnings.push(format!("{}: ignored, since TLS is off (no cert_file/key_file)", key(name)));
+        }
+        return Ok(None);
+    }
+
+    let source = |inline: Option<String>, file: Option<String>, inline_key: &str, file_key: &str| match (inline, file) {
+        (Some(_), Some(_)) => Err(invalid(&key(file_key), format!("give either {file_key} or {inline_key}, not both"))),
+        (Some(pem), None) => Ok(Some(PemSource::Inline(pem))),
+        (None, Some(file)) => Ok(Some(PemSource::File(dir.join(file)))),
+        (None, None) => Ok(None),
+    };
+    let cert = source(cert, cert_file, "cert", "cert_file")?.ok_or_else(|| {
+        invalid(&key("cert_file"), "TLS is configured but there is no cert_file (or cert)".to_owned())
+    })?;
+    let pem_key = source(pem_key, key_file, "key", "key_file")?
+        .ok_or_else(|| invalid(&key("key_file"), "TLS is configured but there is no key_file (or key)".to_owned()))?;
+    let client_ca = source(client_ca, client_ca_file, "client_ca", "client_ca_file")?;
+
+    let client_auth = match client_auth_type.as_deref() {
+        None => ClientAuth::NoClientCert,
+        Some(name) => {
+            ClientAuth::NAMES.iter().find(|(known, _)| *known == name).map(|(_, auth)| *auth).ok_or_else(|| {
+                let names: Vec<&str> = ClientAuth::NAMES.iter().map(|(name, _)| *name).collect();
+                invalid(&key("client_auth_type"), format!("{name:?} is not one of {}", names.join(", ")))
+            })?
+        }
+    };
+    if client_ca.is_some() && client_auth == ClientAuth::NoClientCert {
+        return Err(invalid(
+            &key("client_auth_type"),
+            "client_ca_file is set but client_auth_type is NoClientCert; set RequireAndVerifyClientCert".to_owned(),
+        ));
+    }
+    if client_auth.verifies() && client_ca.is_none() {
+        return Err(invalid(
+            &key("client_ca_file"),
+            format!(
+                "client_auth_type {client_auth} verifies client certificates and needs client_ca_file (or client_ca)"
+            ),
+        ));
+    }
+
+    let client_allowed_sans = match raw.client_allowed_sans {
+        None => None,
+        Some(sans) if sans.is_empty() => {
+            return Err(invalid(&key("client_allowed_sans"), "an empty list would refuse every client".to_owned()));
+        }
+        Some(sans) if !client_auth.requires_certificate() => {
+            let _ = sans;
+            return Err(invalid(
+                &key("client_allowed_sans"),
+                format!(
+                    "needs client_auth_type RequireAnyClientCert or RequireAndVerifyClientCert, not {client_auth} \
+                     (a client without a certificate has no SAN to check)"
+                ),
+            ));
+        }
+        Some(sans) => Some(sans),
+    };
+
+    let version = |name: &str, value: Option<String>, default: TlsVersion| match value.as_deref() {
+        None => Ok(default),
+        Some("TLS12") => Ok(TlsVersion::Tls12),
+        Some("TLS13") => Ok(TlsVersion::Tls13),
+        Some(old @ ("TLS10" | "TLS11")) => Err(invalid(
+            &key(name),
+            format!("{old} is not supported (rustls implements TLS 1.2 and 1.3 only); use TLS12 or TLS13"),
+        )),
+        Some(other) => Err(invalid(&key(name), format!("{other:?} is not one of TLS12, TLS13"))),
+    };
+    let min_version = version("min_version", raw.min_version, TlsVersion::Tls12)?;
+    let max_version = version("max_version", raw.max_version, TlsVersion::Tls13)?;
+    if min_version > max_version {
+        return Err(invalid(
+            &key("min_version"),
+            format!("min_version {min_version} is above max_version {max_version}"),
+        ));
+    }
+
+    let tls12_cipher_suites = match raw.cipher_suites {
+        None => None,
+        Some(names) => {
+            let mut suites = Vec::new();
+            for (i, name) in names.iter().enumerate() {
+                let at = key(&format!("cipher_suites[{i}]"));
+                if let Some((_, suite)) = CipherSuite::GO_NAMES.iter().find(|(go, _)| go == name) {
+                    if !suites.contains(suite) {
+                        suites.push(*suite);
+                    }
+                } else if CipherSuite::TLS13_GO_NAMES.contains(&name.as_str()) {
+                    // Go ignores TLS 1.3 names here too.
+                } else if CipherSuite::GO_ONLY_NAMES.contains(&name.as_str()) {
+                    return Err(invalid(
+                        &at,
+                        format!(
+                            "{name} (CBC, RC4, 3DES or RSA key exchange) is not implemented by rustls; use the ECDHE GCM or ChaCha20 suites"
+                        ),
+                    ));
+                } else {
+                    return Err(invalid(
+                        &at,
+                        format!(
+                            "unknown cipher suite {name:?} (use Go's names, e.g. TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)"
+                        ),
+                    ));
+                }
+            }
+            if suites.is_empty() && min_version == TlsVersion::Tls12 {
+                return Err(invalid(
+                    &key("cipher_suites"),
+                    "lists no TLS 1.2 suite, so no TLS 1.2 client could connect; add one or set min_version: TLS13"
+                        .to_owned(),
+                ));
+            }
+            Some(suites)
+        }
+    };
+
+    let curves = match raw.curve_preferences {
+        None => None,
+        Some(names) => {
+            let mut curves = Vec::new();
+            for (i, name) in names.iter().enumerate() {
+                let curve = match name.as_str() {
+                    "X25519" => Curve::X25519,
+                    "CurveP256" => Curve::P256,
+                    "CurveP384" => Curve::P384,
+                    "CurveP521" => {
+                        warnings.push(format!(
+                            "{}: CurveP521 is skipped (rustls's ring backend does not implement it)",
+                            key(&format!("curve_preferences[{i}]"))
+                        ));
+                        continue;
+                    }
+                    other => {
+                        return Err(invalid(
+                            &key(&format!("curve_preferences[{i}]")),
+                            format!("unknown curve {other:?}; expected X25519, CurveP256, CurveP384 or CurveP521"),
+                        ));
+                    }
+                };
+                if !curves.contains(&curve) {
+                    curves.push(curve);
+                }
+            }
+            if curves.is_empty() {
+                return Err(invalid(
+                    &key("curve_preferences"),
+                    "leaves no curve rustls implements (X25519, CurveP256, CurveP384)".to_owned(),
+                ));
+            }
+            Some(curves)
+        }
+    };
+
+    Ok(Some(TlsSettings {
+        cert,
+        key: pem_key,
+        client_ca,
+        client_auth,
+        client_allowed_sans,
+        min_version,
+        max_version,
+        tls12_cipher_suites,
+        curves,
+        prefer_server_cipher_suites: raw.prefer_server_cipher_suites.unwrap_or(true),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// bcrypt of "secret" at cost 4.
+    const HASH: &str = "$2b$04$TGwgTClqVFzS7z.YIpLZbeuusmrIUx7KIv89pu1MSJ7STigPpMkj.";
+
+    fn parse(text: &str) -> Result<WebConfig, ConfigError> {
+        WebConfig::parse(Path::new("/etc/kernel-exporter/web.yml"), text)
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn empty_file_means_plain_http_without_auth() {
+        let config = parse("").unwrap();
+        assert!(config.tls.is_none());
+        assert!(config.users.is_empty());
+        assert!(config.http2);
+        assert!(config.headers.is_empty());
+    }
+
+    #[test]
+    fn node_exporter_style_file() {
+        let config = parse(&format!(
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: /abs/server.key\n  client_ca_file: ca.crt\n  \
+             client_auth_type: RequireAndVerifyClientCert\n  min_version: TLS13\n  client_allowed_sans: [prometheus.example]\n  \
+             cipher_suites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_AES_128_GCM_SHA256]\n  curve_preferences: [X25519, CurveP521]\n  \
+             prefer_server_cipher_suites: false\n\
+             http_server_config:\n  http2: false\n  headers:\n    X-Frame-Options: deny\n    Strict-Transport-Security: max-age=31536000\n\
+             basic_auth_users:\n  prometheus: {HASH}\n\
+             allowed_sources: [10.0.0.0/8, '2001:db8::/32', 192.0.2.7]\n"
+        ))
+        .unwrap();
+        let tls = config.tls.as_ref().unwrap();
+        assert_eq!(tls.cert, PemSource::File("/etc/kernel-exporter/server.crt".into()));
+        assert_eq!(tls.key, PemSource::File("/abs/server.key".into()));
+        assert_eq!(tls.client_auth, ClientAuth::RequireAndVerifyClientCert);
+        assert_eq!(tls.min_version, TlsVersion::Tls13);
+        assert_eq!(tls.max_version, TlsVersion::Tls13);
+        assert_eq!(tls.tls12_cipher_suites, Some(vec![CipherSuite::EcdheRsaAes128Gcm]));
+        assert_eq!(tls.curves, Some(vec![Curve::X25519]));
+        assert!(!tls.prefer_server_cipher_suites);
+        assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+        assert!(config.warnings[0].contains("CurveP521"));
+        assert!(!config.http2);
+        assert_eq!(config.headers.len(), 2);
+        assert_eq!(config.users.len(), 1);
+        assert_eq!(config.allowed_sources[2], Cidr { addr: "192.0.2.7".parse().unwrap(), prefix: 32 });
+        assert_eq!(
+            config.watched_files(),
+            [
+                PathBuf::from("/etc/kernel-exporter/web.yml"),
+                "/etc/kernel-exporter/server.crt".into(),
+                "/abs/server.key".into(),
+                "/etc/kernel-exporter/ca.crt".into()
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_key() {
+        let e = error("tls_server_config:\n  cert_file: a\n  key_file: b\n  bogus: 1\n");
+        assert!(
+            e.starts_with("web config /etc/kernel-exporter/web.yml: tls_server_config: unknown field `bogus`"),
+            "{e}"
+        );
+        let e = error("basic_auth_user: {}\n");
+        assert!(e.contains("unknown field `basic_auth_user`"), "{e}");
+        let e = error("tls_server_config:\n  cert_file: a\n");
+        assert!(e.ends_with("tls_server_config.key_file: TLS is configured but there is no key_file (or key)"), "{e}");
+        let e = error("tls_server_config:\n  cert_file: a\n  cert: b\n  key_file: c\n");
+        assert!(e.contains("tls_server_config.cert_file: give either cert_file or cert, not both"), "{e}");
+        let e = error("basic_auth_users:\n  alice: plaintext\n");
+        assert!(e.contains("basic_auth_users.alice: is not a bcrypt hash"), "{e}");
+        let e = error(&format!("basic_auth_users:\n  alice: '{}'\n", HASH.replace("$04$", "$99$")));
+        assert!(e.contains("basic_auth_users.alice: bcrypt cost 99 is outside 4..=31"), "{e}");
+        let e = error("http_server_config:\n  headers:\n    Server: x\n");
+        assert!(e.contains("http_server_config.headers.Server: this header cannot be configured"), "{e}");
+        let e = error("http_server_config:\n  headers:\n    X-Content-Type-Options: sniff\n");
+        assert!(e.contains("\"sniff\" is not allowed"), "{e}");
+        let e = error("allowed_sources: [10.0.0.1/8]\n");
+        assert!(e.contains("allowed_sources[0]: \"10.0.0.1/8\" has host bits set; the range is 10.0.0.0/8"), "{e}");
+        let e = error("allowed_sources: [10.0.0.0/33]\n");
+        assert!(e.contains("prefix length must be 0 to 32"), "{e}");
+        let e = error("rate_limit:\n  burst: 1\n");
+        assert!(e.contains("rate_limit: is not supported"), "{e}");
+    }
+
+    #[test]
+    fn client_auth_rules() {
+        let tls = |extra: &str| format!("tls_server_config:\n  cert_file: a\n  key_file: b\n{extra}");
+        for (name, expected) in ClientAuth::NAMES {
+            let ca = if expected.verifies() || *expected != ClientAuth::NoClientCert {
+                "  client_ca_file: ca\n"
+            } else {
+                ""
+            };
+            let config = parse(&tls(&format!("  client_auth_type: {name}\n{ca}"))).unwrap();
+            assert_eq!(config.tls.unwrap().client_auth, *expected, "{name}");
+        }
+        let e = error(&tls("  client_auth_type: Sometimes\n"));
+        assert!(e.contains("tls_server_config.client_auth_type: \"Sometimes\" is not one of NoClientCert"), "{e}");
+        let e = error(&tls("  client_ca_file: ca\n"));
+        assert!(e.contains("client_ca_file is set but client_auth_type is NoClientCert"), "{e}");
+        let e = error(&tls("  client_auth_type: RequireAndVerifyClientCert\n"));
+        assert!(
+            e.contains("tls_server_config.client_ca_file: client_auth_type RequireAndVerifyClientCert verifies"),
+            "{e}"
+        );
+        let e = error(&tls(
+            "  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: ca\n  client_allowed_sans: [x]\n",
+        ));
+        assert!(e.contains("client_allowed_sans: needs client_auth_type RequireAnyClientCert"), "{e}");
+        let e = error(&tls("  client_auth_type: RequireAnyClientCert\n  client_allowed_sans: []\n"));
+        assert!(e.contains("an empty list would refuse every client"), "{e}");
+    }
+
+    #[test]
+    fn versions_ciphers_curves() {
+        let tls = |extra: &str| format!("tls_server_config:\n  cert_file: a\n  key_file: b\n{extra}");
+        let e = error(&tls("  min_version: TLS11\n"));
+        assert!(e.contains("tls_server_config.min_version: TLS11 is not supported"), "{e}");
+        let e = error(&tls("  min_version: TLS13\n  max_version: TLS12\n"));
+        assert!(e.contains("min_version TLS13 is above max_version TLS12"), "{e}");
+        let e = error(&tls("  cipher_suites: [TLS_RSA_WITH_AES_128_CBC_SHA]\n"));
+        assert!(e.contains("cipher_suites[0]: TLS_RSA_WITH_AES_128_CBC_SHA (CBC"), "{e}");
+        let e = error(&tls("  cipher_suites: [TLS_MADE_UP]\n"));
+        assert!(e.contains("unknown cipher suite \"TLS_MADE_UP\""), "{e}");
+        let e = error(&tls("  cipher_suites: [TLS_AES_128_GCM_SHA256]\n"));
+        assert!(e.contains("lists no TLS 1.2 suite"), "{e}");
+        assert!(parse(&tls("  min_version: TLS13\n  cipher_suites: [TLS_AES_128_GCM_SHA256]\n")).is_ok());
+        let e = error(&tls("  curve_preferences: [CurveP521]\n"));
+        assert!(e.contains("leaves no curve rustls implements"), "{e}");
+        let e = error(&tls("  curve_preferences: [P256]\n"));
+        assert!(e.contains("unknown curve \"P256\""), "{e}");
+    }
+
+    #[test]
+    fn cidr_containment() {
+        let net: Cidr = "10.1.0.0/16".parse().unwrap();
+        assert!(net.contains("10.1.200.3".parse().unwrap()));
+        assert!(!net.contains("10.2.0.1".parse().unwrap()));
+        assert!(!net.contains("::ffff:10.1.0.1".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("192.0.2.1".parse().unwrap()));
+        let v6: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains("2001:db8:1::1".parse().unwrap()));
+        assert_eq!(v6.to_string(), "2001:db8::/32");
+        assert!("10.0.0.0/x".parse::<Cidr>().is_err());
+        assert!("host.example".parse::<Cidr>().is_err());
+    }
+}

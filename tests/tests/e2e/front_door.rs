@@ -1,0 +1,635 @@
+//! The front door as clients see it: TLS, mutual TLS and basic auth with an
+//! exporter-toolkit web config, checked with curl, `openssl s_client` and a
+//! real Prometheus server; rotation of certificates on disk; the secure
+//! default and `check-config`.
+//!
+//! Certificates are made by the `openssl` CLI in a fresh directory per test.
+
+use std::{
+    fs,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use kernel_exporter_tests::{Exporter, Metrics, exporter_binary, free_port, http_request};
+
+/// bcrypt (cost 10, what `htpasswd -B` makes) of [`PASSWORD`].
+const HASH: &str = "$2b$10$P7KNnE0SOcZo.DckZEwNd.O4a6Ogy5oBcjd3E4TyL16m.F6RE7oSi";
+const USER: &str = "prometheus";
+const PASSWORD: &str = "s3cret";
+
+/// Collectors for these tests: one is enough, and starts fastest.
+const COLLECTOR_ARGS: [&str; 2] = ["--collector.disable-defaults", "--collector.sched"];
+
+/// A scratch directory with a CA, a server certificate for 127.0.0.1 and
+/// localhost, client certificates, and a second CA nobody trusts.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("kernel-exporter-e2e-{test}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create the PKI directory");
+        let pki = Self { dir };
+        pki.ca("ca");
+        pki.ca("other-ca");
+        pki.leaf("server", "ca", "DNS:localhost,IP:127.0.0.1", "serverAuth");
+        pki.leaf("client", "ca", "DNS:prometheus.example", "clientAuth");
+        pki.leaf("grafana", "ca", "DNS:grafana.example", "clientAuth");
+        pki.leaf("stranger", "other-ca", "DNS:prometheus.example", "clientAuth");
+        pki
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    fn ca(&self, name: &str) {
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=kernel-exporter test {name}"),
+            "-keyout",
+            &self.path(&format!("{name}.key")),
+            "-out",
+            &self.path(&format!("{name}.crt")),
+        ]);
+    }
+
+    /// A certificate for `name` signed by `ca`.
+    fn leaf(&self, name: &str, ca: &str, san: &str, usage: &str) {
+        let ext = self.path(&format!("{name}.ext"));
+        fs::write(&ext, format!("subjectAltName={san}\nextendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\n"))
+            .expect("write extensions");
+        openssl(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &self.path(&format!("{name}.key")),
+            "-out",
+            &self.path(&format!("{name}.csr")),
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &self.path(&format!("{name}.csr")),
+            "-days",
+            "2",
+            "-CA",
+            &self.path(&format!("{ca}.crt")),
+            "-CAkey",
+            &self.path(&format!("{ca}.key")),
+            "-CAcreateserial",
+            "-extfile",
+            &ext,
+            "-out",
+            &self.path(&format!("{name}.crt")),
+        ]);
+    }
+
+    /// Writes a web config with the server's certificate and `extra` lines
+    /// under `tls_server_config`, plus `rest` at the top level.
+    fn web_config(&self, extra: &str, rest: &str) -> String {
+        let path = self.path("web.yml");
+        let text = format!("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n{extra}{rest}");
+        fs::write(&path, text).expect("write web config");
+        path
+    }
+}
+
+fn openssl(args: &[&str]) -> Output {
+    let out = Command::new("openssl").args(args).stdin(Stdio::null()).output().expect("run openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn start(config: &str, extra: &[&str]) -> Exporter {
+    let flag = format!("--web.config.file={config}");
+    let args: Vec<&str> = [&COLLECTOR_ARGS[..], &[flag.as_str()], extra].concat();
+    Exporter::start(&args)
+}
+
+/// What curl got: the HTTP status (0 when there was no HTTP answer), the
+/// body, and curl's error output.
+struct CurlResult {
+    status: u16,
+    body: String,
+    stderr: String,
+    http_version: String,
+}
+
+/// curl against `https://127.0.0.1:PORT/metrics`, trusting the test CA,
+/// with `client` as the client certificate (if any) and `extra` arguments.
+fn curl(pki: &Pki, addr: SocketAddr, client: Option<&str>, extra: &[&str]) -> CurlResult {
+    let mut command = Command::new("curl");
+    command.args(["-sS", "--max-time", "10", "--cacert", &pki.path("ca.crt")]);
+    if let Some(client) = client {
+        command.args(["--cert", &pki.path(&format!("{client}.crt")), "--key", &pki.path(&format!("{client}.key"))]);
+    }
+    command.args(extra);
+    command.args(["-w", "\n%{http_code} %{http_version}", &format!("https://{addr}/metrics")]);
+    let out = command.output().expect("run curl");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, trailer) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+    let mut trailer = trailer.split_whitespace();
+    let status = trailer.next().and_then(|code| code.parse().ok()).unwrap_or(0);
+    let http_version = trailer.next().unwrap_or("").to_owned();
+    CurlResult {
+        status,
+        body: body.to_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        http_version,
+    }
+}
+
+fn with_password(user: &str, password: &str) -> [String; 2] {
+    ["-u".to_owned(), format!("{user}:{password}")]
+}
+
+/// The exporter's own metrics, scraped with the good client and password.
+fn self_metrics(pki: &Pki, exporter: &Exporter) -> Metrics {
+    let auth = with_password(USER, PASSWORD);
+    let result = curl(pki, exporter.addr, Some("client"), &[&auth[0], &auth[1]]);
+    assert_eq!(result.status, 200, "scrape with good credentials: {}\nlog:\n{}", result.stderr, exporter.log());
+    Metrics::parse(&result.body)
+}
+
+/// `openssl s_client` with `args`; returns whether the handshake (and a
+/// one-line HTTP exchange) worked, and everything it printed.
+fn s_client(addr: SocketAddr, args: &[&str]) -> (bool, String) {
+    // -ign_eof: wait for the server's answer after the request is sent;
+    // `timeout` bounds a handshake that never ends.
+    let mut child = Command::new("timeout")
+        .args(["10", "openssl", "s_client", "-ign_eof", "-connect", &addr.to_string(), "-servername", "localhost"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run openssl s_client");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        let _ = stdin.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    }
+    let out = child.wait_with_output().expect("s_client ran");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // A completed TLS exchange shows the HTTP answer.
+    (text.contains("HTTP/1.1 "), text)
+}
+
+#[test]
+fn each_client_auth_type_with_curl() {
+    let pki = Pki::new("client-auth");
+    let ca = "  client_ca_file: ca.crt\n";
+    // (type, needs CA, no cert, trusted cert, untrusted cert)
+    let cases = [
+        ("NoClientCert", false, true, true, true),
+        ("RequestClientCert", false, true, true, true),
+        ("RequireAnyClientCert", false, false, true, true),
+        ("VerifyClientCertIfGiven", true, true, true, false),
+        ("RequireAndVerifyClientCert", true, false, true, false),
+    ];
+    for (auth, needs_ca, none, trusted, stranger) in cases {
+        let config = pki.web_config(&format!("  client_auth_type: {auth}\n{}", if needs_ca { ca } else { "" }), "");
+        let exporter = start(&config, &[]);
+        for (client, expected) in [(None, none), (Some("client"), trusted), (Some("stranger"), stranger)] {
+            let result = curl(&pki, exporter.addr, client, &[]);
+            let served = result.status == 200 && result.body.contains("kernel_sched_context_switches_total ");
+            assert_eq!(
+                served,
+                expected,
+                "{auth} with client certificate {client:?}: status {} {}\nlog:\n{}",
+                result.status,
+                result.stderr,
+                exporter.log()
+            );
+        }
+        // HTTP/2 by ALPN, the default with TLS.
+        assert_eq!(curl(&pki, exporter.addr, Some("client"), &["--http2"]).http_version, "2", "{auth}");
+        let metrics = self_metrics(&pki, &exporter);
+        let failures =
+            |reason: &str| metrics.get(&format!("kernel_exporter_tls_handshake_failures_total{{reason=\"{reason}\"}}"));
+        match auth {
+            "RequireAnyClientCert" => assert_eq!(failures("no_client_certificate"), 1.0, "{auth}"),
+            "VerifyClientCertIfGiven" => assert_eq!(failures("bad_client_certificate"), 1.0, "{auth}"),
+            "RequireAndVerifyClientCert" => {
+                assert_eq!(failures("no_client_certificate"), 1.0, "{auth}");
+                assert_eq!(failures("bad_client_certificate"), 1.0, "{auth}");
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn openssl_s_client_sees_the_certificate_request_and_versions() {
+    let pki = Pki::new("s-client");
+    let config = pki.web_config("  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n", "");
+    let exporter = start(&config, &[]);
+    let ca = pki.path("ca.crt");
+    let (client_crt, client_key) = (pki.path("client.crt"), pki.path("client.key"));
+    let (ok, text) = s_client(exporter.addr, &["-CAfile", &ca, "-cert", &client_crt, "-key", &client_key]);
+    assert!(ok, "{text}");
+    assert!(text.contains("Acceptable client certificate CA names"), "{text}");
+    assert!(text.contains("CN = kernel-exporter test ca"), "{text}");
+    assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
+    let (ok, text) = s_client(exporter.addr, &["-CAfile", &ca]);
+    assert!(!ok, "no client certificate, yet served: {text}");
+    drop(exporter);
+
+    // TLS 1.2 only.
+    let config = pki.web_config("  min_version: TLS12\n  max_version: TLS12\n", "");
+    let exporter = start(&config, &[]);
+    let (ok, text) = s_client(exporter.addr, &["-CAfile", &ca, "-tls1_2"]);
+    assert!(ok && text.contains("New, TLSv1.2"), "{text}");
+    let (ok, text) = s_client(exporter.addr, &["-CAfile", &ca, "-tls1_3"]);
+    assert!(!ok, "TLS 1.3 accepted by a TLS12-only config: {text}");
+    let curl13 = curl(&pki, exporter.addr, None, &["--tlsv1.3"]);
+    assert_eq!(curl13.status, 0, "{}", curl13.stderr);
+    drop(exporter);
+
+    // TLS 1.3 only.
+    let config = pki.web_config("  min_version: TLS13\n", "");
+    let exporter = start(&config, &[]);
+    let (ok, text) = s_client(exporter.addr, &["-CAfile", &ca, "-tls1_3"]);
+    assert!(ok && text.contains("New, TLSv1.3"), "{text}");
+    let (ok, text) = s_client(exporter.addr, &["-CAfile", &ca, "-tls1_2"]);
+    assert!(!ok, "TLS 1.2 accepted by a TLS13-only config: {text}");
+    let curl12 = curl(&pki, exporter.addr, None, &["--tls-max", "1.2"]);
+    assert_eq!(curl12.status, 0, "{}", curl12.stderr);
+    let metrics = Metrics::parse(&curl(&pki, exporter.addr, None, &[]).body);
+    assert_eq!(metrics.get("kernel_exporter_tls_handshake_failures_total{reason=\"incompatible\"}"), 2.0);
+}
+
+#[test]
+fn client_allowed_sans_allow_and_deny() {
+    let pki = Pki::new("sans");
+    let config = pki.web_config(
+        "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n  client_allowed_sans: [prometheus.example]\n",
+        "",
+    );
+    let exporter = start(&config, &[]);
+    assert_eq!(curl(&pki, exporter.addr, Some("client"), &[]).status, 200);
+    let denied = curl(&pki, exporter.addr, Some("grafana"), &[]);
+    assert_eq!(denied.status, 0, "grafana.example is not allowed: {}", denied.body);
+    // Same SAN, but from a CA nobody trusts: the chain check comes first.
+    assert_eq!(curl(&pki, exporter.addr, Some("stranger"), &[]).status, 0);
+    let metrics = Metrics::parse(&curl(&pki, exporter.addr, Some("client"), &[]).body);
+    assert_eq!(metrics.get("kernel_exporter_tls_handshake_failures_total{reason=\"client_san_not_allowed\"}"), 1.0);
+    assert_eq!(metrics.get("kernel_exporter_tls_handshake_failures_total{reason=\"bad_client_certificate\"}"), 1.0);
+}
+
+#[test]
+fn basic_auth_answers_and_counts() {
+    let pki = Pki::new("basic-auth");
+    let config = pki.web_config(
+        "",
+        &format!("basic_auth_users:\n  {USER}: {HASH}\nhttp_server_config:\n  headers:\n    X-Frame-Options: deny\n"),
+    );
+    let exporter = start(&config, &[]);
+    let cases =
+        [(Some((USER, "wrong")), 401), (Some(("mallory", PASSWORD)), 401), (None, 401), (Some((USER, PASSWORD)), 200)];
+    for (credentials, expected) in cases {
+        let mut args = vec!["-i".to_owned()];
+        if let Some((user, password)) = credentials {
+            args.extend(with_password(user, password));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let result = curl(&pki, exporter.addr, None, &args);
+        assert_eq!(result.status, expected, "{credentials:?}: {}", result.stderr);
+        let head = result.body.to_ascii_lowercase();
+        assert!(head.contains("x-frame-options: deny"), "{credentials:?}: {head}");
+        if expected == 401 {
+            assert!(head.contains("www-authenticate: basic realm=\"kernel-exporter\""), "{head}");
+        }
+    }
+    let metrics = self_metrics(&pki, &exporter);
+    let failures = |reason: &str| metrics.get(&format!("kernel_exporter_auth_failures_total{{reason=\"{reason}\"}}"));
+    assert_eq!(failures("wrong_password"), 1.0);
+    assert_eq!(failures("unknown_user"), 1.0);
+    assert_eq!(failures("missing_credentials"), 1.0);
+    assert_eq!(failures("malformed"), 0.0);
+}
+
+#[test]
+fn plain_http_to_the_tls_port_gets_400() {
+    let pki = Pki::new("plain-http");
+    let config = pki.web_config("", "");
+    let exporter = start(&config, &[]);
+    let response = http_request(exporter.addr, "GET", "/metrics");
+    assert_eq!(response.status, 400);
+    assert!(response.body.contains("Client sent an HTTP request to an HTTPS server."), "{response:?}");
+    let metrics = Metrics::parse(&curl(&pki, exporter.addr, None, &[]).body);
+    assert_eq!(metrics.get("kernel_exporter_tls_handshake_failures_total{reason=\"plain_http\"}"), 1.0);
+}
+
+/// The serial number of the certificate the exporter serves now.
+fn served_serial(addr: SocketAddr, ca: &str) -> String {
+    let (_, text) = s_client(addr, &["-CAfile", ca]);
+    let start = text.find("-----BEGIN CERTIFICATE-----").unwrap_or_else(|| panic!("no certificate shown: {text}"));
+    let end = text.find("-----END CERTIFICATE-----").expect("certificate end") + "-----END CERTIFICATE-----".len();
+    let mut x509 = Command::new("openssl")
+        .args(["x509", "-noout", "-serial"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("openssl x509");
+    {
+        use std::io::Write as _;
+        x509.stdin.take().expect("stdin").write_all(&text.as_bytes()[start..end]).expect("feed x509");
+    }
+    String::from_utf8(x509.wait_with_output().expect("x509 ran").stdout).expect("UTF-8").trim().to_owned()
+}
+
+fn file_serial(path: &str) -> String {
+    String::from_utf8(openssl(&["x509", "-noout", "-serial", "-in", path]).stdout).expect("UTF-8").trim().to_owned()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what} did not happen within {timeout:?}");
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Replaces `name` atomically (write aside, rename), as deploy tools do.
+fn replace(dir: &Path, name: &str, contents: &[u8]) {
+    let aside = dir.join(format!(".{name}.new"));
+    fs::write(&aside, contents).expect("write replacement");
+    fs::rename(&aside, dir.join(name)).expect("rename into place");
+}
+
+#[test]
+fn rotated_certificates_are_served_without_a_restart() {
+    let pki = Pki::new("rotation");
+    let config = pki.web_config("", "");
+    let exporter = start(&config, &[]);
+    let ca = pki.path("ca.crt");
+    let first = served_serial(exporter.addr, &ca);
+    assert_eq!(first, file_serial(&pki.path("server.crt")));
+
+    // A new key and certificate: the next connection gets them.
+    pki.leaf("server2", "ca", "DNS:localhost,IP:127.0.0.1", "serverAuth");
+    let second = file_serial(&pki.path("server2.crt"));
+    assert_ne!(first, second);
+    replace(&pki.dir, "server.key", &fs::read(pki.path("server2.key")).unwrap());
+    replace(&pki.dir, "server.crt", &fs::read(pki.path("server2.crt")).unwrap());
+    wait_for("serving the rotated certificate", Duration::from_secs(10), || {
+        served_serial(exporter.addr, &ca) == second
+    });
+    let metrics = Metrics::parse(&curl(&pki, exporter.addr, None, &[]).body);
+    assert_eq!(metrics.get("kernel_exporter_config_last_reload_successful"), 1.0);
+    let reloaded_at = metrics.get("kernel_exporter_config_last_reload_success_timestamp_seconds");
+
+    // A corrupt replacement: the old certificate keeps serving.
+    let lines_before = exporter.log().lines().count();
+    replace(&pki.dir, "server.crt", b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n");
+    wait_for("the failed reload", Duration::from_secs(10), || {
+        Metrics::parse(&curl(&pki, exporter.addr, None, &[]).body).get("kernel_exporter_config_last_reload_successful")
+            == 0.0
+    });
+    assert_eq!(served_serial(exporter.addr, &ca), second);
+    let metrics = Metrics::parse(&curl(&pki, exporter.addr, None, &[]).body);
+    assert_eq!(metrics.get("kernel_exporter_config_last_reload_success_timestamp_seconds"), reloaded_at);
+    // Wait past another poll: the broken file is not retried until it changes.
+    thread::sleep(Duration::from_secs(3));
+    let log = exporter.log();
+    let failed: Vec<&str> = log.lines().skip(lines_before).filter(|line| line.contains("cannot reload")).collect();
+    assert_eq!(failed.len(), 1, "one line per failed reload:\n{log}");
+    assert!(failed[0].contains("server.crt"), "{}", failed[0]);
+
+    // Fixed, then SIGHUP: reloaded on the signal.
+    replace(&pki.dir, "server.crt", &fs::read(pki.path("server2.crt")).unwrap());
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(exporter.pid() as libc::pid_t, libc::SIGHUP) }, 0);
+    wait_for("the SIGHUP reload", Duration::from_secs(10), || exporter.log().contains("trigger=SIGHUP"));
+    wait_for("a successful reload", Duration::from_secs(10), || {
+        Metrics::parse(&curl(&pki, exporter.addr, None, &[]).body).get("kernel_exporter_config_last_reload_successful")
+            == 1.0
+    });
+    assert_eq!(served_serial(exporter.addr, &ca), second);
+}
+
+#[test]
+fn bad_configs_fail_before_listening_and_in_check_config() {
+    let pki = Pki::new("check-config");
+    let good = pki.web_config("  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n", "");
+    let out =
+        Command::new(exporter_binary()).args(["check-config", &format!("--web.config.file={good}")]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("OK: TLS on (TLS12..TLS13, client_auth_type RequireAndVerifyClientCert"), "{stdout}");
+
+    let bad = pki.web_config("  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: missing.crt\n", "");
+    let out =
+        Command::new(exporter_binary()).args(["check-config", &format!("--web.config.file={bad}")]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("web config {bad}: tls_server_config.client_ca_file: cannot read")), "{stderr}");
+    assert!(stderr.contains("missing.crt"), "{stderr}");
+
+    let unknown = pki.web_config("  client_auth: RequireAndVerifyClientCert\n", "");
+    let mut exporter = Exporter::spawn(free_port(), &["--web.config.file", &unknown]);
+    assert_eq!(exporter.wait_exit(Duration::from_secs(10)).code(), Some(1));
+    let log = exporter.log();
+    assert!(log.contains("unknown field `client_auth`"), "{log}");
+    assert_eq!(log.lines().filter(|line| line.contains("level=error")).count(), 1, "{log}");
+    assert!(!log.contains("listening"), "{log}");
+}
+
+#[test]
+fn exposed_without_protection_refuses_to_start() {
+    let port = free_port();
+    let mut exporter = Exporter::spawn(free_port(), &[&format!("--web.listen-address=0.0.0.0:{port}")]);
+    assert_eq!(exporter.wait_exit(Duration::from_secs(10)).code(), Some(1));
+    let log = exporter.log();
+    assert!(log.contains(&format!("refusing to serve 0.0.0.0:{port} without TLS or basic auth")), "{log}");
+    assert!(log.contains("--web.allow-insecure"), "{log}");
+
+    let exporter = Exporter::start(&[
+        COLLECTOR_ARGS[0],
+        COLLECTOR_ARGS[1],
+        &format!("--web.listen-address=0.0.0.0:{port}"),
+        "--web.allow-insecure",
+    ]);
+    exporter.scrape();
+}
+
+#[test]
+fn wrong_password_floods_do_not_starve_scrapes() {
+    let pki = Pki::new("flood");
+    let config = pki.web_config("", &format!("basic_auth_users:\n  {USER}: {HASH}\n"));
+    let exporter = start(&config, &[]);
+    // Prime the cache with the good credentials.
+    self_metrics(&pki, &exporter);
+    let addr = exporter.addr;
+    let ca = pki.path("ca.crt");
+    // 16 clients, each sending distinct wrong passwords one after another:
+    // 16 bcrypt checks (about 60 ms of CPU each) always waiting. Were they
+    // run on the async workers, a scrape would queue behind them.
+    let flood: Vec<Child> = (0..16)
+        .map(|worker| {
+            let mut command = Command::new("curl");
+            command.stdout(Stdio::null());
+            for i in 0..10 {
+                // --next: each URL with its own password, on the same connection.
+                if i > 0 {
+                    command.arg("--next");
+                }
+                command.args(["-s", "--max-time", "30", "--cacert", &ca, "-u", &format!("{USER}:wrong-{worker}-{i}")]);
+                command.arg(format!("https://{addr}/metrics"));
+            }
+            command.spawn().expect("start curl")
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    let mut slowest = Duration::ZERO;
+    let mut metrics = None;
+    for _ in 0..5 {
+        let started = Instant::now();
+        metrics = Some(self_metrics(&pki, &exporter));
+        slowest = slowest.max(started.elapsed());
+    }
+    let metrics = metrics.expect("scraped");
+    let failures = metrics.get("kernel_exporter_auth_failures_total{reason=\"wrong_password\"}");
+    for mut curl in flood {
+        let _ = curl.wait();
+    }
+    assert!(slowest < Duration::from_millis(300), "a scrape took {slowest:?} during a wrong-password flood");
+    println!("slowest of 5 scrapes during a 16-client wrong-password flood: {slowest:?}");
+    assert!(failures >= 1.0, "the flood was not under way while scraping");
+}
+
+/// A Prometheus server on loopback, killed when dropped.
+struct Prometheus {
+    child: Child,
+    addr: SocketAddr,
+    _dir: PathBuf,
+}
+
+impl Prometheus {
+    fn start(dir: &Path, scrape_configs: &str) -> Self {
+        let config = dir.join("prometheus.yml");
+        fs::write(
+            &config,
+            format!("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n{scrape_configs}"),
+        )
+        .expect("write prometheus.yml");
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let child = Command::new("/usr/bin/prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start /usr/bin/prometheus (Debian package prometheus)");
+        let prometheus = Self { child, addr, _dir: dir.to_owned() };
+        wait_for("Prometheus ready", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(addr).is_ok() && http_request(addr, "GET", "/-/ready").status == 200
+        });
+        prometheus
+    }
+
+    /// The result of an instant query, as JSON text.
+    fn query(&self, query: &str) -> String {
+        let encoded: String = query
+            .bytes()
+            .map(|b| if b.is_ascii_alphanumeric() || b == b'_' { (b as char).to_string() } else { format!("%{b:02X}") })
+            .collect();
+        let response = http_request(self.addr, "GET", &format!("/api/v1/query?query={encoded}"));
+        assert_eq!(response.status, 200, "{response:?}");
+        response.body
+    }
+
+    /// `up` of `job`, once Prometheus has scraped it.
+    fn up(&self, job: &str) -> Option<bool> {
+        let body = self.query(&format!("up{{job=\"{job}\"}}"));
+        let value = body.split("\"value\":[").nth(1)?;
+        Some(value.split(",\"").nth(1)?.starts_with('1'))
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn prometheus_scrapes_over_mutual_tls_with_basic_auth() {
+    let pki = Pki::new("prometheus");
+    let config = pki.web_config(
+        "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n  client_allowed_sans: [prometheus.example]\n",
+        &format!("basic_auth_users:\n  {USER}: {HASH}\n"),
+    );
+    let exporter = start(&config, &[]);
+    let job = |name: &str, client: &str, password: &str| {
+        format!(
+            "  - job_name: {name}\n    scheme: https\n    tls_config:\n      ca_file: {ca}\n      cert_file: {crt}\n      \
+             key_file: {key}\n      server_name: localhost\n    basic_auth:\n      username: {USER}\n      password: {password}\n    \
+             static_configs:\n      - targets: ['{addr}']\n",
+            ca = pki.path("ca.crt"),
+            crt = pki.path(&format!("{client}.crt")),
+            key = pki.path(&format!("{client}.key")),
+            addr = exporter.addr,
+        )
+    };
+    let jobs = [
+        job("good", "client", PASSWORD),
+        job("other_ca", "stranger", PASSWORD),
+        job("wrong_password", "client", "nope"),
+    ];
+    let prometheus = Prometheus::start(&pki.dir, &jobs.concat());
+
+    wait_for("every job scraped", Duration::from_secs(30), || {
+        ["good", "other_ca", "wrong_password"].iter().all(|job| prometheus.up(job).is_some())
+    });
+    wait_for("samples of the good job", Duration::from_secs(15), || {
+        prometheus.query("kernel_sched_context_switches_total{job=\"good\"}").contains("\"result\":[{")
+    });
+    assert_eq!(prometheus.up("good"), Some(true), "log:\n{}", exporter.log());
+    assert_eq!(prometheus.up("other_ca"), Some(false));
+    assert_eq!(prometheus.up("wrong_password"), Some(false));
+
+    // The exporter counted why.
+    let from_prometheus = |name: &str, reason: &str| {
+        let body = prometheus.query(&format!("{name}{{job=\"good\",reason=\"{reason}\"}}"));
+        body.split("\"value\":[")
+            .nth(1)
+            .and_then(|value| value.split('"').nth(1))
+            .and_then(|number| number.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    wait_for("failure counters scraped by Prometheus", Duration::from_secs(15), || {
+        from_prometheus("kernel_exporter_tls_handshake_failures_total", "bad_client_certificate") > 0.0
+            && from_prometheus("kernel_exporter_auth_failures_total", "wrong_password") > 0.0
+    });
+    let metrics = self_metrics(&pki, &exporter);
+    assert!(metrics.get("kernel_exporter_tls_handshake_failures_total{reason=\"bad_client_certificate\"}") > 0.0);
+    assert!(metrics.get("kernel_exporter_auth_failures_total{reason=\"wrong_password\"}") > 0.0);
+}
