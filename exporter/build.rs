@@ -15,6 +15,7 @@ fn main() -> anyhow::Result<()> {
     let workspace = manifest_dir.parent().ok_or_else(|| anyhow!("{} has no parent", manifest_dir.display()))?;
 
     build_bpf_object(workspace)?;
+    record_bpf_object_id()?;
     record_build_info(workspace);
     Ok(())
 }
@@ -33,6 +34,18 @@ fn build_bpf_object(workspace: &Path) -> anyhow::Result<()> {
         "building the BPF object failed; `cargo xtask build` installs what it needs \
          (nightly rust-src, bpf-linker)",
     )
+}
+
+/// A content hash of the BPF object (FNV-1a, 64 bits): `--version` shows
+/// it, so a daemon and the object it carries can be told apart from others.
+fn record_bpf_object_id() -> anyhow::Result<()> {
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
+    let object = std::fs::read(out_dir.join("kernel-exporter-bpf")).context("the BPF object was not built")?;
+    let hash = object
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |hash, &byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3));
+    println!("cargo:rustc-env=KERNEL_EXPORTER_BPF_OBJECT_ID={hash:016x}");
+    Ok(())
 }
 
 fn record_build_info(workspace: &Path) {

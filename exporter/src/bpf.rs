@@ -34,7 +34,11 @@ pub(crate) struct LoadError(#[source] aya::EbpfError);
 
 /// Owns the loaded object, and with it every attached program.
 pub(crate) struct Kernel {
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    /// Keeps the kernel's BPF run-time statistics on for as long as the
+    /// daemon runs (`BPF_ENABLE_STATS`); `None` when the kernel refused
+    /// (it needs CAP_SYS_ADMIN), and then run times read as zero.
+    _run_stats: Option<std::os::fd::OwnedFd>,
 }
 
 /// An enabled collector, working or not.
@@ -47,6 +51,17 @@ impl Kernel {
     /// Loads the object (maps are created here), then each collector in
     /// `specs`: its programs are verified, loaded and attached, and its maps
     /// handed to it. Only a failure of the object itself is an error.
+    /// Calls `each` with the name, total run time and run count of every
+    /// loaded program (one `BPF_OBJ_GET_INFO_BY_FD` each).
+    pub(crate) fn program_stats(&self, mut each: impl FnMut(&str, std::time::Duration, u64)) {
+        for (name, program) in self.ebpf.programs() {
+            // Programs of disabled or failed collectors are not loaded.
+            if let Ok(info) = program.info() {
+                each(name, info.run_time(), info.run_count());
+            }
+        }
+    }
+
     pub(crate) fn load(
         specs: &[&'static CollectorSpec],
         options: &CollectorOptions,
@@ -102,7 +117,7 @@ impl Kernel {
             .collect();
         crate::btf::release_kernel();
         release_freed_memory();
-        Ok((Self { _ebpf: ebpf }, collectors))
+        Ok((Self { ebpf, _run_stats: enable_run_stats() }, collectors))
     }
 }
 
@@ -194,6 +209,23 @@ fn detach(ebpf: &mut Ebpf, spec: &CollectorSpec) {
 
 fn tracepoint_program<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut RawTracePoint, CollectorError> {
     ebpf.program_mut(program).and_then(|p| p.try_into().ok()).ok_or(CollectorError::MissingProgram { program })
+}
+
+/// Turns the kernel's per-program run statistics on for the daemon's
+/// lifetime. They cost two clock reads per program run, which is why the
+/// kernel keeps them off unless asked.
+fn enable_run_stats() -> Option<std::os::fd::OwnedFd> {
+    match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+        Ok(fd) => Some(fd),
+        Err(error) => {
+            info!(
+                "BPF program run statistics are off (enabling them needs CAP_SYS_ADMIN): {}; \
+                 kernel_exporter_bpf_program_* report zero",
+                error.io_error
+            );
+            None
+        }
+    }
 }
 
 /// Hands memory freed after start-up (the kernel's BTF, the object's

@@ -12,6 +12,18 @@ use clap::{Arg, ArgAction, ArgMatches, Command, FromArgMatches as _, Parser};
 
 use crate::collectors::{self, CollectorOptions, CollectorSpec};
 
+/// `--version`: what was built, from what, with which BPF object.
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (revision ",
+    env!("KERNEL_EXPORTER_REVISION"),
+    ", rustc ",
+    env!("KERNEL_EXPORTER_RUSTC_VERSION"),
+    ", BPF object ",
+    env!("KERNEL_EXPORTER_BPF_OBJECT_ID"),
+    ")"
+);
+
 /// Where the exporter listens unless told otherwise: loopback only, so a
 /// fresh install exposes nothing to the network.
 pub(crate) const DEFAULT_LISTEN_ADDRESS: &str = "127.0.0.1:9569";
@@ -19,60 +31,60 @@ pub(crate) const DEFAULT_LISTEN_ADDRESS: &str = "127.0.0.1:9569";
 #[derive(Debug, Parser)]
 #[command(
     name = "kernel-exporter",
-    version,
+    version = LONG_VERSION,
     about = "Prometheus exporter for Linux hosts, fed by eBPF programs on kernel tracepoints."
 )]
 struct RawArgs {
     /// Address to listen on for the web interface and telemetry (repeatable).
     /// ":PORT" listens on every interface, IPv4 and IPv6.
-    #[arg(long = "web.listen-address", value_name = "ADDR", default_value = DEFAULT_LISTEN_ADDRESS)]
+    #[arg(long = "web.listen-address", value_name = "ADDR", default_value = DEFAULT_LISTEN_ADDRESS, help_heading = "Web")]
     listen_addresses: Vec<String>,
 
     /// exporter-toolkit's web-config.yml: TLS, mutual TLS, basic auth, extra
     /// headers, plus `allowed_sources`. Re-read on change and on SIGHUP.
-    #[arg(long = "web.config.file", value_name = "PATH")]
+    #[arg(long = "web.config.file", value_name = "PATH", help_heading = "Web")]
     web_config_file: Option<PathBuf>,
 
     /// Serve plain HTTP without auth on addresses other than loopback.
     /// Anyone who can reach the port then reads the host's statistics.
-    #[arg(long = "web.allow-insecure")]
+    #[arg(long = "web.allow-insecure", help_heading = "Web")]
     allow_insecure: bool,
 
     /// After the BPF programs are attached and the listeners open, switch
     /// to this user (and its groups). Every capability is dropped either way.
-    #[arg(long = "runtime.user", value_name = "NAME")]
+    #[arg(long = "runtime.user", value_name = "NAME", help_heading = "Runtime")]
     runtime_user: Option<String>,
 
     /// Path under which to expose metrics.
-    #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics")]
+    #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics", help_heading = "Web")]
     telemetry_path: String,
 
     /// Maximum number of scrapes served at once; 0 means no limit. Scrapes
     /// over the limit get 503.
-    #[arg(long = "web.max-requests", value_name = "N", default_value_t = 40)]
+    #[arg(long = "web.max-requests", value_name = "N", default_value_t = 40, help_heading = "Web")]
     max_requests: usize,
 
     /// Only log messages with this severity or above.
-    #[arg(long = "log.level", value_name = "LEVEL", default_value = "info")]
+    #[arg(long = "log.level", value_name = "LEVEL", default_value = "info", help_heading = "Logging")]
     log_level: LogLevel,
 
     /// Output format of log messages.
-    #[arg(long = "log.format", value_name = "FORMAT", default_value = "logfmt")]
+    #[arg(long = "log.format", value_name = "FORMAT", default_value = "logfmt", help_heading = "Logging")]
     log_format: LogFormat,
 
     /// Regex of block devices (names as in /proc/diskstats) to leave out of
     /// the block collector's series.
-    #[arg(long = "collector.block.device-exclude", value_name = "REGEX")]
+    #[arg(long = "collector.block.device-exclude", value_name = "REGEX", help_heading = "Collectors")]
     block_device_exclude: Option<String>,
 
     /// Regex of network devices (names as in /proc/net/dev) to leave out of
     /// the net collector's series.
-    #[arg(long = "collector.net.device-exclude", value_name = "REGEX")]
+    #[arg(long = "collector.net.device-exclude", value_name = "REGEX", help_heading = "Collectors")]
     net_device_exclude: Option<String>,
 
     /// Disable all collectors that are on by default; enable the ones you
     /// want with --collector.NAME.
-    #[arg(long = "collector.disable-defaults")]
+    #[arg(long = "collector.disable-defaults", help_heading = "Collectors")]
     disable_defaults: bool,
 
     #[command(subcommand)]
@@ -227,6 +239,7 @@ fn command() -> Command {
             .arg(
                 Arg::new(enable.clone())
                     .long(enable.clone())
+                    .help_heading("Collectors")
                     .action(ArgAction::SetTrue)
                     // node_exporter semantics: the last of the pair wins.
                     .overrides_with(disable.clone())
@@ -235,6 +248,7 @@ fn command() -> Command {
             .arg(
                 Arg::new(disable.clone())
                     .long(disable.clone())
+                    .help_heading("Collectors")
                     .action(ArgAction::SetTrue)
                     .overrides_with(enable)
                     .help(format!("Disable the {} collector", spec.name)),

@@ -17,6 +17,7 @@ mod encode;
 mod histogram;
 mod logging;
 mod privileges;
+mod program_stats;
 mod reload;
 mod scrape;
 mod self_metrics;
@@ -97,9 +98,12 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
 
         let self_metrics = self_metrics::SelfMetrics::new();
         let front_door_metrics = self_metrics.front_door();
+        let in_flight = self_metrics.requests_in_flight();
         let reloader = tokio::spawn(reload::watch(Arc::clone(&front_door), front_door_metrics.clone(), hangup));
-        let scraper = scrape::Scraper::new(collectors, self_metrics);
-        let app = server::App::new(scraper, &config, front_door, front_door_metrics);
+        let kernel = Arc::new(kernel);
+        let scraper = scrape::Scraper::new(collectors, self_metrics)
+            .with_internal(Box::new(program_stats::ProgramStats::new(Arc::clone(&kernel))));
+        let app = server::App::new(scraper, &config, front_door, front_door_metrics, in_flight);
 
         server::serve(listeners, app, shutdown).await;
         reloader.abort();

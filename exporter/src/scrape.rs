@@ -38,6 +38,10 @@ pub(crate) struct Scraper {
     collectors: Vec<Entry>,
     build_info: Series,
     self_metrics: SelfMetrics,
+    /// The exporter's own statistics that read the kernel (BPF program
+    /// run statistics): written after the collectors' health, never
+    /// reported as collectors.
+    internal: Vec<Box<dyn Collector>>,
     buffer: Mutex<Buffer>,
 }
 
@@ -92,8 +96,15 @@ impl Scraper {
             collectors,
             build_info,
             self_metrics,
+            internal: Vec::new(),
             buffer: Mutex::new(Buffer { bytes: BytesMut::new(), last_len: 4096 }),
         }
+    }
+
+    /// Adds the exporter's own kernel-side statistics to every scrape.
+    pub(crate) fn with_internal(mut self, internal: Box<dyn Collector>) -> Self {
+        self.internal.push(internal);
+        self
     }
 
     /// Every collector.
@@ -162,6 +173,13 @@ impl Scraper {
         }
         out.family(&BUILD_INFO);
         out.sample(&self.build_info, 1);
+        for internal in &self.internal {
+            let mark = out.mark();
+            if let Err(error) = internal.collect(&mut out) {
+                out.rollback(mark);
+                warn!("cannot read the exporter's own kernel statistics: {error}");
+            }
+        }
         self.self_metrics.encode(format, out.buffer());
         out.finish();
 

@@ -31,6 +31,7 @@ pub(crate) struct SelfMetrics {
     virtual_memory: Gauge,
     open_fds: Gauge,
     max_fds: Gauge,
+    requests_in_flight: Gauge,
     front_door: FrontDoorMetrics,
 }
 
@@ -148,7 +149,21 @@ impl SelfMetrics {
             "process_start_time",
             "Start time of the process since unix epoch in seconds",
             Unit::Seconds,
+            start_time.clone(),
+        );
+        // The same instant under the exporter's own name, for dashboards
+        // and alerts that select kernel_exporter_* only.
+        registry.register_with_unit(
+            "kernel_exporter_start_time",
+            "When this kernel-exporter process started, in seconds since the epoch",
+            Unit::Seconds,
             start_time,
+        );
+        let requests_in_flight = Gauge::default();
+        registry.register(
+            "kernel_exporter_requests_in_flight",
+            "HTTP requests being served right now",
+            requests_in_flight.clone(),
         );
 
         let front_door = FrontDoorMetrics::register(&mut registry);
@@ -163,7 +178,13 @@ impl SelfMetrics {
             open_fds,
             max_fds,
             front_door,
+            requests_in_flight,
         }
+    }
+
+    /// The in-flight gauge, for the HTTP server to move.
+    pub(crate) fn requests_in_flight(&self) -> Gauge {
+        self.requests_in_flight.clone()
     }
 
     /// Handles on the front door's metrics.

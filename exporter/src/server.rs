@@ -159,6 +159,23 @@ pub(crate) struct App {
     front_door: Arc<FrontDoor>,
     authenticator: Authenticator,
     metrics: FrontDoorMetrics,
+    in_flight: prometheus_client::metrics::gauge::Gauge,
+}
+
+/// Counts a request in flight until dropped.
+struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> InFlight<'a> {
+    fn start(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl App {
@@ -167,6 +184,7 @@ impl App {
         config: &Config,
         front_door: Arc<FrontDoor>,
         metrics: FrontDoorMetrics,
+        in_flight: prometheus_client::metrics::gauge::Gauge,
     ) -> Self {
         Self {
             scraper,
@@ -176,11 +194,13 @@ impl App {
             front_door,
             authenticator: Authenticator::for_this_host(),
             metrics,
+            in_flight,
         }
     }
 
     /// Auth, then the route; the policy's headers on whatever comes out.
     async fn respond(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let _in_flight = InFlight::start(&self.in_flight);
         let policy = self.front_door.current();
         let allowed = match &policy.users {
             None => Ok(()),

@@ -43,6 +43,9 @@ pub struct Exporter {
     /// Where it listens.
     pub addr: SocketAddr,
     log: Arc<Mutex<String>>,
+    /// Copies standard error into `log`; joined once the process exits so
+    /// the log is complete when a test reads it.
+    log_reader: Option<thread::JoinHandle<()>>,
 }
 
 impl Exporter {
@@ -74,7 +77,7 @@ impl Exporter {
         let log = Arc::new(Mutex::new(String::new()));
         let mut stderr = child.stderr.take().expect("piped stderr");
         let sink = Arc::clone(&log);
-        thread::spawn(move || {
+        let log_reader = thread::spawn(move || {
             let mut chunk = [0u8; 4096];
             while let Ok(n) = stderr.read(&mut chunk) {
                 if n == 0 {
@@ -83,7 +86,7 @@ impl Exporter {
                 sink.lock().unwrap().push_str(&String::from_utf8_lossy(&chunk[..n]));
             }
         });
-        Self { child: Some(child), addr, log }
+        Self { child: Some(child), addr, log, log_reader: Some(log_reader) }
     }
 
     /// Everything the daemon wrote to standard error so far.
@@ -120,13 +123,25 @@ impl Exporter {
         let status = wait_timeout(&mut child, Duration::from_secs(10)).unwrap_or_else(|| {
             panic!("kernel-exporter did not exit within 10 s of signal {signal}; log:\n{}", self.log())
         });
-        (status, sent.elapsed())
+        let took = sent.elapsed();
+        self.join_log();
+        (status, took)
     }
 
     /// Waits for the daemon to exit on its own (for start-up failures).
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        wait_timeout(&mut child, timeout).unwrap_or_else(|| panic!("kernel-exporter still runs after {timeout:?}"))
+        let status =
+            wait_timeout(&mut child, timeout).unwrap_or_else(|| panic!("kernel-exporter still runs after {timeout:?}"));
+        self.join_log();
+        status
+    }
+
+    /// Waits for the log copier to reach the end of standard error.
+    fn join_log(&mut self) {
+        if let Some(reader) = self.log_reader.take() {
+            let _ = reader.join();
+        }
     }
 
     /// A request with `method` for `path`.

@@ -269,8 +269,11 @@ pub(crate) fn ensure_tracefs() -> anyhow::Result<()> {
 
 /// Installs Debian packages that provide `commands` when one is missing.
 pub(crate) fn ensure_debian_packages(needs: &[(&str, &str)]) -> anyhow::Result<()> {
-    let missing: Vec<&str> =
+    let mut missing: Vec<&str> =
         needs.iter().filter(|(command, _)| !on_path(command)).map(|&(_, package)| package).collect();
+    // Several commands can come from one package (prometheus, promtool).
+    missing.sort_unstable();
+    missing.dedup();
     if missing.is_empty() {
         let commands: Vec<&str> = needs.iter().map(|(command, _)| *command).collect();
         say("ok", &format!("{} present", commands.join(", ")));

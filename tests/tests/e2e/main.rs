@@ -14,6 +14,7 @@ mod mm;
 mod net;
 mod privileges;
 mod sched;
+mod self_monitoring;
 mod signal;
 mod syscalls;
 mod tcp;

@@ -1,0 +1,95 @@
+//! The daemon's own kernel-side cost: run count and run time of each of
+//! its BPF programs, from the kernel's run statistics (`BPF_ENABLE_STATS`,
+//! held on by [`crate::bpf::Kernel`]).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use aya::maps::MapError;
+
+use crate::{
+    bpf::Kernel,
+    collectors::Collector,
+    encode::{Encoder, Family, Series},
+};
+
+const RUN_SECONDS: Family = Family::counter(
+    "kernel_exporter_bpf_program_run_seconds_total",
+    "Time the kernel spent running each of the exporter's BPF programs (zero while run statistics are off).",
+);
+const RUNS: Family = Family::counter(
+    "kernel_exporter_bpf_program_runs_total",
+    "Runs of each of the exporter's BPF programs (zero while run statistics are off).",
+);
+
+/// Bound: one series per program in the object (a few dozen), only those
+/// loaded.
+pub(crate) struct ProgramStats {
+    kernel: Arc<Kernel>,
+    series: HashMap<String, (Series, Series)>,
+    /// (name, seconds, runs) of the last scrape, kept for its capacity.
+    scratch: Mutex<Vec<(String, f64, u64)>>,
+}
+
+impl ProgramStats {
+    pub(crate) fn new(kernel: Arc<Kernel>) -> Self {
+        let mut series = HashMap::new();
+        kernel.program_stats(|name, _, _| {
+            series.insert(
+                name.to_owned(),
+                (Series::new(&RUN_SECONDS, &[("program", name)]), Series::new(&RUNS, &[("program", name)])),
+            );
+        });
+        Self { kernel, series, scratch: Mutex::new(Vec::new()) }
+    }
+}
+
+impl Collector for ProgramStats {
+    fn collect(&self, out: &mut Encoder<'_>) -> Result<(), MapError> {
+        let mut rows = self.scratch.lock().unwrap_or_else(PoisonError::into_inner);
+        // Names are reused across scrapes: only the numbers change.
+        let mut filled = 0;
+        self.kernel.program_stats(|name, run_time, runs| {
+            if filled < rows.len() {
+                let row = &mut rows[filled];
+                if row.0 != name {
+                    row.0.clear();
+                    row.0.push_str(name);
+                }
+                row.1 = run_time.as_secs_f64();
+                row.2 = runs;
+            } else {
+                rows.push((name.to_owned(), run_time.as_secs_f64(), runs));
+            }
+            filled += 1;
+        });
+        rows.truncate(filled);
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        out.family(&RUN_SECONDS);
+        for (name, seconds, _) in rows.iter() {
+            if let Some((series, _)) = self.series.get(name) {
+                out.sample_f64(series, *seconds);
+            }
+        }
+        out.family(&RUNS);
+        for (name, _, runs) in rows.iter() {
+            if let Some((_, series)) = self.series.get(name) {
+                out.sample(series, *runs);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_follow_the_rules() {
+        assert!(RUN_SECONDS.is_valid());
+        assert!(RUNS.is_valid());
+    }
+}
