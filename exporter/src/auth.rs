@@ -203,6 +203,14 @@ impl Authenticator {
 }
 
 /// `Basic base64(user:password)`; the scheme is case-insensitive.
+/// The user name an `Authorization: Basic` header claims, for the access
+/// log (printable, at most 64 characters); the password is never kept.
+pub(crate) fn claimed_user(authorization: Option<&HeaderValue>) -> Option<String> {
+    let (user, _) = parse_basic(authorization?.as_bytes())?;
+    let user: String = String::from_utf8_lossy(&user).chars().filter(|c| !c.is_control()).take(64).collect();
+    (!user.is_empty()).then_some(user)
+}
+
 fn parse_basic(header: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     let text = std::str::from_utf8(header).ok()?.trim();
     let (scheme, encoded) = text.split_once(' ')?;

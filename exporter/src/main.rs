@@ -6,6 +6,7 @@
 //! It is the only place where an error becomes an exit code, and it prints
 //! every fatal error as one line that names the thing and the fix.
 
+mod access_log;
 mod auth;
 mod batch;
 mod bpf;

@@ -42,6 +42,8 @@ use tokio::{
 };
 use tracing::{debug, error, info, warn};
 
+use crate::access_log::{self, AccessLog, Connection};
+
 use crate::{
     auth::{self, AuthFailure, Authenticator},
     cli::{Config, ListenAddress},
@@ -160,6 +162,7 @@ pub(crate) struct App {
     authenticator: Authenticator,
     metrics: FrontDoorMetrics,
     in_flight: prometheus_client::metrics::gauge::Gauge,
+    access_log: AccessLog,
 }
 
 /// Counts a request in flight until dropped.
@@ -195,12 +198,15 @@ impl App {
             authenticator: Authenticator::for_this_host(),
             metrics,
             in_flight,
+            access_log: AccessLog::new(),
         }
     }
 
-    /// Auth, then the route; the policy's headers on whatever comes out.
-    async fn respond(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    /// Auth, then the route; the policy's headers on whatever comes out;
+    /// one access-log line.
+    async fn respond(&self, request: Request<Incoming>, connection: &Connection) -> Response<Full<Bytes>> {
         let _in_flight = InFlight::start(&self.in_flight);
+        let started = std::time::Instant::now();
         let policy = self.front_door.current();
         let allowed = match &policy.users {
             None => Ok(()),
@@ -217,6 +223,18 @@ impl App {
         for (name, value) in &policy.headers {
             headers.insert(name.clone(), value.clone());
         }
+        let user = auth::claimed_user(request.headers().get(header::AUTHORIZATION));
+        self.access_log.request(
+            connection,
+            &access_log::Request {
+                user: user.as_deref(),
+                method: request.method().as_str(),
+                path: request.uri().path(),
+                status: response.status().as_u16(),
+                bytes: hyper::body::Body::size_hint(response.body()).exact().unwrap_or(0),
+                duration: started.elapsed(),
+            },
+        );
         response
     }
 
@@ -460,11 +478,13 @@ async fn accept_loop(listener: TcpListener, app: Arc<App>, mut stopped: watch::R
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, app: Arc<App>, stopped: watch::Receiver<()>) {
     // The TLS config of this moment serves the whole connection.
     let tls_config = app.front_door.current().tls.clone();
-    let service = {
+    let service = |connection: Connection| {
         let app = Arc::clone(&app);
+        let connection = Arc::new(connection);
         service_fn(move |request| {
             let app = Arc::clone(&app);
-            async move { Ok::<_, std::convert::Infallible>(app.respond(request).await) }
+            let connection = Arc::clone(&connection);
+            async move { Ok::<_, std::convert::Infallible>(app.respond(request, &connection).await) }
         })
     };
     let http1 = || {
@@ -473,21 +493,35 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, app: Arc<App>, st
         builder
     };
     let Some(tls_config) = tls_config else {
+        let service = service(Connection { source: peer, tls: "none", client: None });
         return drive(http1().serve_connection(TokioIo::new(stream), service), peer, stopped).await;
     };
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls::accept(stream, tls_config)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(failure)) => {
             app.metrics.tls_handshake_failed(failure);
-            debug!(peer = %peer, reason = %failure, "TLS handshake failed");
+            app.access_log.refused(peer, failure.as_str());
             return;
         }
         Err(_) => {
             app.metrics.tls_handshake_failed(tls::HandshakeFailure::Timeout);
-            debug!(peer = %peer, "TLS handshake timed out");
+            app.access_log.refused(peer, tls::HandshakeFailure::Timeout.as_str());
             return;
         }
     };
+    let session = stream.get_ref().1;
+    let service = service(Connection {
+        source: peer,
+        tls: match session.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "TLS",
+        },
+        client: session
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(|cert| tls::subject_common_name(cert)),
+    });
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
         let connection = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())

@@ -378,6 +378,39 @@ pub(crate) fn san_values(cert: &[u8]) -> Result<Vec<String>, BadDer> {
     Ok(names)
 }
 
+/// The subject common name of a DER certificate (`CN=...`), for the access
+/// log; `None` when it has none or the DER is not understood.
+pub(crate) fn subject_common_name(cert: &[u8]) -> Option<String> {
+    const SEQUENCE: u8 = 0x30;
+    const SET: u8 = 0x31;
+    const COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
+    let (certificate, _) = Der(cert).expect(SEQUENCE).ok()?;
+    let (tbs, _) = certificate.expect(SEQUENCE).ok()?;
+    // version [0] (optional), serialNumber, signature, issuer, validity,
+    // subject: the subject is the fourth SEQUENCE after the serial.
+    let mut fields = tbs;
+    if fields.0.first() == Some(&0xa0) {
+        fields = fields.next().ok()?.2;
+    }
+    let (_, _, rest) = fields.next().ok()?; // serialNumber
+    let (_, rest) = rest.expect(SEQUENCE).ok()?; // signature
+    let (_, rest) = rest.expect(SEQUENCE).ok()?; // issuer
+    let (_, rest) = rest.expect(SEQUENCE).ok()?; // validity
+    let (mut subject, _) = rest.expect(SEQUENCE).ok()?;
+    while !subject.0.is_empty() {
+        let (set, rest) = subject.expect(SET).ok()?;
+        subject = rest;
+        let (attribute, _) = set.expect(SEQUENCE).ok()?;
+        let (oid, value) = attribute.expect(0x06).ok()?;
+        if oid.0 == COMMON_NAME {
+            let (_, text, _) = value.next().ok()?;
+            let name: String = String::from_utf8_lossy(text.0).chars().filter(|c| !c.is_control()).take(128).collect();
+            return Some(format!("CN={name}"));
+        }
+    }
+    None
+}
+
 /// A minimal DER reader: tag, definite length, value.
 #[derive(Clone, Copy)]
 struct Der<'a>(&'a [u8]);
@@ -495,6 +528,15 @@ mod tests {
 
     /// `openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 36500 -subj /CN=client
     /// -addext "subjectAltName=DNS:prometheus.example,email:ops@example.org,IP:192.0.2.7,IP:2001:db8::1,URI:spiffe://example/prom"`
+    #[test]
+    fn reads_the_subject_common_name() {
+        let der = rustls_pki_types::pem::PemObject::from_pem_slice(CLIENT_CERT.as_bytes())
+            .map(|cert: CertificateDer<'static>| cert.to_vec())
+            .unwrap();
+        assert_eq!(subject_common_name(&der).as_deref(), Some("CN=client"));
+        assert_eq!(subject_common_name(b"garbage"), None);
+    }
+
     const CLIENT_CERT: &str = include_str!("../testdata/client-sans.crt");
     const CLIENT_KEY: &str = include_str!("../testdata/client-sans.key");
 

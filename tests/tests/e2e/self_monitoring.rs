@@ -46,3 +46,42 @@ fn in_flight_start_time_and_version() {
         assert!(help.contains(heading), "--help lacks {heading}\n{help}");
     }
 }
+
+#[test]
+fn access_log_has_a_bounded_line_per_request() {
+    let exporter = Exporter::start(&[]);
+    exporter.scrape();
+    assert_eq!(exporter.request("GET", "/nope").status, 404);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let log = exporter.log();
+    let access: Vec<&str> = log.lines().filter(|line| line.contains("source=access")).collect();
+    assert!(
+        access
+            .iter()
+            .any(|l| l.contains("source=127.0.0.1") && l.contains("path=/metrics") && l.contains("status=200")),
+        "{log}"
+    );
+    assert!(access.iter().any(|l| l.contains("path=/nope") && l.contains("status=404") && l.contains("bytes=19")));
+
+    // A flood of 400 requests logs at most the burst plus the refill, and a
+    // line after it says how many were left out.
+    let started = std::time::Instant::now();
+    for _ in 0..400 {
+        exporter.request("GET", "/nope");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    exporter.request("GET", "/nope");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let log = exporter.log();
+    let lines = log.lines().filter(|line| line.contains("source=access")).count();
+    let bound = 100.0 + 20.0 * (elapsed + 1.5) + 4.0;
+    assert!((lines as f64) <= bound, "{lines} access lines for 403 requests in {elapsed:.2} s (bound {bound:.0})");
+    let suppressed: u64 = log
+        .lines()
+        .filter(|line| line.contains("source=access"))
+        .filter_map(|line| line.split("suppressed=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    assert!(suppressed > 0, "no suppressed count reported");
+    assert_eq!(suppressed as usize + lines, 403, "every request is either logged or counted");
+}
