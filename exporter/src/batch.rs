@@ -194,3 +194,78 @@ where
         Ok(())
     }
 }
+
+/// Counts the entries of any hash-type map (hash, LRU hash, and their
+/// per-CPU forms) by walking it in batches, for
+/// `kernel_exporter_bpf_map_entries`. Works on a duplicate of the map's
+/// descriptor, so collectors keep owning their maps.
+pub(crate) struct EntryCounter {
+    fd: std::os::fd::OwnedFd,
+    keys: Vec<u8>,
+    values: Vec<u8>,
+    batch: usize,
+    key_size: usize,
+    value_stride: usize,
+}
+
+impl EntryCounter {
+    /// `value_size` as the map declares it; per-CPU maps hold it rounded
+    /// up to 8 bytes for every possible CPU.
+    pub(crate) fn new(
+        fd: std::os::fd::OwnedFd,
+        key_size: usize,
+        value_size: usize,
+        per_cpu: bool,
+        cpus: usize,
+    ) -> Self {
+        let value_stride = if per_cpu { value_size.next_multiple_of(8) * cpus.max(1) } else { value_size };
+        let batch = (VALUE_BUFFER_BUDGET / value_stride.max(1)).clamp(1, MAX_BATCH);
+        Self {
+            fd,
+            keys: vec![0; batch * key_size],
+            values: vec![0; batch * value_stride],
+            batch,
+            key_size,
+            value_stride,
+        }
+    }
+
+    /// Entries in the map now.
+    pub(crate) fn count(&mut self) -> io::Result<u64> {
+        let mut total = 0u64;
+        let mut cursor = 0u32;
+        let mut next = 0u32;
+        let mut first = true;
+        loop {
+            let mut attr = BatchAttr {
+                in_batch: if first { 0 } else { (&raw const cursor) as u64 },
+                out_batch: (&raw mut next) as u64,
+                keys: self.keys.as_mut_ptr() as u64,
+                values: self.values.as_mut_ptr() as u64,
+                count: self.batch as u32,
+                map_fd: self.fd.as_raw_fd() as u32,
+                ..BatchAttr::default()
+            };
+            // SAFETY: the buffers hold `count` keys and values of the map's
+            // sizes; `next` and `cursor` are the u32 batch tokens.
+            let rc =
+                unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &raw mut attr, size_of::<BatchAttr>()) };
+            let error = (rc < 0).then(io::Error::last_os_error);
+            match error.as_ref().and_then(io::Error::raw_os_error) {
+                None | Some(libc::ENOENT) => total += u64::from(attr.count),
+                Some(libc::ENOSPC) if self.batch < 1 << 16 => {
+                    self.batch *= 2;
+                    self.keys.resize(self.batch * self.key_size, 0);
+                    self.values.resize(self.batch * self.value_stride, 0);
+                    return self.count();
+                }
+                Some(_) => return Err(error.unwrap_or_else(|| io::Error::other("bpf(BPF_MAP_LOOKUP_BATCH)"))),
+            }
+            if error.is_some() {
+                return Ok(total);
+            }
+            cursor = next;
+            first = false;
+        }
+    }
+}

@@ -39,6 +39,9 @@ pub(crate) struct Kernel {
     /// daemon runs (`BPF_ENABLE_STATS`); `None` when the kernel refused
     /// (it needs CAP_SYS_ADMIN), and then run times read as zero.
     _run_stats: Option<std::os::fd::OwnedFd>,
+    /// Every hash-type map, by name, with its bound: their fill is
+    /// `kernel_exporter_bpf_map_entries`.
+    map_counters: std::sync::Mutex<Vec<(String, u32, crate::batch::EntryCounter)>>,
 }
 
 /// An enabled collector, working or not.
@@ -51,6 +54,18 @@ impl Kernel {
     /// Loads the object (maps are created here), then each collector in
     /// `specs`: its programs are verified, loaded and attached, and its maps
     /// handed to it. Only a failure of the object itself is an error.
+    /// Calls `each` with the name, current entries and bound of every
+    /// hash-type map (a batched walk each).
+    pub(crate) fn map_entries(&self, mut each: impl FnMut(&str, u64, u32)) {
+        let mut counters = self.map_counters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (name, bound, counter) in counters.iter_mut() {
+            match counter.count() {
+                Ok(entries) => each(name, entries, *bound),
+                Err(error) => debug!(map = name.as_str(), "cannot count the map's entries: {error}"),
+            }
+        }
+    }
+
     /// Calls `each` with the name, total run time and run count of every
     /// loaded program (one `BPF_OBJ_GET_INFO_BY_FD` each).
     pub(crate) fn program_stats(&self, mut each: impl FnMut(&str, std::time::Duration, u64)) {
@@ -98,6 +113,8 @@ impl Kernel {
             }
         }
         let mut ebpf = loader.load(BPF_OBJECT).map_err(LoadError)?;
+        // Before the collectors take their maps out of the object.
+        let map_counters = hash_map_counters(&ebpf);
 
         let collectors = specs
             .iter()
@@ -117,7 +134,10 @@ impl Kernel {
             .collect();
         crate::btf::release_kernel();
         release_freed_memory();
-        Ok((Self { ebpf, _run_stats: enable_run_stats() }, collectors))
+        Ok((
+            Self { ebpf, _run_stats: enable_run_stats(), map_counters: std::sync::Mutex::new(map_counters) },
+            collectors,
+        ))
     }
 }
 
@@ -209,6 +229,32 @@ fn detach(ebpf: &mut Ebpf, spec: &CollectorSpec) {
 
 fn tracepoint_program<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut RawTracePoint, CollectorError> {
     ebpf.program_mut(program).and_then(|p| p.try_into().ok()).ok_or(CollectorError::MissingProgram { program })
+}
+
+/// Entry counters for every hash-type map of the object, on duplicated
+/// descriptors (a map the kernel does not describe is left out).
+fn hash_map_counters(ebpf: &Ebpf) -> Vec<(String, u32, crate::batch::EntryCounter)> {
+    use std::os::fd::AsFd as _;
+    let cpus = aya::util::nr_cpus().unwrap_or(1);
+    ebpf.maps()
+        .filter_map(|(name, map)| {
+            let (data, per_cpu) = match map {
+                aya::maps::Map::HashMap(data) | aya::maps::Map::LruHashMap(data) => (data, false),
+                aya::maps::Map::PerCpuHashMap(data) | aya::maps::Map::PerCpuLruHashMap(data) => (data, true),
+                _ => return None,
+            };
+            let info = data.info().ok()?;
+            let fd = data.fd().as_fd().try_clone_to_owned().ok()?;
+            let counter = crate::batch::EntryCounter::new(
+                fd,
+                info.key_size() as usize,
+                info.value_size() as usize,
+                per_cpu,
+                cpus,
+            );
+            Some((name.to_owned(), info.max_entries(), counter))
+        })
+        .collect()
 }
 
 /// Turns the kernel's per-program run statistics on for the daemon's

@@ -1,6 +1,7 @@
 //! The daemon's own kernel-side cost: run count and run time of each of
 //! its BPF programs, from the kernel's run statistics (`BPF_ENABLE_STATS`,
-//! held on by [`crate::bpf::Kernel`]).
+//! held on by [`crate::bpf::Kernel`]), and how full its hash maps are
+//! against their bounds.
 
 use std::{
     collections::HashMap,
@@ -24,11 +25,19 @@ const RUNS: Family = Family::counter(
     "Runs of each of the exporter's BPF programs (zero while run statistics are off).",
 );
 
+const MAP_ENTRIES: Family =
+    Family::gauge("kernel_exporter_bpf_map_entries", "Entries in each of the exporter's BPF hash maps now.");
+const MAP_MAX_ENTRIES: Family = Family::gauge(
+    "kernel_exporter_bpf_map_max_entries",
+    "The bound of each of the exporter's BPF hash maps (LRU maps evict beyond it, others stop counting new keys).",
+);
+
 /// Bound: one series per program in the object (a few dozen), only those
 /// loaded.
 pub(crate) struct ProgramStats {
     kernel: Arc<Kernel>,
     series: HashMap<String, (Series, Series)>,
+    map_series: HashMap<String, (Series, Series)>,
     /// (name, seconds, runs) of the last scrape, kept for its capacity.
     scratch: Mutex<Vec<(String, f64, u64)>>,
 }
@@ -42,7 +51,14 @@ impl ProgramStats {
                 (Series::new(&RUN_SECONDS, &[("program", name)]), Series::new(&RUNS, &[("program", name)])),
             );
         });
-        Self { kernel, series, scratch: Mutex::new(Vec::new()) }
+        let mut map_series = HashMap::new();
+        kernel.map_entries(|name, _, _| {
+            map_series.insert(
+                name.to_owned(),
+                (Series::new(&MAP_ENTRIES, &[("map", name)]), Series::new(&MAP_MAX_ENTRIES, &[("map", name)])),
+            );
+        });
+        Self { kernel, series, map_series, scratch: Mutex::new(Vec::new()) }
     }
 }
 
@@ -79,6 +95,34 @@ impl Collector for ProgramStats {
                 out.sample(series, *runs);
             }
         }
+        // Reuse the scratch rows: (name, entries, bound).
+        let mut filled = 0;
+        self.kernel.map_entries(|name, entries, bound| {
+            if filled < rows.len() {
+                let row = &mut rows[filled];
+                row.0.clear();
+                row.0.push_str(name);
+                row.1 = bound as f64;
+                row.2 = entries;
+            } else {
+                rows.push((name.to_owned(), bound as f64, entries));
+            }
+            filled += 1;
+        });
+        rows.truncate(filled);
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        out.family(&MAP_ENTRIES);
+        for (name, _, entries) in rows.iter() {
+            if let Some((series, _)) = self.map_series.get(name) {
+                out.sample(series, *entries);
+            }
+        }
+        out.family(&MAP_MAX_ENTRIES);
+        for (name, bound, _) in rows.iter() {
+            if let Some((_, series)) = self.map_series.get(name) {
+                out.sample(series, *bound as u64);
+            }
+        }
         Ok(())
     }
 }
@@ -91,5 +135,7 @@ mod tests {
     fn families_follow_the_rules() {
         assert!(RUN_SECONDS.is_valid());
         assert!(RUNS.is_valid());
+        assert!(MAP_ENTRIES.is_valid());
+        assert!(MAP_MAX_ENTRIES.is_valid());
     }
 }

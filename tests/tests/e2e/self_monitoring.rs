@@ -18,6 +18,14 @@ fn program_run_statistics_move() {
     assert!(seconds > 0.0, "run time is zero: are run statistics off? log:\n{}", exporter.log());
     // A few microseconds per switch at most, even in a VM.
     assert!(seconds / runs < 20e-6, "{seconds} s over {runs} runs");
+    // Every hash map's fill is reported against its bound.
+    for map in ["WAKEUP_TIMES", "BLOCK_IO", "NET_DEVICE_COUNTERS", "TCP_CONNECT_STARTS"] {
+        let entries = after.get(&format!("kernel_exporter_bpf_map_entries{{map=\"{map}\"}}"));
+        let bound = after.get(&format!("kernel_exporter_bpf_map_max_entries{{map=\"{map}\"}}"));
+        assert!(bound >= 1024.0 && entries <= bound, "{map}: {entries} of {bound}");
+    }
+    // The loopback device has counted packets by now: at least one entry.
+    assert!(after.get("kernel_exporter_bpf_map_entries{map=\"NET_DEVICE_COUNTERS\"}") >= 1.0);
     // Programs of every loaded collector are listed, under their own names.
     for program in ["sys_enter", "softirq_entry", "block_rq_complete", "signal_generate"] {
         assert!(
