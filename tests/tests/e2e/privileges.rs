@@ -72,6 +72,11 @@ fn runtime_user_switches_uids_and_groups() {
         .collect();
     assert!(down.is_empty(), "collectors down after dropping to nobody: {down:?}\n{}", exporter.log());
     assert!(metrics.get("kernel_sched_context_switches_total") > 0.0);
+    // A reload as nobody keeps serving.
+    // SAFETY: kill(2) to our own child.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) }, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(exporter.scrape().get("kernel_exporter_config_last_reload_successful"), 1.0);
 }
 
 #[test]
