@@ -69,15 +69,88 @@ struct Snapshot<K, V> {
     /// `cpus` values per key, in key order.
     values: Vec<V>,
     index: HashMap<K, usize>,
-    raw_keys: Vec<u8>,
-    raw_values: Vec<u8>,
+    buffers: BatchBuffers,
+}
+
+/// What one `BPF_MAP_LOOKUP_BATCH` call of a walk produced.
+enum Step<'a> {
+    /// The buffers grew and the walk starts over: drop what came so far.
+    Restart,
+    /// `count` keys and their values, packed.
+    Entries { keys: &'a [u8], values: &'a [u8], count: usize },
+}
+
+/// Buffers, kept between walks, for walking a hash-type map in batches.
+struct BatchBuffers {
+    keys: Vec<u8>,
+    values: Vec<u8>,
     batch: usize,
+    key_size: usize,
+    value_stride: usize,
+}
+
+impl BatchBuffers {
+    /// `value_stride`: bytes per entry's value as the batch commands pack
+    /// them (a per-CPU map's value rounded up to 8, times the CPUs).
+    fn new(key_size: usize, value_stride: usize) -> Self {
+        let batch = (VALUE_BUFFER_BUDGET / value_stride.max(1)).clamp(1, MAX_BATCH);
+        Self { keys: vec![0; batch * key_size], values: vec![0; batch * value_stride], batch, key_size, value_stride }
+    }
+
+    /// Walks the whole map behind `fd`, batch by batch.
+    fn walk(&mut self, fd: libc::c_int, mut each: impl FnMut(Step<'_>)) -> io::Result<()> {
+        // Hash maps' batch cursor is a bucket index.
+        let mut cursor = 0u32;
+        let mut next = 0u32;
+        let mut first = true;
+        loop {
+            let mut attr = BatchAttr {
+                in_batch: if first { 0 } else { (&raw const cursor) as u64 },
+                out_batch: (&raw mut next) as u64,
+                keys: self.keys.as_mut_ptr() as u64,
+                values: self.values.as_mut_ptr() as u64,
+                count: self.batch as u32,
+                map_fd: fd as u32,
+                ..BatchAttr::default()
+            };
+            // SAFETY: the attr points at buffers sized for `count` keys and
+            // values of the map's sizes, which the kernel fills; `next` and
+            // `cursor` are u32 as hash maps' batch tokens are.
+            let rc =
+                unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &raw mut attr, size_of::<BatchAttr>()) };
+            let error = (rc < 0).then(io::Error::last_os_error);
+            match error.as_ref().and_then(io::Error::raw_os_error) {
+                None | Some(libc::ENOENT) => {}
+                // A bucket holds more entries than the batch: grow and
+                // start over.
+                Some(libc::ENOSPC) if self.batch < 1 << 16 => {
+                    self.batch *= 2;
+                    self.keys.resize(self.batch * self.key_size, 0);
+                    self.values.resize(self.batch * self.value_stride, 0);
+                    each(Step::Restart);
+                    first = true;
+                    continue;
+                }
+                Some(_) => return Err(error.unwrap_or_else(|| io::Error::other("bpf(BPF_MAP_LOOKUP_BATCH)"))),
+            }
+            let count = attr.count as usize;
+            each(Step::Entries {
+                keys: &self.keys[..count * self.key_size],
+                values: &self.values[..count * self.value_stride],
+                count,
+            });
+            if error.is_some() {
+                return Ok(());
+            }
+            cursor = next;
+            first = false;
+        }
+    }
 }
 
 impl<K: aya::Pod + Eq + Hash, V: aya::Pod> BatchedPerCpuHash<K, V> {
     pub(crate) fn new(data: MapData, cpus: usize) -> Self {
         let stride = size_of::<V>().next_multiple_of(8);
-        let batch = (VALUE_BUFFER_BUDGET / (stride * cpus.max(1))).clamp(1, MAX_BATCH);
         Self {
             data,
             cpus,
@@ -85,9 +158,7 @@ impl<K: aya::Pod + Eq + Hash, V: aya::Pod> BatchedPerCpuHash<K, V> {
                 keys: Vec::new(),
                 values: Vec::new(),
                 index: HashMap::new(),
-                raw_keys: vec![0; batch * size_of::<K>()],
-                raw_values: vec![0; batch * stride * cpus],
-                batch,
+                buffers: BatchBuffers::new(size_of::<K>(), stride * cpus.max(1)),
             }),
             _types: PhantomData,
         }
@@ -100,61 +171,33 @@ impl<K: aya::Pod + Eq + Hash, V: aya::Pod> BatchedPerCpuHash<K, V> {
     /// Walks the whole map into the snapshot.
     fn walk(&self, snapshot: &mut Snapshot<K, V>) -> io::Result<()> {
         let stride = size_of::<V>().next_multiple_of(8);
-        snapshot.keys.clear();
-        snapshot.values.clear();
-        snapshot.index.clear();
-        // Hash maps' batch cursor is a bucket index.
-        let mut cursor = 0u32;
-        let mut next = 0u32;
-        let mut first = true;
-        loop {
-            let mut attr = BatchAttr {
-                in_batch: if first { 0 } else { (&raw const cursor) as u64 },
-                out_batch: (&raw mut next) as u64,
-                keys: snapshot.raw_keys.as_mut_ptr() as u64,
-                values: snapshot.raw_values.as_mut_ptr() as u64,
-                count: snapshot.batch as u32,
-                map_fd: self.fd() as u32,
-                ..BatchAttr::default()
-            };
-            // SAFETY: the attr points at buffers sized for `count` keys and
-            // `count * cpus` values of `stride` bytes, which the kernel fills;
-            // `next` and `cursor` are u32 as hash maps' batch tokens are.
-            let rc =
-                unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &raw mut attr, size_of::<BatchAttr>()) };
-            let error = (rc < 0).then(io::Error::last_os_error);
-            match error.as_ref().and_then(io::Error::raw_os_error) {
-                None | Some(libc::ENOENT) => {}
-                // A bucket holds more entries than the batch: grow and
-                // restart the walk.
-                Some(libc::ENOSPC) if snapshot.batch < 1 << 16 => {
-                    snapshot.batch *= 2;
-                    snapshot.raw_keys.resize(snapshot.batch * size_of::<K>(), 0);
-                    snapshot.raw_values.resize(snapshot.batch * stride * self.cpus, 0);
-                    return self.walk(snapshot);
-                }
-                Some(_) => return Err(error.unwrap_or_else(|| io::Error::other("bpf(BPF_MAP_LOOKUP_BATCH)"))),
+        let cpus = self.cpus;
+        let Snapshot { keys, values, index, buffers } = snapshot;
+        keys.clear();
+        values.clear();
+        index.clear();
+        buffers.walk(self.fd(), |step| match step {
+            Step::Restart => {
+                keys.clear();
+                values.clear();
+                index.clear();
             }
-            for entry in 0..attr.count as usize {
-                // SAFETY: the kernel wrote `count` keys and their values;
-                // unaligned reads of plain-integer types.
-                let key: K =
-                    unsafe { snapshot.raw_keys.as_ptr().add(entry * size_of::<K>()).cast::<K>().read_unaligned() };
-                snapshot.index.insert(key, snapshot.keys.len());
-                snapshot.keys.push(key);
-                for cpu in 0..self.cpus {
-                    let at = (entry * self.cpus + cpu) * stride;
-                    // SAFETY: as above; `at + size_of::<V>()` is within the
-                    // buffer by its construction.
-                    snapshot.values.push(unsafe { snapshot.raw_values.as_ptr().add(at).cast::<V>().read_unaligned() });
+            Step::Entries { keys: raw_keys, values: raw_values, count } => {
+                for entry in 0..count {
+                    // SAFETY: the kernel wrote `count` keys and their values;
+                    // unaligned reads of plain-integer types, in bounds by
+                    // the slices' lengths.
+                    let key: K = unsafe { raw_keys.as_ptr().add(entry * size_of::<K>()).cast::<K>().read_unaligned() };
+                    index.insert(key, keys.len());
+                    keys.push(key);
+                    for cpu in 0..cpus {
+                        let at = (entry * cpus + cpu) * stride;
+                        // SAFETY: as above.
+                        values.push(unsafe { raw_values.as_ptr().add(at).cast::<V>().read_unaligned() });
+                    }
                 }
             }
-            if error.is_some() {
-                return Ok(());
-            }
-            cursor = next;
-            first = false;
-        }
+        })
     }
 }
 
@@ -201,11 +244,7 @@ where
 /// descriptor, so collectors keep owning their maps.
 pub(crate) struct EntryCounter {
     fd: std::os::fd::OwnedFd,
-    keys: Vec<u8>,
-    values: Vec<u8>,
-    batch: usize,
-    key_size: usize,
-    value_stride: usize,
+    buffers: BatchBuffers,
 }
 
 impl EntryCounter {
@@ -219,53 +258,16 @@ impl EntryCounter {
         cpus: usize,
     ) -> Self {
         let value_stride = if per_cpu { value_size.next_multiple_of(8) * cpus.max(1) } else { value_size };
-        let batch = (VALUE_BUFFER_BUDGET / value_stride.max(1)).clamp(1, MAX_BATCH);
-        Self {
-            fd,
-            keys: vec![0; batch * key_size],
-            values: vec![0; batch * value_stride],
-            batch,
-            key_size,
-            value_stride,
-        }
+        Self { fd, buffers: BatchBuffers::new(key_size, value_stride) }
     }
 
     /// Entries in the map now.
     pub(crate) fn count(&mut self) -> io::Result<u64> {
         let mut total = 0u64;
-        let mut cursor = 0u32;
-        let mut next = 0u32;
-        let mut first = true;
-        loop {
-            let mut attr = BatchAttr {
-                in_batch: if first { 0 } else { (&raw const cursor) as u64 },
-                out_batch: (&raw mut next) as u64,
-                keys: self.keys.as_mut_ptr() as u64,
-                values: self.values.as_mut_ptr() as u64,
-                count: self.batch as u32,
-                map_fd: self.fd.as_raw_fd() as u32,
-                ..BatchAttr::default()
-            };
-            // SAFETY: the buffers hold `count` keys and values of the map's
-            // sizes; `next` and `cursor` are the u32 batch tokens.
-            let rc =
-                unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &raw mut attr, size_of::<BatchAttr>()) };
-            let error = (rc < 0).then(io::Error::last_os_error);
-            match error.as_ref().and_then(io::Error::raw_os_error) {
-                None | Some(libc::ENOENT) => total += u64::from(attr.count),
-                Some(libc::ENOSPC) if self.batch < 1 << 16 => {
-                    self.batch *= 2;
-                    self.keys.resize(self.batch * self.key_size, 0);
-                    self.values.resize(self.batch * self.value_stride, 0);
-                    return self.count();
-                }
-                Some(_) => return Err(error.unwrap_or_else(|| io::Error::other("bpf(BPF_MAP_LOOKUP_BATCH)"))),
-            }
-            if error.is_some() {
-                return Ok(total);
-            }
-            cursor = next;
-            first = false;
-        }
+        self.buffers.walk(self.fd.as_raw_fd(), |step| match step {
+            Step::Restart => total = 0,
+            Step::Entries { count, .. } => total += count as u64,
+        })?;
+        Ok(total)
     }
 }
