@@ -50,6 +50,13 @@ struct RawArgs {
     #[arg(long = "web.allow-insecure", help_heading = "Web")]
     allow_insecure: bool,
 
+    /// Turn the kernel's BPF run statistics on, for
+    /// kernel_exporter_bpf_program_run_seconds_total and _runs_total. They
+    /// add two clock reads to every program run, so they are off by
+    /// default; enabling them needs CAP_SYS_ADMIN (root).
+    #[arg(long = "bpf.run-stats", help_heading = "Runtime")]
+    bpf_run_stats: bool,
+
     /// After the BPF programs are attached and the listeners open, switch
     /// to this user (and its groups). Every capability is dropped either way.
     #[arg(long = "runtime.user", value_name = "NAME", help_heading = "Runtime")]
@@ -209,6 +216,7 @@ impl Config {
         let collector_options = CollectorOptions {
             block_device_exclude: device_regex("collector.block.device-exclude", raw.block_device_exclude.as_deref())?,
             net_device_exclude: device_regex("collector.net.device-exclude", raw.net_device_exclude.as_deref())?,
+            bpf_run_stats: raw.bpf_run_stats,
         };
 
         Ok(Self {

@@ -18,11 +18,11 @@ use crate::{
 
 const RUN_SECONDS: Family = Family::counter(
     "kernel_exporter_bpf_program_run_seconds_total",
-    "Time the kernel spent running each of the exporter's BPF programs (zero while run statistics are off).",
+    "Time the kernel spent running each of the exporter's BPF programs (zero unless --bpf.run-stats).",
 );
 const RUNS: Family = Family::counter(
     "kernel_exporter_bpf_program_runs_total",
-    "Runs of each of the exporter's BPF programs (zero while run statistics are off).",
+    "Runs of each of the exporter's BPF programs (zero unless --bpf.run-stats).",
 );
 
 const MAP_ENTRIES: Family =
@@ -52,7 +52,7 @@ impl ProgramStats {
             );
         });
         let mut map_series = HashMap::new();
-        kernel.map_entries(|name, _, _| {
+        kernel.map_names(|name| {
             map_series.insert(
                 name.to_owned(),
                 (Series::new(&MAP_ENTRIES, &[("map", name)]), Series::new(&MAP_MAX_ENTRIES, &[("map", name)])),

@@ -61,6 +61,9 @@ pub(crate) struct CollectorOptions {
     /// `--collector.net.device-exclude`: network devices (by name, as in
     /// /proc/net/dev) whose series are not exported.
     pub(crate) net_device_exclude: Option<regex::Regex>,
+    /// `--bpf.run-stats`: keep the kernel's BPF run statistics on, for
+    /// `kernel_exporter_bpf_program_*`.
+    pub(crate) bpf_run_stats: bool,
 }
 
 /// A tracepoint program and where it attaches.

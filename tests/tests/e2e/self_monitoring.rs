@@ -7,7 +7,7 @@ use kernel_exporter_tests::{Exporter, exporter_binary};
 
 #[test]
 fn program_run_statistics_move() {
-    let exporter = Exporter::start(&[]);
+    let exporter = Exporter::start(&["--bpf.run-stats"]);
     let before = exporter.scrape();
     std::thread::sleep(std::time::Duration::from_millis(200));
     let after = exporter.scrape();
@@ -32,6 +32,15 @@ fn program_run_statistics_move() {
             after.samples.contains_key(&key("kernel_exporter_bpf_program_runs_total").replace("sched_switch", program))
         );
     }
+}
+
+#[test]
+fn run_statistics_are_off_by_default() {
+    let exporter = Exporter::start(&[]);
+    let metrics = exporter.scrape();
+    // They cost every program run two clock reads: nothing counts unless
+    // asked for.
+    assert_eq!(metrics.get("kernel_exporter_bpf_program_runs_total{program=\"sched_switch\"}"), 0.0);
 }
 
 #[test]
