@@ -11,6 +11,7 @@
 #![no_std]
 #![deny(missing_docs)]
 
+pub mod allowlist;
 pub mod block;
 pub mod histogram;
 pub mod irq;

@@ -8,6 +8,8 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod allowlist;
+#[cfg(target_arch = "bpf")]
 mod block;
 #[cfg(target_arch = "bpf")]
 mod irq;

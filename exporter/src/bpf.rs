@@ -54,6 +54,11 @@ impl Kernel {
     /// Loads the object (maps are created here), then each collector in
     /// `specs`: its programs are verified, loaded and attached, and its maps
     /// handed to it. Only a failure of the object itself is an error.
+    /// Whether the kernel keeps BPF run statistics for us (`--bpf.run-stats`).
+    pub(crate) fn run_stats_on(&self) -> bool {
+        self._run_stats.is_some()
+    }
+
     /// The names of the hash-type maps [`Kernel::map_entries`] reports.
     pub(crate) fn map_names(&self, mut each: impl FnMut(&str)) {
         let state = self.map_counters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -86,6 +91,17 @@ impl Kernel {
         }
     }
 
+    /// Loads the allowlist socket filter (attached to sockets, not to a
+    /// tracepoint, so it is no collector) and takes its maps.
+    pub(crate) fn open_allowlist(
+        &mut self,
+    ) -> Result<
+        (crate::allowlist::Filter, crate::allowlist::Trie, crate::allowlist::Counters),
+        crate::allowlist::AllowlistError,
+    > {
+        crate::allowlist::open(&mut self.ebpf)
+    }
+
     /// Calls `each` with the name, total run time and run count of every
     /// loaded program (one `BPF_OBJ_GET_INFO_BY_FD` each).
     pub(crate) fn program_stats(&self, mut each: impl FnMut(&str, std::time::Duration, u64)) {
@@ -97,9 +113,12 @@ impl Kernel {
         }
     }
 
+    /// `sources_tracked` bounds the allowlist's per-source map
+    /// (`--web.allowlist-sources-tracked`); it is sized at load.
     pub(crate) fn load(
         specs: &[&'static CollectorSpec],
         options: &CollectorOptions,
+        sources_tracked: u32,
     ) -> Result<(Self, Vec<LoadedCollector>), LoadError> {
         let tracefs = Tracefs::find();
         // The kernel's BTF is parsed once, only if a collector needs it,
@@ -132,6 +151,7 @@ impl Kernel {
                 loader.override_global(global, offset, true);
             }
         }
+        loader.map_max_entries(exporter_common::allowlist::SOURCES_MAP, sources_tracked);
         let mut ebpf = loader.load(BPF_OBJECT).map_err(LoadError)?;
         // Before the collectors take their maps out of the object.
         let map_counters = hash_map_counters(&ebpf);

@@ -50,6 +50,19 @@ struct RawArgs {
     #[arg(long = "web.allow-insecure", help_heading = "Web")]
     allow_insecure: bool,
 
+    /// Only this source range may connect (repeatable; IPv4 or IPv6 CIDR, or
+    /// a bare address): the kernel drops everyone else's packets. A
+    /// shorthand for `allowed_sources` in the web config, which must then
+    /// not have that key. Without either, every source may connect.
+    #[arg(long = "web.allow-from", value_name = "CIDR", help_heading = "Web")]
+    allow_from: Vec<String>,
+
+    /// Sources counted one by one in kernel_exporter_connections_total and
+    /// kernel_exporter_requests_total; beyond this many, the least recently
+    /// seen source is forgotten (kernel_exporter_packets_total stays exact).
+    #[arg(long = "web.allowlist-sources-tracked", value_name = "N", default_value_t = exporter_common::allowlist::SOURCES_DEFAULT_ENTRIES, value_parser = clap::value_parser!(u32).range(1..=1_048_576), help_heading = "Web")]
+    sources_tracked: u32,
+
     /// Turn the kernel's BPF run statistics on, for
     /// kernel_exporter_bpf_program_run_seconds_total and _runs_total. They
     /// add two clock reads to every program run, so they are off by
@@ -112,7 +125,8 @@ enum SubCommand {
 #[derive(Debug)]
 pub(crate) enum Invocation {
     /// Run the exporter.
-    Serve(Config),
+    /// Boxed: it is far larger than the other variant.
+    Serve(Box<Config>),
     /// `kernel-exporter check-config --web.config.file=PATH`.
     CheckConfig { web_config_file: PathBuf },
 }
@@ -140,6 +154,10 @@ pub(crate) struct Config {
     pub(crate) telemetry_path: String,
     pub(crate) web_config_file: Option<PathBuf>,
     pub(crate) allow_insecure: bool,
+    /// `--web.allow-from`; `None` when not given.
+    pub(crate) allow_from: Option<Vec<crate::web_config::Cidr>>,
+    /// `--web.allowlist-sources-tracked`.
+    pub(crate) sources_tracked: u32,
     /// `--runtime.user`.
     pub(crate) runtime_user: Option<String>,
     /// `None` means no limit.
@@ -182,7 +200,7 @@ impl Invocation {
         let raw = RawArgs::from_arg_matches(matches).map_err(|e| e.to_string())?;
         match raw.command {
             Some(SubCommand::CheckConfig { web_config_file }) => Ok(Self::CheckConfig { web_config_file }),
-            None => Config::from_raw(raw, matches).map(Self::Serve),
+            None => Config::from_raw(raw, matches).map(|config| Self::Serve(Box::new(config))),
         }
     }
 }
@@ -219,8 +237,19 @@ impl Config {
             bpf_run_stats: raw.bpf_run_stats,
         };
 
+        let allow_from = if raw.allow_from.is_empty() {
+            None
+        } else {
+            let ranges = crate::web_config::parse_allowed_sources(&raw.allow_from).map_err(|(key, problem)| {
+                format!("--web.allow-from: {}: {problem}", key.replace("allowed_sources", "value"))
+            })?;
+            Some(ranges)
+        };
+
         Ok(Self {
             collector_options,
+            allow_from,
+            sources_tracked: raw.sources_tracked,
             listen_addresses,
             telemetry_path,
             web_config_file: raw.web_config_file,
@@ -309,7 +338,7 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Config, String> {
         match invocation(args)? {
-            Invocation::Serve(config) => Ok(config),
+            Invocation::Serve(config) => Ok(*config),
             other => panic!("not a serve invocation: {other:?}"),
         }
     }
@@ -393,6 +422,19 @@ mod tests {
         assert!(config.collector_options.block_device_exclude.is_none());
         let error = parse(&["--collector.block.device-exclude=(loop"]).unwrap_err();
         assert!(error.contains("--collector.block.device-exclude=\"(loop\" is not a valid regex"), "{error}");
+    }
+
+    #[test]
+    fn allow_from_ranges() {
+        let config = parse(&["--web.allow-from=127.0.0.1", "--web.allow-from=::1/128"]).unwrap();
+        let ranges: Vec<String> = config.allow_from.unwrap().iter().map(ToString::to_string).collect();
+        assert_eq!(ranges, ["127.0.0.1/32", "::1/128"]);
+        assert!(parse(&[]).unwrap().allow_from.is_none());
+        let error = parse(&["--web.allow-from=10.0.0.1/8"]).unwrap_err();
+        assert!(error.contains("--web.allow-from: value[0]: \"10.0.0.1/8\" has host bits set"), "{error}");
+        assert_eq!(parse(&[]).unwrap().sources_tracked, 4096);
+        assert_eq!(parse(&["--web.allowlist-sources-tracked=4"]).unwrap().sources_tracked, 4);
+        assert!(parse(&["--web.allowlist-sources-tracked=0"]).is_err());
     }
 
     #[test]

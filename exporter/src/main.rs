@@ -7,6 +7,7 @@
 //! every fatal error as one line that names the thing and the fix.
 
 mod access_log;
+mod allowlist;
 mod auth;
 mod batch;
 mod bpf;
@@ -34,7 +35,7 @@ use tracing::{info, warn};
 
 fn main() -> ExitCode {
     let config = match cli::Invocation::from_env() {
-        cli::Invocation::Serve(config) => config,
+        cli::Invocation::Serve(config) => *config,
         cli::Invocation::CheckConfig { web_config_file } => return check_config(&web_config_file),
     };
     logging::init(config.log_level, config.log_format);
@@ -54,10 +55,21 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
     // to fix before anything is loaded or listens.
     let exposure =
         reload::Exposure { listen_addresses: config.listen_addresses.clone(), allow_insecure: config.allow_insecure };
-    let front_door = Arc::new(reload::FrontDoor::new(config.web_config_file.as_deref(), exposure)?);
+    let front_door =
+        Arc::new(reload::FrontDoor::new(config.web_config_file.as_deref(), config.allow_from.clone(), exposure)?);
     let policy = front_door.current();
     for warning in policy.warnings() {
         warn!("{warning}");
+    }
+    if policy.allowed_sources().is_none()
+        && let Some(exposed) =
+            config.listen_addresses.iter().find(|address| address.dual_stack || !address.addr.ip().is_loopback())
+    {
+        warn!(
+            address = %exposed,
+            "every source may connect: set allowed_sources in --web.config.file (or --web.allow-from) to the \
+             Prometheus servers' addresses, and the kernel drops everyone else's packets"
+        );
     }
     if config.web_config_file.is_some() {
         info!("web config: {policy}");
@@ -73,8 +85,13 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
     // Everything privileged happens here, in this one thread: load and
     // attach, open the listeners, then give every privilege up before the
     // runtime starts its threads (capabilities are per thread).
-    let (kernel, collectors) = bpf::Kernel::load(&config.collectors, &config.collector_options)?;
-    let listeners = server::bind_all(&config.listen_addresses)?;
+    let (mut kernel, collectors) =
+        bpf::Kernel::load(&config.collectors, &config.collector_options, config.sources_tracked)?;
+    let (filter, trie, allowlist_counters) = kernel.open_allowlist()?;
+    front_door.enforce(trie)?;
+    let listeners = server::bind_all(&config.listen_addresses, filter.program())?;
+    // Each listener holds the program now.
+    drop(filter);
     privileges::drop_privileges(runtime_user.as_ref())?;
     match &runtime_user {
         Some(user) => info!(user = user.name, uid = user.uid, "dropped every capability and switched user"),
@@ -102,9 +119,12 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
         let in_flight = self_metrics.requests_in_flight();
         let reloader = tokio::spawn(reload::watch(Arc::clone(&front_door), front_door_metrics.clone(), hangup));
         let kernel = Arc::new(kernel);
+        let requests = allowlist::Requests::new(config.sources_tracked);
         let scraper = scrape::Scraper::new(collectors, self_metrics)
-            .with_internal(Box::new(program_stats::ProgramStats::new(Arc::clone(&kernel))));
-        let app = server::App::new(scraper, &config, front_door, front_door_metrics, in_flight);
+            .with_internal(Box::new(program_stats::ProgramStats::new(Arc::clone(&kernel))))
+            .with_internal(Box::new(allowlist_counters))
+            .with_internal(Box::new(requests.clone()));
+        let app = server::App::new(scraper, &config, front_door, front_door_metrics, in_flight, requests);
 
         server::serve(listeners, app, shutdown).await;
         reloader.abort();

@@ -67,7 +67,7 @@ impl Collector for ProgramStats {
         let mut rows = self.scratch.lock().unwrap_or_else(PoisonError::into_inner);
         // Names are reused across scrapes: only the numbers change.
         let mut filled = 0;
-        self.kernel.program_stats(|name, run_time, runs| {
+        let mut record = |name: &str, run_time: std::time::Duration, runs: u64| {
             if filled < rows.len() {
                 let row = &mut rows[filled];
                 if row.0 != name {
@@ -80,7 +80,14 @@ impl Collector for ProgramStats {
                 rows.push((name.to_owned(), run_time.as_secs_f64(), runs));
             }
             filled += 1;
-        });
+        };
+        if self.kernel.run_stats_on() {
+            self.kernel.program_stats(&mut record);
+        } else {
+            // Without run statistics the kernel reports zeros: no need to
+            // ask it for every program at every scrape.
+            self.series.keys().for_each(|name| record(name, std::time::Duration::ZERO, 0));
+        }
         rows.truncate(filled);
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         out.family(&RUN_SECONDS);

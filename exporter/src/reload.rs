@@ -5,15 +5,20 @@
 //! Kubernetes secrets).
 //!
 //! A reload builds a whole new [`Policy`] off the async workers and swaps it
-//! in; connections already open keep the TLS config they started with. A
+//! in; connections already open keep the TLS config they started with, but
+//! their requests are checked against the allowlist in force. The kernel's
+//! allowlist trie is updated in place around the swap: new ranges before,
+//! stale ranges after, so a source allowed by both policies is never
+//! refused. A
 //! reload that fails keeps the old policy serving, logs one line and sets
 //! `kernel_exporter_config_last_reload_successful` to 0.
 
 use std::{
     fmt,
+    net::IpAddr,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
-    sync::{Arc, PoisonError, RwLock},
+    sync::{Arc, OnceLock, PoisonError, RwLock},
     time::{Duration, SystemTime},
 };
 
@@ -23,11 +28,12 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::{
+    allowlist::{AllowlistError, Trie},
     auth::Users,
     cli::ListenAddress,
     self_metrics::FrontDoorMetrics,
     tls::{self, TlsError},
-    web_config::{ConfigError, WebConfig},
+    web_config::{Cidr, ConfigError, WebConfig},
 };
 
 /// How often the watched files are looked at.
@@ -40,6 +46,8 @@ pub(crate) struct Policy {
     /// `None`: no basic auth.
     pub(crate) users: Option<Arc<Users>>,
     pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+    /// `allowed_sources` or `--web.allow-from`; `None`: every source.
+    allowed_sources: Option<Vec<Cidr>>,
     /// The config it came from; `None` without `--web.config.file`.
     config: Option<WebConfig>,
 }
@@ -67,11 +75,11 @@ impl fmt::Display for Policy {
             if !config.headers.is_empty() {
                 write!(f, ", {} extra header(s)", config.headers.len())?;
             }
-            if !config.allowed_sources.is_empty() {
-                write!(f, ", {} allowed source range(s)", config.allowed_sources.len())?;
-            }
         }
-        Ok(())
+        match &self.allowed_sources {
+            Some(sources) => write!(f, ", {} allowed source range(s)", sources.len()),
+            None => f.write_str(", every source allowed"),
+        }
     }
 }
 
@@ -89,6 +97,14 @@ pub(crate) enum PolicyError {
     TlsToggled { path: PathBuf, now_on: bool },
     #[error(transparent)]
     Exposed(#[from] ExposedError),
+    #[error(
+        "web config {}: allowed_sources and --web.allow-from are both given; keep the ranges in one place \
+         (--web.allow-from is for running without allowed_sources)",
+        path.display()
+    )]
+    AllowlistTwice { path: PathBuf },
+    #[error(transparent)]
+    Allowlist(#[from] AllowlistError),
 }
 
 /// Listening beyond loopback with neither TLS nor basic auth.
@@ -126,7 +142,7 @@ impl Exposure {
 impl Policy {
     /// No web config: plain HTTP, no auth.
     fn open() -> Self {
-        Self { tls: None, users: None, headers: Vec::new(), config: None }
+        Self { tls: None, users: None, headers: Vec::new(), allowed_sources: None, config: None }
     }
 
     /// Reads and validates `path` and everything it names. Slow (file
@@ -140,7 +156,38 @@ impl Policy {
             .transpose()
             .map_err(|source| PolicyError::Tls { path: path.to_owned(), source })?;
         let users = Users::new(&config.users).map(Arc::new);
-        Ok(Self { tls, users, headers: config.headers.clone(), config: Some(config) })
+        Ok(Self {
+            tls,
+            users,
+            headers: config.headers.clone(),
+            allowed_sources: config.allowed_sources.clone(),
+            config: Some(config),
+        })
+    }
+
+    /// Adds `--web.allow-from`'s ranges, which a config with its own
+    /// `allowed_sources` must not be combined with.
+    fn with_allow_from(mut self, allow_from: Option<&[Cidr]>) -> Result<Self, PolicyError> {
+        let Some(allow_from) = allow_from else { return Ok(self) };
+        if self.allowed_sources.is_some() {
+            let path = self.config.as_ref().map(|config| config.path.clone()).unwrap_or_default();
+            return Err(PolicyError::AllowlistTwice { path });
+        }
+        self.allowed_sources = Some(allow_from.to_vec());
+        Ok(self)
+    }
+
+    /// Whether requests from `source` are served (the kernel filter drops
+    /// its new connections already; this closes the ones opened before the
+    /// source was removed).
+    pub(crate) fn allows(&self, source: IpAddr) -> bool {
+        let source = source.to_canonical();
+        self.allowed_sources.as_ref().is_none_or(|sources| sources.iter().any(|cidr| cidr.contains(source)))
+    }
+
+    /// `None`: every source is allowed.
+    pub(crate) fn allowed_sources(&self) -> Option<&[Cidr]> {
+        self.allowed_sources.as_deref()
     }
 
     /// What the config could not honour exactly.
@@ -157,19 +204,65 @@ impl Policy {
 pub(crate) struct FrontDoor {
     path: Option<PathBuf>,
     exposure: Exposure,
+    /// `--web.allow-from`.
+    allow_from: Option<Vec<Cidr>>,
     current: RwLock<Arc<Policy>>,
+    /// The kernel's allowlist, once loaded; kept equal to the policy's.
+    trie: OnceLock<Trie>,
+    /// Tells open connections that the policy changed, so those from a
+    /// source it no longer allows close.
+    changed: tokio::sync::watch::Sender<()>,
 }
 
 impl FrontDoor {
     /// The start-up policy: from `path` if given, and only if it does not
     /// expose the host (see [`Exposure`]).
-    pub(crate) fn new(path: Option<&Path>, exposure: Exposure) -> Result<Self, PolicyError> {
+    pub(crate) fn new(
+        path: Option<&Path>,
+        allow_from: Option<Vec<Cidr>>,
+        exposure: Exposure,
+    ) -> Result<Self, PolicyError> {
         let policy = match path {
             Some(path) => Policy::load(path)?,
             None => Policy::open(),
-        };
+        }
+        .with_allow_from(allow_from.as_deref())?;
         exposure.check(&policy)?;
-        Ok(Self { path: path.map(Path::to_owned), exposure, current: RwLock::new(Arc::new(policy)) })
+        Ok(Self {
+            path: path.map(Path::to_owned),
+            exposure,
+            allow_from,
+            current: RwLock::new(Arc::new(policy)),
+            trie: OnceLock::new(),
+            changed: tokio::sync::watch::Sender::new(()),
+        })
+    }
+
+    /// Resolves once a policy that does not allow `source` is in force
+    /// (at once if it is already). The kernel filter, inherited by accepted
+    /// sockets, drops such a source's packets from that moment, so its
+    /// requests would never arrive: its connections are closed from this
+    /// side instead.
+    pub(crate) async fn revoked(&self, source: IpAddr) {
+        let mut changed = self.changed.subscribe();
+        loop {
+            if !self.current().allows(source) {
+                return;
+            }
+            if changed.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// Fills the kernel's allowlist from the policy in force, and keeps it
+    /// in step with every reload from now on.
+    pub(crate) fn enforce(&self, trie: Trie) -> Result<(), AllowlistError> {
+        let policy = self.current();
+        trie.replace(policy.allowed_sources(), || {})?;
+        // Only `run` calls this, once.
+        let _ = self.trie.set(trie);
+        Ok(())
     }
 
     pub(crate) fn current(&self) -> Arc<Policy> {
@@ -179,14 +272,23 @@ impl FrontDoor {
     /// Re-reads the web config; the new policy replaces the old one only if
     /// all of it is usable.
     fn reload(&self, path: &Path) -> Result<Arc<Policy>, PolicyError> {
-        let policy = Policy::load(path)?;
+        let policy = Policy::load(path)?.with_allow_from(self.allow_from.as_deref())?;
         let old = self.current();
         if policy.tls.is_some() != old.tls.is_some() {
             return Err(PolicyError::TlsToggled { path: path.to_owned(), now_on: policy.tls.is_some() });
         }
         self.exposure.check(&policy)?;
         let policy = Arc::new(policy);
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&policy);
+        // Connections of removed sources are told before their packets
+        // start being dropped, so they close while the peer can answer.
+        let swap = || {
+            *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&policy);
+            self.changed.send_replace(());
+        };
+        match self.trie.get() {
+            Some(trie) => trie.replace(policy.allowed_sources(), swap)?,
+            None => swap(),
+        }
         Ok(policy)
     }
 }
@@ -297,19 +399,20 @@ mod tests {
 
     #[test]
     fn loopback_needs_nothing_and_the_rest_needs_protection() {
-        assert!(FrontDoor::new(None, exposure(&["127.0.0.1:1", "[::1]:2"], false)).is_ok());
-        let error = FrontDoor::new(None, exposure(&["127.0.0.1:1", "0.0.0.0:2"], false)).err().unwrap().to_string();
+        assert!(FrontDoor::new(None, None, exposure(&["127.0.0.1:1", "[::1]:2"], false)).is_ok());
+        let error =
+            FrontDoor::new(None, None, exposure(&["127.0.0.1:1", "0.0.0.0:2"], false)).err().unwrap().to_string();
         assert!(error.starts_with("refusing to serve 0.0.0.0:2 without TLS or basic auth"), "{error}");
         assert!(error.contains("--web.allow-insecure"), "{error}");
-        let error = FrontDoor::new(None, exposure(&[":9569"], false)).err().unwrap().to_string();
+        let error = FrontDoor::new(None, None, exposure(&[":9569"], false)).err().unwrap().to_string();
         assert!(error.starts_with("refusing to serve :9569"), "{error}");
-        assert!(FrontDoor::new(None, exposure(&[":9569"], true)).is_ok());
+        assert!(FrontDoor::new(None, None, exposure(&[":9569"], true)).is_ok());
 
         let dir = temp_dir("exposure");
         let config = dir.join("web.yml");
         let hash = bcrypt::hash("pw", 4).unwrap();
         fs::write(&config, format!("basic_auth_users:\n  prometheus: {hash}\n")).unwrap();
-        assert!(FrontDoor::new(Some(&config), exposure(&["0.0.0.0:2"], false)).is_ok());
+        assert!(FrontDoor::new(Some(&config), None, exposure(&["0.0.0.0:2"], false)).is_ok());
     }
 
     #[test]
@@ -318,7 +421,7 @@ mod tests {
         let config = dir.join("web.yml");
         let hash = bcrypt::hash("pw", 4).unwrap();
         fs::write(&config, format!("basic_auth_users:\n  prometheus: {hash}\n")).unwrap();
-        let door = FrontDoor::new(Some(&config), exposure(&["0.0.0.0:2"], false)).unwrap();
+        let door = FrontDoor::new(Some(&config), None, exposure(&["0.0.0.0:2"], false)).unwrap();
         let before = door.current();
 
         fs::write(&config, "basic_auth_users:\n  prometheus: plaintext\n").unwrap();
@@ -336,6 +439,29 @@ mod tests {
         let after = door.reload(&config).unwrap();
         assert_eq!(after.users.as_ref().unwrap().len(), 2);
         assert!(Arc::ptr_eq(&after, &door.current()));
+    }
+
+    #[test]
+    fn allow_from_and_allowed_sources_do_not_mix() {
+        let loopback = || exposure(&["127.0.0.1:1"], false);
+        let from: Vec<Cidr> = vec!["127.0.0.1".parse().unwrap()];
+        let door = FrontDoor::new(None, Some(from.clone()), loopback()).unwrap();
+        let policy = door.current();
+        assert!(policy.allows("127.0.0.1".parse().unwrap()));
+        assert!(policy.allows("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!policy.allows("127.0.0.2".parse().unwrap()));
+
+        let dir = temp_dir("allow-from");
+        let config = dir.join("web.yml");
+        fs::write(&config, "allowed_sources: [127.0.0.0/8]\n").unwrap();
+        let error = FrontDoor::new(Some(&config), Some(from.clone()), loopback()).err().unwrap().to_string();
+        assert!(error.contains("allowed_sources and --web.allow-from are both given"), "{error}");
+        // A file without the key is fine, until a reload adds it.
+        fs::write(&config, "").unwrap();
+        let door = FrontDoor::new(Some(&config), Some(from), loopback()).unwrap();
+        fs::write(&config, "allowed_sources: [127.0.0.0/8]\n").unwrap();
+        assert!(matches!(door.reload(&config), Err(PolicyError::AllowlistTwice { .. })));
+        assert!(!door.current().allows("127.0.0.2".parse().unwrap()));
     }
 
     #[test]

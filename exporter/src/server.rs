@@ -1,12 +1,16 @@
 //! The HTTP side: listeners, the front door pipeline, routes, the scrape
 //! concurrency bound and an orderly shutdown on SIGINT/SIGTERM.
 //!
-//! Each connection goes through the pipeline in order: (socket filter, to
-//! come) → TLS ([`tls::accept`], with the policy in force when the
+//! Each connection goes through the pipeline in order: the allowlist socket
+//! filter (in the kernel, attached to every listener before `listen()`, so
+//! sources outside it never get a connection) → TLS ([`tls::accept`], with the policy in force when the
 //! connection arrived) → HTTP limits (hyper: header timeout; HTTP/2 only when
 //! ALPN chose it) → basic auth ([`auth`], with the policy in force for each
 //! request) → route. The policy's extra headers go on every response,
-//! refusals included.
+//! refusals included. A connection from a source that a reload removes from
+//! the allowlist is closed then (the inherited filter drops its packets
+//! from that moment, so its next request would never arrive); a request
+//! already under way from such a source gets 403 and the connection closes.
 //!
 //! Routes: the telemetry path answers GET and HEAD with the exposition
 //! body, `/` is a small landing page, other paths are 404 and other methods
@@ -16,7 +20,7 @@ use std::{
     future::Future,
     io,
     net::SocketAddr,
-    os::fd::{AsRawFd as _, FromRawFd as _, IntoRawFd as _},
+    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, IntoRawFd as _, RawFd},
     sync::Arc,
     time::Duration,
 };
@@ -45,6 +49,7 @@ use tracing::{debug, error, info, warn};
 use crate::access_log::{self, AccessLog, Connection};
 
 use crate::{
+    allowlist::Requests,
     auth::{self, AuthFailure, Authenticator},
     cli::{Config, ListenAddress},
     encode::Format,
@@ -99,11 +104,16 @@ pub(crate) fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
 /// start-up instead of leaving a half-listening daemon. The listeners are
 /// plain std sockets: they are opened before the async runtime exists (and
 /// before privileges are dropped), and handed to it by [`serve`].
-pub(crate) fn bind_all(addresses: &[ListenAddress]) -> Result<Vec<(ListenAddress, std::net::TcpListener)>, BindError> {
-    addresses.iter().map(|&address| bind(address).map(|listener| (address, listener))).collect()
+/// `filter` (the allowlist socket filter) is attached to each before it
+/// listens.
+pub(crate) fn bind_all(
+    addresses: &[ListenAddress],
+    filter: BorrowedFd<'_>,
+) -> Result<Vec<(ListenAddress, std::net::TcpListener)>, BindError> {
+    addresses.iter().map(|&address| bind(address, filter).map(|listener| (address, listener))).collect()
 }
 
-fn bind(address: ListenAddress) -> Result<std::net::TcpListener, BindError> {
+fn bind(address: ListenAddress, filter: BorrowedFd<'_>) -> Result<std::net::TcpListener, BindError> {
     let fail = |source: io::Error| {
         let hint = match source.kind() {
             io::ErrorKind::AddrInUse => " (another process, perhaps another kernel-exporter, listens there)",
@@ -123,6 +133,13 @@ fn bind(address: ListenAddress) -> Result<std::net::TcpListener, BindError> {
         set_ipv6_only(&socket, !address.dual_stack).map_err(fail)?;
     }
     socket.bind(address.addr).map_err(fail)?;
+    // Before listen(): from its first SYN on, the socket only sees allowed
+    // sources, and every accepted socket inherits the filter.
+    attach_filter(&socket, filter).map_err(|source| BindError {
+        address,
+        source,
+        hint: " (attaching the allowlist socket filter, SO_ATTACH_BPF)",
+    })?;
     // tokio's `listen` needs a running runtime; listen on the raw socket.
     let fd = socket.into_raw_fd();
     // SAFETY: `fd` is the socket just bound, owned by nobody else now; the
@@ -134,6 +151,39 @@ fn bind(address: ListenAddress) -> Result<std::net::TcpListener, BindError> {
     }
     listener.set_nonblocking(true).map_err(fail)?;
     Ok(listener)
+}
+
+fn attach_filter(socket: &TcpSocket, filter: BorrowedFd<'_>) -> io::Result<()> {
+    let program = filter.as_raw_fd();
+    // SAFETY: the descriptor is a live socket owned by `socket`, and the
+    // option value points to the program's descriptor, a c_int.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_BPF,
+            (&raw const program).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// SO_LINGER with a zero timeout: closing `fd` then sends RST and frees the
+/// socket at once.
+fn reset_on_close(fd: RawFd) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: `fd` is the connection's socket, still open (its owner is
+    // dropped after this); the option value is a `linger` of the size passed.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
 }
 
 fn set_ipv6_only(socket: &TcpSocket, only: bool) -> io::Result<()> {
@@ -163,6 +213,7 @@ pub(crate) struct App {
     metrics: FrontDoorMetrics,
     in_flight: prometheus_client::metrics::gauge::Gauge,
     access_log: AccessLog,
+    requests: Requests,
 }
 
 /// Counts a request in flight until dropped.
@@ -188,6 +239,7 @@ impl App {
         front_door: Arc<FrontDoor>,
         metrics: FrontDoorMetrics,
         in_flight: prometheus_client::metrics::gauge::Gauge,
+        requests: Requests,
     ) -> Self {
         Self {
             scraper,
@@ -199,6 +251,7 @@ impl App {
             metrics,
             in_flight,
             access_log: AccessLog::new(),
+            requests,
         }
     }
 
@@ -208,17 +261,22 @@ impl App {
         let _in_flight = InFlight::start(&self.in_flight);
         let started = std::time::Instant::now();
         let policy = self.front_door.current();
-        let allowed = match &policy.users {
-            None => Ok(()),
-            Some(users) => self.authenticator.check(users, request.headers().get(header::AUTHORIZATION)).await,
-        };
-        let mut response = match allowed {
-            Ok(()) => self.handle(&request),
-            Err(failure) => {
-                self.metrics.auth_failed(failure);
-                refused(failure)
+        let mut response = if policy.allows(connection.source.ip()) {
+            let allowed = match &policy.users {
+                None => Ok(()),
+                Some(users) => self.authenticator.check(users, request.headers().get(header::AUTHORIZATION)).await,
+            };
+            match allowed {
+                Ok(()) => self.handle(&request),
+                Err(failure) => {
+                    self.metrics.auth_failed(failure);
+                    refused(failure)
+                }
             }
+        } else {
+            source_removed()
         };
+        self.requests.record(connection.source.ip(), response.status().as_u16());
         let headers = response.headers_mut();
         for (name, value) in &policy.headers {
             headers.insert(name.clone(), value.clone());
@@ -384,6 +442,19 @@ fn refused(failure: AuthFailure) -> Response<Full<Bytes>> {
     response
 }
 
+/// For a connection whose source was removed from the allowlist after it
+/// connected: hyper closes an HTTP/1 connection after a `Connection: close`
+/// response.
+fn source_removed() -> Response<Full<Bytes>> {
+    let mut response = response(
+        StatusCode::FORBIDDEN,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(b"this source is no longer in the allowlist\n"),
+    );
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 fn method_not_allowed() -> Response<Full<Bytes>> {
     let mut response = response(
         StatusCode::METHOD_NOT_ALLOWED,
@@ -476,6 +547,8 @@ async fn accept_loop(listener: TcpListener, app: Arc<App>, mut stopped: watch::R
 }
 
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, app: Arc<App>, stopped: watch::Receiver<()>) {
+    // Valid for as long as the connection (which owns the stream) lives.
+    let fd = stream.as_raw_fd();
     // The TLS config of this moment serves the whole connection.
     let tls_config = app.front_door.current().tls.clone();
     let service = |connection: Connection| {
@@ -494,7 +567,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, app: Arc<App>, st
     };
     let Some(tls_config) = tls_config else {
         let service = service(Connection { source: peer, tls: "none", client: None });
-        return drive(http1().serve_connection(TokioIo::new(stream), service), peer, stopped).await;
+        return drive(http1().serve_connection(TokioIo::new(stream), service), peer, stopped, &app, fd).await;
     };
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls::accept(stream, tls_config)).await {
         Ok(Ok(stream)) => stream,
@@ -527,15 +600,16 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, app: Arc<App>, st
             .timer(TokioTimer::new())
             .max_concurrent_streams(HTTP2_MAX_STREAMS)
             .serve_connection(TokioIo::new(stream), service);
-        drive(connection, peer, stopped).await;
+        drive(connection, peer, stopped, &app, fd).await;
     } else {
-        drive(http1().serve_connection(TokioIo::new(stream), service), peer, stopped).await;
+        drive(http1().serve_connection(TokioIo::new(stream), service), peer, stopped, &app, fd).await;
     }
 }
 
 /// Serves one HTTP connection until it ends or shutdown starts, then lets
-/// it finish gracefully.
-async fn drive<C>(connection: C, peer: SocketAddr, mut stopped: watch::Receiver<()>)
+/// it finish gracefully; closes it at once when its source is removed from
+/// the allowlist.
+async fn drive<C>(connection: C, peer: SocketAddr, mut stopped: watch::Receiver<()>, app: &App, fd: RawFd)
 where
     C: GracefulConnection,
     C::Error: std::fmt::Display,
@@ -543,6 +617,15 @@ where
     let mut connection = std::pin::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
+        () = app.front_door.revoked(peer.ip()) => {
+            // At most once per open connection per reload.
+            info!(peer = %peer, "closing the connection: a reload removed its source from the allowlist");
+            // Close with a reset: the filter drops the peer's answers to a
+            // FIN, so an orderly close would leave the socket (and with it
+            // the filter program) retransmitting for minutes.
+            reset_on_close(fd);
+            return;
+        }
         _ = stopped.changed() => {
             connection.as_mut().graceful_shutdown();
             connection.await
@@ -550,6 +633,10 @@ where
     };
     if let Err(error) = result {
         debug!(peer = %peer, "connection ended with an error: {error}");
+    }
+    // A source removed while the connection was ending: see above.
+    if !app.front_door.current().allows(peer.ip()) {
+        reset_on_close(fd);
     }
 }
 

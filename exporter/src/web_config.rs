@@ -87,9 +87,8 @@ pub(crate) struct WebConfig {
     pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
     /// User name → bcrypt hash; empty means no basic auth.
     pub(crate) users: BTreeMap<String, String>,
-    /// Not enforced yet: the allowlist filter reads it.
-    #[allow(dead_code)]
-    pub(crate) allowed_sources: Vec<Cidr>,
+    /// `None` (the key is absent): every source is allowed.
+    pub(crate) allowed_sources: Option<Vec<Cidr>>,
     /// Things that work but differ from what the file asks for.
     pub(crate) warnings: Vec<String>,
 }
@@ -262,7 +261,6 @@ pub(crate) struct Cidr {
 
 impl Cidr {
     /// Whether `ip` is inside (an IPv4 address never matches an IPv6 range).
-    #[allow(dead_code)]
     pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
@@ -318,6 +316,30 @@ impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
     }
+}
+
+/// The ranges of `allowed_sources` (or `--web.allow-from`); on error, the
+/// key (`allowed_sources[i]`) and the problem.
+pub(crate) fn parse_allowed_sources(texts: &[String]) -> Result<Vec<Cidr>, (String, String)> {
+    let limit = exporter_common::allowlist::ALLOWLIST_ENTRIES as usize;
+    if texts.is_empty() {
+        return Err((
+            "allowed_sources".to_owned(),
+            "is empty, which would refuse every client, Prometheus included; remove the key to allow every source"
+                .to_owned(),
+        ));
+    }
+    if texts.len() > limit {
+        return Err((
+            "allowed_sources".to_owned(),
+            format!("has {} ranges; the kernel's allowlist holds at most {limit}", texts.len()),
+        ));
+    }
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| text.trim().parse::<Cidr>().map_err(|problem| (format!("allowed_sources[{i}]"), problem)))
+        .collect()
 }
 
 /// Header names exporter-toolkit lets a web config set, with the values
@@ -397,12 +419,10 @@ impl WebConfig {
             }
         }
 
-        let mut allowed_sources = Vec::new();
-        for (i, text) in raw.allowed_sources.unwrap_or_default().iter().enumerate() {
-            allowed_sources.push(
-                text.trim().parse::<Cidr>().map_err(|problem| invalid(&format!("allowed_sources[{i}]"), problem))?,
-            );
-        }
+        let allowed_sources = raw
+            .allowed_sources
+            .map(|texts| parse_allowed_sources(&texts).map_err(|(key, problem)| invalid(&key, problem)))
+            .transpose()?;
 
         Ok(Self { path: path.to_owned(), tls, http2, headers, users, allowed_sources, warnings })
     }
@@ -680,7 +700,10 @@ mod tests {
         assert!(!config.http2);
         assert_eq!(config.headers.len(), 2);
         assert_eq!(config.users.len(), 1);
-        assert_eq!(config.allowed_sources[2], Cidr { addr: "192.0.2.7".parse().unwrap(), prefix: 32 });
+        assert_eq!(
+            config.allowed_sources.as_ref().unwrap()[2],
+            Cidr { addr: "192.0.2.7".parse().unwrap(), prefix: 32 }
+        );
         assert_eq!(
             config.watched_files(),
             [
@@ -717,6 +740,9 @@ mod tests {
         assert!(e.contains("allowed_sources[0]: \"10.0.0.1/8\" has host bits set; the range is 10.0.0.0/8"), "{e}");
         let e = error("allowed_sources: [10.0.0.0/33]\n");
         assert!(e.contains("prefix length must be 0 to 32"), "{e}");
+        let e = error("allowed_sources: []\n");
+        assert!(e.contains("allowed_sources: is empty, which would refuse every client"), "{e}");
+        assert!(parse("").unwrap().allowed_sources.is_none(), "absent: every source");
         let e = error("rate_limit:\n  burst: 1\n");
         assert!(e.contains("rate_limit: is not supported"), "{e}");
     }

@@ -298,11 +298,18 @@ pub const COLLECTOR_PROGRAMS: &[(&str, &[&str])] = &[
     ("net", &["netif_receive_s", "net_dev_xmit", "kfree_skb"]),
 ];
 
+/// Programs the daemon loads whatever collectors are enabled: the
+/// allowlist socket filter, attached to every listening socket.
+pub const ALWAYS_LOADED_PROGRAMS: &[&str] = &["allowlist"];
+
 /// How many BPF programs with one of the exporter's program names are loaded.
 pub fn exporter_programs_loaded() -> usize {
     loaded_bpf_program_names()
         .iter()
-        .filter(|name| COLLECTOR_PROGRAMS.iter().any(|(_, programs)| programs.contains(&name.as_str())))
+        .filter(|name| {
+            ALWAYS_LOADED_PROGRAMS.contains(&name.as_str())
+                || COLLECTOR_PROGRAMS.iter().any(|(_, programs)| programs.contains(&name.as_str()))
+        })
         .count()
 }
 

@@ -199,7 +199,7 @@ where
         .map(drop)
         .map_err(|source| CollectorError::Map { map, source: Box::new(source) });
     checked?;
-    let aya::maps::Map::PerCpuHashMap(data) = raw else {
+    let (aya::maps::Map::PerCpuHashMap(data) | aya::maps::Map::PerCpuLruHashMap(data)) = raw else {
         return Err(CollectorError::Map { map, source: Box::new(MapError::InvalidName { name: map.to_owned() }) });
     };
     let cpus = aya::util::nr_cpus()

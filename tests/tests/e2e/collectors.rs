@@ -4,8 +4,8 @@
 use std::{collections::HashMap, process::Command};
 
 use kernel_exporter_tests::{
-    COLLECTOR_PROGRAMS as PROGRAMS, Exporter, exporter_binary, free_port, loaded_bpf_program_names,
-    wait_until_no_exporter_programs,
+    ALWAYS_LOADED_PROGRAMS, COLLECTOR_PROGRAMS as PROGRAMS, Exporter, exporter_binary, free_port,
+    loaded_bpf_program_names, wait_until_no_exporter_programs,
 };
 
 /// How many programs of each name are loaded now.
@@ -35,7 +35,8 @@ fn a_disabled_collector_loads_no_program() {
         wait_until_no_exporter_programs();
         let before = loaded();
         let exporter = Exporter::start(&["--collector.disable-defaults", &format!("--collector.{enabled}")]);
-        let mut expected: Vec<String> = programs.iter().map(|name| (*name).to_owned()).collect();
+        let mut expected: Vec<String> =
+            programs.iter().chain(ALWAYS_LOADED_PROGRAMS).map(|name| (*name).to_owned()).collect();
         expected.sort();
         assert_eq!(added_since(&before), expected, "only {enabled}'s programs are loaded");
         let metrics = exporter.scrape();

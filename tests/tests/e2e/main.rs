@@ -2,6 +2,7 @@
 //! One target with a module per area; run one at a time
 //! (`--test-threads=1`), since they share the kernel's state.
 
+mod allowlist;
 mod block;
 mod collectors;
 mod deploy;

@@ -1,0 +1,421 @@
+//! The allowlist socket filter against the real kernel: sources outside
+//! `allowed_sources` never get a connection (their SYNs are dropped in the
+//! kernel, so `connect` times out), their SYNs are counted per source, the
+//! allowlist changes in place on reload, and the totals stay exact when the
+//! per-source map evicts.
+//!
+//! Other sources are other loopback addresses (127.0.0.0/8 is all local on
+//! `lo`): the client binds to one before connecting. Probes use a connect
+//! timeout well under the kernel's initial SYN retransmission timeout (1 s),
+//! so each refused attempt is exactly one SYN.
+
+use std::{
+    fs,
+    io::{self, Read as _, Write as _},
+    mem::size_of,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    os::fd::FromRawFd as _,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use kernel_exporter_tests::{Exporter, Metrics, free_port};
+
+/// One collector is enough, and starts fastest.
+const COLLECTOR_ARGS: [&str; 2] = ["--collector.disable-defaults", "--collector.sched"];
+
+/// Under the 1 s initial RTO: a dropped attempt sends one SYN, no retransmit.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+
+const SECOND: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+
+fn config_file(test: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kernel-exporter-e2e-allowlist-{test}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("create the config directory");
+    let path = dir.join("web.yml");
+    fs::write(&path, text).expect("write the web config");
+    path
+}
+
+fn start(extra: &[&str]) -> Exporter {
+    Exporter::start(&[&COLLECTOR_ARGS[..], extra].concat())
+}
+
+/// `connect` from `source` to `to`, giving up after `timeout`.
+fn connect_from(source: IpAddr, to: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let family = if to.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket calls on a descriptor this function owns (the
+    // TcpStream takes it over, or it is closed on every error path through
+    // the TcpStream's drop); the address buffers are sized for the family.
+    unsafe {
+        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let (local, local_len) = sockaddr(SocketAddr::new(source, 0));
+        if libc::bind(fd, (&raw const local).cast(), local_len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let (remote, remote_len) = sockaddr(to);
+        if libc::connect(fd, (&raw const remote).cast(), remote_len) != 0 {
+            let error = io::Error::last_os_error();
+            if error.raw_os_error() != Some(libc::EINPROGRESS) {
+                return Err(error);
+            }
+            let mut poll = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+            let ready = libc::poll(&raw mut poll, 1, timeout.as_millis() as libc::c_int);
+            if ready == 0 {
+                return Err(io::Error::from(io::ErrorKind::TimedOut));
+            }
+            if let Some(error) = stream.take_error()? {
+                return Err(error);
+            }
+        }
+        stream.set_nonblocking(false)?;
+        Ok(stream)
+    }
+}
+
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage; the family-specific
+    // views written below fit inside it.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from(*v4.ip()).to_be() },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: see above.
+            unsafe { (&raw mut storage).cast::<libc::sockaddr_in>().write(sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: see above.
+            unsafe { (&raw mut storage).cast::<libc::sockaddr_in6>().write(sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+/// Connects from `source`; panics unless the connection is refused by
+/// silence (a dropped SYN: no SYN-ACK, no RST).
+fn assert_dropped(source: IpAddr, to: SocketAddr) {
+    match connect_from(source, to, PROBE_TIMEOUT) {
+        Err(error) if error.kind() == io::ErrorKind::TimedOut => {}
+        Err(error) => panic!("{source} → {to}: expected a timeout (dropped SYN), got {error}"),
+        Ok(_) => panic!("{source} → {to}: connected, but the source is outside the allowlist"),
+    }
+}
+
+/// One keep-alive HTTP/1.1 GET of /metrics on `stream`: the status, or
+/// `None` when the server closed the connection instead of answering.
+fn keep_alive_get(stream: &mut TcpStream) -> Option<u16> {
+    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").ok()?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let head = String::from_utf8(head).expect("UTF-8 head");
+    let status = head.split_whitespace().nth(1).and_then(|code| code.parse().ok()).expect("status line");
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+        .expect("content-length");
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).expect("body");
+    Some(status)
+}
+
+/// Whether the server has closed `stream` (EOF or reset within a second).
+fn closed_by_server(stream: &mut TcpStream) -> bool {
+    stream.set_read_timeout(Some(Duration::from_secs(1))).expect("read timeout");
+    match stream.read(&mut [0u8; 1]) {
+        Ok(0) => true,
+        Err(error) => error.kind() == io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    }
+}
+
+/// Sockets on local `port` in a closing state that waits for the peer
+/// (FIN_WAIT1, CLOSING, LAST_ACK), from /proc/net/tcp.
+fn closing_sockets(port: u16) -> usize {
+    let table = fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(1).is_some_and(|addr| addr.ends_with(&local))
+                && fields.get(3).is_some_and(|state| matches!(*state, "04" | "09" | "0B"))
+        })
+        .count()
+}
+
+fn scrape_from(source: IpAddr, to: SocketAddr) -> Metrics {
+    let mut stream = connect_from(source, to, Duration::from_secs(2)).expect("an allowed source connects");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").expect("request");
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).expect("response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("header block");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    Metrics::parse(body)
+}
+
+fn value(metrics: &Metrics, key: &str) -> f64 {
+    metrics.samples.get(key).copied().unwrap_or(0.0)
+}
+
+fn dropped_syns(metrics: &Metrics, source: &str) -> f64 {
+    value(metrics, &format!("kernel_exporter_connections_total{{source=\"{source}\",verdict=\"dropped\"}}"))
+}
+
+fn dropped_packets(metrics: &Metrics) -> f64 {
+    metrics.get("kernel_exporter_packets_total{verdict=\"dropped\"}")
+}
+
+#[test]
+fn sources_outside_the_allowlist_never_connect_and_are_counted() {
+    let v6_port = free_port();
+    let v6_listen = format!("--web.listen-address=[::1]:{v6_port}");
+    let v6: SocketAddr = (Ipv6Addr::LOCALHOST, v6_port).into();
+    let config = config_file("drop", "allowed_sources: [127.0.0.1/32]\n");
+    let exporter = start(&[&format!("--web.config.file={}", config.display()), &v6_listen]);
+    let before = exporter.scrape();
+    assert_eq!(before.get("kernel_exporter_allowlist_entries"), 1.0);
+
+    const ATTEMPTS: u32 = 5;
+    for _ in 0..ATTEMPTS {
+        assert_dropped(SECOND.into(), exporter.addr);
+        // IPv6: ::1 is not in the list either.
+        assert_dropped(Ipv6Addr::LOCALHOST.into(), v6);
+    }
+    let after = exporter.scrape();
+    // Exactly one SYN per attempt (see PROBE_TIMEOUT), nothing else.
+    assert_eq!(dropped_syns(&after, "127.0.0.2") - dropped_syns(&before, "127.0.0.2"), f64::from(ATTEMPTS));
+    assert_eq!(dropped_syns(&after, "::1") - dropped_syns(&before, "::1"), f64::from(ATTEMPTS));
+    assert_eq!(dropped_packets(&after) - dropped_packets(&before), f64::from(2 * ATTEMPTS));
+    assert!(after.get("kernel_exporter_connections_total{source=\"127.0.0.1\",verdict=\"allowed\"}") >= 2.0);
+    // Nothing from them reached userspace.
+    assert!(!after.text.contains("kernel_exporter_requests_total{source=\"127.0.0.2\""), "{}", after.text);
+    assert!(!after.text.contains("kernel_exporter_requests_total{source=\"::1\""), "{}", after.text);
+    assert!(after.text.contains("kernel_exporter_requests_total{source=\"127.0.0.1\",code=\"200\"}"), "{}", after.text);
+    assert_eq!(after.get("kernel_exporter_bpf_map_max_entries{map=\"ALLOWLIST_SOURCES\"}"), 4096.0);
+    kernel_exporter_tests::promtool_check_metrics(&after.text).expect("promtool finds nothing");
+
+    // With ::1 allowed, IPv6 is served; the IPv4 side is unchanged.
+    drop(exporter);
+    let config = config_file("drop-v6", "allowed_sources: [127.0.0.1/32, '::1/128']\n");
+    let exporter = start(&[&format!("--web.config.file={}", config.display()), &v6_listen]);
+    let metrics = scrape_from(Ipv6Addr::LOCALHOST.into(), v6);
+    assert!(metrics.get("kernel_exporter_connections_total{source=\"::1\",verdict=\"allowed\"}") >= 1.0);
+    assert_dropped(SECOND.into(), exporter.addr);
+}
+
+#[test]
+fn reload_changes_the_allowlist_in_place() {
+    let config = config_file("reload", "allowed_sources: [127.0.0.1/32]\n");
+    let exporter = start(&[&format!("--web.config.file={}", config.display())]);
+    let localhost = IpAddr::from(Ipv4Addr::LOCALHOST);
+    let mut kept = connect_from(localhost, exporter.addr, Duration::from_secs(2)).expect("connect");
+    assert_eq!(keep_alive_get(&mut kept), Some(200));
+    assert_dropped(SECOND.into(), exporter.addr);
+
+    // Widen to 127.0.0.0/8 while 127.0.0.1 keeps connecting: not one of its
+    // attempts may fail across the update.
+    let stop = Arc::new(AtomicBool::new(false));
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let hammer = {
+        let (stop, attempts, addr) = (stop.clone(), attempts.clone(), exporter.addr);
+        thread::spawn(move || {
+            let mut refused = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                attempts.fetch_add(1, Ordering::Relaxed);
+                if let Err(error) = connect_from(localhost, addr, Duration::from_millis(900)) {
+                    refused.push(error.to_string());
+                }
+                // Paced: unpaced, this loop overflows the accept queue now
+                // and then (ListenOverflows in /proc/net/netstat), which
+                // is not what this test is about.
+                thread::sleep(Duration::from_millis(1));
+            }
+            refused
+        })
+    };
+    fs::write(&config, "allowed_sources: [127.0.0.0/8]\n").expect("rewrite");
+    hangup(&exporter);
+    wait_until_connects(SECOND.into(), exporter.addr);
+    thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    let refused = hammer.join().expect("hammer");
+    let attempts = attempts.load(Ordering::Relaxed);
+    println!("{attempts} connection attempts from 127.0.0.1 across the reload, {} refused", refused.len());
+    assert!(refused.is_empty(), "{} of {attempts} attempts failed: {refused:?}", refused.len());
+    assert_eq!(keep_alive_get(&mut kept), Some(200), "the keep-alive connection stays up");
+    let widened = exporter.scrape();
+    assert_eq!(widened.get("kernel_exporter_allowlist_entries"), 1.0);
+    // The filter's own verdicts: not one SYN of 127.0.0.1 was dropped.
+    assert_eq!(dropped_syns(&widened, "127.0.0.1"), 0.0);
+
+    // Now only 127.0.0.2: 127.0.0.1's new connections are dropped, and its
+    // established one is closed by the exporter at the reload (the
+    // inherited filter drops that source's packets from then on, so a
+    // request on it could never arrive): its next request finds it closed.
+    fs::write(&config, "allowed_sources: [127.0.0.2/32, '::1/128']\n").expect("rewrite");
+    hangup(&exporter);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while connect_from(localhost, exporter.addr, PROBE_TIMEOUT).is_ok() {
+        assert!(Instant::now() < deadline, "127.0.0.1 still connects after the reload; log:\n{}", exporter.log());
+    }
+    assert!(closed_by_server(&mut kept), "the removed source's connection is closed");
+    assert_eq!(keep_alive_get(&mut kept), None, "its next request is not served");
+    let metrics = scrape_from(SECOND.into(), exporter.addr);
+    assert_eq!(metrics.get("kernel_exporter_allowlist_entries"), 2.0);
+    assert_eq!(metrics.get("kernel_exporter_config_last_reload_successful"), 1.0);
+    assert!(exporter.log().contains("a reload removed its source from the allowlist"), "{}", exporter.log());
+    assert_dropped(localhost, exporter.addr);
+    // Connections of a removed source are reset, not closed with a FIN
+    // whose answer the filter would drop: nothing is left retransmitting
+    // (and holding the filter program) once the exporter is gone.
+    let port = exporter.addr.port();
+    drop(exporter);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while closing_sockets(port) > 0 {
+        assert!(Instant::now() < deadline, "{} sockets on port {port} still closing", closing_sockets(port));
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn hangup(exporter: &Exporter) {
+    let pid = libc::pid_t::try_from(exporter.pid()).expect("pid");
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+}
+
+fn wait_until_connects(source: IpAddr, to: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while connect_from(source, to, PROBE_TIMEOUT).is_err() {
+        assert!(Instant::now() < deadline, "{source} still cannot connect after the reload");
+    }
+}
+
+#[test]
+fn allow_from_flag_and_not_both() {
+    let exporter = start(&["--web.allow-from=127.0.0.1/32"]);
+    exporter.scrape();
+    assert_dropped(SECOND.into(), exporter.addr);
+    assert!(
+        exporter.scrape().get("kernel_exporter_connections_total{source=\"127.0.0.2\",verdict=\"dropped\"}") >= 1.0
+    );
+
+    let config = config_file("both", "allowed_sources: [127.0.0.1/32]\n");
+    let mut both = Exporter::spawn(
+        free_port(),
+        &[&COLLECTOR_ARGS[..], &["--web.allow-from=127.0.0.1/32", &format!("--web.config.file={}", config.display())]]
+            .concat(),
+    );
+    let status = both.wait_exit(Duration::from_secs(10));
+    assert!(!status.success());
+    let log = both.log();
+    assert!(log.contains("allowed_sources and --web.allow-from are both given"), "{log}");
+}
+
+#[test]
+fn totals_stay_exact_when_the_per_source_map_evicts() {
+    const TRACKED: usize = 4;
+    let exporter = start(&["--web.allow-from=127.0.0.1/32", &format!("--web.allowlist-sources-tracked={TRACKED}")]);
+    let before = exporter.scrape();
+    let sources: Vec<Ipv4Addr> = (2..=20).map(|last| Ipv4Addr::new(127, 0, 0, last)).collect();
+    for &source in &sources {
+        assert_dropped(source.into(), exporter.addr);
+    }
+    let after = exporter.scrape();
+    assert_eq!(dropped_packets(&after) - dropped_packets(&before), sources.len() as f64, "exact despite eviction");
+    let tracked: Vec<&String> = after
+        .samples
+        .keys()
+        .filter(|key| key.starts_with("kernel_exporter_connections_total{") && key.ends_with("verdict=\"dropped\"}"))
+        .collect();
+    assert!(tracked.len() <= TRACKED, "{tracked:?}");
+    let per_source: f64 = sources.iter().map(|source| dropped_syns(&after, &source.to_string())).sum();
+    assert!(per_source < sources.len() as f64, "the LRU map evicted some of {} sources: {per_source}", sources.len());
+    assert_eq!(after.get("kernel_exporter_bpf_map_max_entries{map=\"ALLOWLIST_SOURCES\"}"), TRACKED as f64);
+}
+
+/// The userspace CPU time (utime + stime are separate: this is utime) of
+/// `pid`, in clock ticks.
+fn user_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    rest.split_whitespace().nth(11).and_then(|v| v.parse().ok()).expect("utime")
+}
+
+#[test]
+fn a_flood_from_outside_costs_userspace_nothing() {
+    const BURST: usize = 20_000;
+    let exporter = start(&["--web.allow-from=127.0.0.1/32"]);
+    let before = exporter.scrape();
+    let ticks_before = user_ticks(exporter.pid());
+    let addr = exporter.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let scraper = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mut scrapes = 0;
+            while !stop.load(Ordering::Relaxed) {
+                scrape_from(Ipv4Addr::LOCALHOST.into(), addr);
+                scrapes += 1;
+                thread::sleep(Duration::from_millis(20));
+            }
+            scrapes
+        })
+    };
+    let started = Instant::now();
+    for _ in 0..BURST {
+        // A non-blocking connect sends its SYN at once; closing it in
+        // SYN_SENT sends nothing more.
+        match connect_from(SECOND.into(), addr, Duration::ZERO) {
+            Err(error) if error.kind() == io::ErrorKind::TimedOut => {}
+            other => panic!("expected no answer, got {other:?}"),
+        }
+    }
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let scrapes = scraper.join().expect("the legitimate scraper kept succeeding");
+    let ticks = user_ticks(exporter.pid()) - ticks_before;
+    let after = exporter.scrape();
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let user_ms = ticks as f64 * 1000.0 / hz;
+    println!(
+        "burst: {BURST} SYNs from 127.0.0.2 in {took:?}; exporter user CPU {user_ms} ms (incl. {scrapes} scrapes)"
+    );
+    assert_eq!(dropped_syns(&after, "127.0.0.2") - dropped_syns(&before, "127.0.0.2"), BURST as f64);
+    assert!(!after.text.contains("requests_total{source=\"127.0.0.2\""));
+    assert!(scrapes > 0);
+    assert!(user_ms < 50.0, "the exporter spent {user_ms} ms of user CPU over the burst");
+}
