@@ -12,19 +12,17 @@ pub const SCHED_COUNTERS_MAP: &str = "SCHED_COUNTERS";
 /// Number of entries in [`SCHED_COUNTERS_MAP`].
 pub const SCHED_COUNTERS_ENTRIES: u32 = 1;
 
-/// Per-CPU array of [`crate::histogram::Log2Histogram`], one entry: wakeup
-/// (or new-task wakeup) until the task runs.
+/// Per-CPU array of [`crate::histogram::Log2Histogram`], one entry: how long
+/// each task that got a CPU had waited for it on the runqueue.
+///
+/// The wait is the kernel's own: the scheduler stamps a task's
+/// `sched_info.last_queued` with its runqueue's clock when the task becomes
+/// runnable (woken, new, or preempted while still runnable), and at
+/// `sched_switch` the program subtracts that from the runqueue's clock. That
+/// is the same difference the kernel adds to the task's `run_delay`
+/// (`/proc/PID/schedstat`), with no program on the wakeup tracepoints and no
+/// map of waiting tasks.
 pub const RUNQUEUE_LATENCY_MAP: &str = "RUNQUEUE_LATENCY";
-
-/// LRU hash: task id → `bpf_ktime_get_ns()` of its last wakeup, until it
-/// runs. Bound: [`WAKEUP_TIMES_ENTRIES`]; when more tasks wait to run at
-/// once, the oldest timestamps are evicted and those wakeups go unmeasured
-/// (never mismeasured). Nothing in it becomes a label.
-pub const WAKEUP_TIMES_MAP: &str = "WAKEUP_TIMES";
-
-/// Number of entries in [`WAKEUP_TIMES_MAP`]: far more tasks than ever wait
-/// in the runqueues of a large host at once.
-pub const WAKEUP_TIMES_ENTRIES: u32 = 16_384;
 
 /// Per-CPU array of [`CpuIdle`], one entry. The `cpu` label's values are
 /// the host's possible CPUs, bounded by the kernel's `nr_cpu_ids`.
@@ -75,19 +73,28 @@ impl SchedCounters {
 /// (pid 0). Accounting by the outgoing task rather than pairing "enter
 /// idle" with "leave idle" events means a switch the CPU somehow did not
 /// report costs only the one interval it covered, never a whole idle period.
+///
+/// Intervals are measured on the runqueue's clock (`rq.clock`, which
+/// `__schedule()` has just updated; nanoseconds of `sched_clock`), one
+/// memory read, rather than `bpf_ktime_get_ns()`, a helper several times as
+/// costly. Only a switch into the idle task also reads `CLOCK_MONOTONIC`, for
+/// the daemon to add the open idle period of a CPU that idles right now.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuIdle {
-    /// `bpf_ktime_get_ns()` of this CPU's last context switch.
-    pub last_switch_ns: u64,
+    /// This CPU's `rq.clock` at its last context switch; 0 before the first.
+    pub last_switch_clock_ns: u64,
     /// Idle time credited so far, in nanoseconds.
     pub idle_ns: u64,
-    /// 1 while the task switched in last is the idle task, else 0: the
-    /// daemon then adds the open interval since `last_switch_ns`.
+    /// 1 while the task switched in last is the idle task, else 0.
     pub running_idle: u64,
+    /// `bpf_ktime_get_ns()` (`CLOCK_MONOTONIC`) at the switch into the idle
+    /// task while `running_idle` is 1: the daemon adds the open interval
+    /// since then.
+    pub idle_since_ns: u64,
 }
 
-const _: () = assert!(size_of::<CpuIdle>() == 24);
+const _: () = assert!(size_of::<CpuIdle>() == 32);
 
 /// Global holding `CLOCK_MONOTONIC` nanoseconds just before the object was
 /// loaded, written in by the daemon. A CPU whose first switch after attach
@@ -99,9 +106,18 @@ pub const LOAD_TIME_GLOBAL: &str = "LOAD_TIME_NS";
 /// The kernel struct members the programs read, as `(global, struct,
 /// member, size)`; the daemon writes each member's offset into the global.
 pub mod offsets {
-    /// `task_struct.pid`, read from the tasks `sched_switch` and
-    /// `sched_wakeup(_new)` pass.
-    pub const TASK_PID: &str = "TASK_STRUCT_PID";
+    /// `task_struct.sched_info.last_queued`: when the task was queued to
+    /// wait for a CPU, in its runqueue's clock.
+    pub const TASK_LAST_QUEUED: &str = "TASK_STRUCT_LAST_QUEUED";
+    /// `task_struct.se.cfs_rq`: the task's group's CFS runqueue on the task's
+    /// CPU, set for tasks of every scheduling class
+    /// (`CONFIG_FAIR_GROUP_SCHED`).
+    pub const TASK_CFS_RQ: &str = "TASK_STRUCT_CFS_RQ";
+    /// `cfs_rq.rq`: the CPU's runqueue.
+    pub const CFS_RQ_RQ: &str = "CFS_RQ_RQ";
+    /// `rq.clock`, the clock `last_queued` is stamped with, updated by
+    /// `__schedule()` just before `sched_switch`.
+    pub const RQ_CLOCK: &str = "RQ_CLOCK";
 }
 
 crate::user_pod!(SchedCounters, CpuIdle);

@@ -5,14 +5,14 @@
 //! `processes` in `/proc/stat`), so the two agree event for event.
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, raw_tracepoint},
-    maps::{LruHashMap, PerCpuArray},
+    maps::PerCpuArray,
     programs::RawTracePointContext,
 };
 use exporter_common::{
     histogram::Log2Histogram,
-    sched::{CpuIdle, SCHED_COUNTERS_ENTRIES, SchedCounters, WAKEUP_TIMES_ENTRIES},
+    sched::{CpuIdle, SCHED_COUNTERS_ENTRIES, SchedCounters},
 };
 
 use crate::kernel::{kernel_offset, read_member};
@@ -25,13 +25,23 @@ static SCHED_COUNTERS: PerCpuArray<SchedCounters> = PerCpuArray::with_max_entrie
 #[map]
 static RUNQUEUE_LATENCY: PerCpuArray<Log2Histogram> = PerCpuArray::with_max_entries(1, 0);
 
-/// Bound: [`WAKEUP_TIMES_ENTRIES`] waiting tasks; LRU eviction beyond.
-#[map]
-static WAKEUP_TIMES: LruHashMap<u32, u64> = LruHashMap::with_max_entries(WAKEUP_TIMES_ENTRIES, 0);
-
 /// Bound: one entry per CPU; the `cpu` label ranges over possible CPUs.
 #[map]
 static CPU_IDLE: PerCpuArray<CpuIdle> = PerCpuArray::with_max_entries(1, 0);
+
+/// What `sched_switch` learns about its CPU once and reuses.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CpuContext {
+    /// Address of this CPU's `struct rq`; 0 until learned.
+    rq: u64,
+    /// Address of this CPU's idle task; 0 until its first switch out of idle.
+    idle_task: u64,
+}
+
+/// Bound: one entry per CPU; kernel-side only, never read by the daemon.
+#[map]
+static CPU_CONTEXT: PerCpuArray<CpuContext> = PerCpuArray::with_max_entries(1, 0);
 
 /// `CLOCK_MONOTONIC` ns just before load, written in by the daemon; see
 /// `exporter_common::sched::LOAD_TIME_GLOBAL`.
@@ -39,15 +49,21 @@ static CPU_IDLE: PerCpuArray<CpuIdle> = PerCpuArray::with_max_entries(1, 0);
 static LOAD_TIME_NS: u64 = 0;
 
 kernel_offset!(
-    /// Offset of `task_struct.pid`.
-    TASK_STRUCT_PID
+    /// Offset of `task_struct.sched_info.last_queued`.
+    TASK_STRUCT_LAST_QUEUED
 );
-
-/// The pid of the `task_struct` at `task`; 0 is the idle task.
-#[inline(always)]
-fn pid_of(task: u64) -> Option<i32> {
-    read_member::<i32>(task, &TASK_STRUCT_PID)
-}
+kernel_offset!(
+    /// Offset of `task_struct.se.cfs_rq`.
+    TASK_STRUCT_CFS_RQ
+);
+kernel_offset!(
+    /// Offset of `cfs_rq.rq`.
+    CFS_RQ_RQ
+);
+kernel_offset!(
+    /// Offset of `rq.clock`.
+    RQ_CLOCK
+);
 
 /// Applies `bump` to this CPU's counters.
 #[inline(always)]
@@ -63,76 +79,79 @@ fn count(bump: impl FnOnce(&mut SchedCounters)) {
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub(crate) fn sched_switch(ctx: RawTracePointContext) -> i32 {
     count(|c| c.context_switches += 1);
-    let now = unsafe { bpf_ktime_get_ns() };
     // TP_PROTO(bool preempt, struct task_struct *prev,
     //          struct task_struct *next, unsigned int prev_state)
-    let prev = pid_of(ctx.arg(1));
-    let next = pid_of(ctx.arg(2));
-    account_idle(now, prev == Some(0), next == Some(0));
-    if let Some(next) = next
-        && next != 0
-    {
-        record_runqueue_latency(now, next as u32);
+    let prev: u64 = ctx.arg(1);
+    let next: u64 = ctx.arg(2);
+    let Some(context) = CPU_CONTEXT.get_ptr_mut(0) else { return 0 };
+    // SAFETY: this CPU's slot of a per-CPU map, used only by this program.
+    let context = unsafe { &mut *context };
+    // The tracepoint fires before the switch, so `prev` is still current and
+    // its id comes without reading kernel memory; the idle task is pid 0.
+    let prev_is_idle = bpf_get_current_pid_tgid() as u32 == 0;
+    if prev_is_idle {
+        context.idle_task = prev;
+    }
+    // Unknown (0) until this CPU's first switch out of idle, which the
+    // daemon's start-up makes happen on every CPU: until then a switch into
+    // idle counts as into a busy task, which only delays the open-period
+    // estimate of that one period.
+    let next_is_idle = next == context.idle_task;
+    if context.rq == 0 {
+        // `next` is switching in on this CPU, so its `se.cfs_rq` (set for
+        // tasks of every scheduling class) belongs to this CPU's runqueue.
+        context.rq = read_member::<u64>(next, &TASK_STRUCT_CFS_RQ)
+            .and_then(|cfs_rq| read_member::<u64>(cfs_rq, &CFS_RQ_RQ))
+            .unwrap_or(0);
+    }
+    let Some(clock) = read_member::<u64>(context.rq, &RQ_CLOCK) else { return 0 };
+    account_idle(clock, prev_is_idle, next_is_idle);
+    if !next_is_idle {
+        record_runqueue_latency(clock, next);
     }
     0
 }
 
 /// Credits the interval since this CPU's previous switch to idle time when
-/// the task leaving the CPU is the idle task (pid 0 on every CPU).
+/// the task leaving the CPU is the idle task.
 #[inline(always)]
-fn account_idle(now: u64, prev_is_idle: bool, next_is_idle: bool) {
+fn account_idle(clock: u64, prev_is_idle: bool, next_is_idle: bool) {
     let Some(idle) = CPU_IDLE.get_ptr_mut(0) else { return };
     // SAFETY: this CPU's slot of a per-CPU map, written only by this program.
     let idle = unsafe { &mut *idle };
     if prev_is_idle {
-        let started = if idle.last_switch_ns != 0 {
-            idle.last_switch_ns
+        idle.idle_ns += if idle.last_switch_clock_ns != 0 {
+            clock.saturating_sub(idle.last_switch_clock_ns)
         } else {
             // First switch on this CPU since attach, out of idle: it was idle
             // since before the programs attached.
             // SAFETY: volatile so the loaded value is read, not the default.
-            unsafe { core::ptr::read_volatile(&LOAD_TIME_NS) }
+            let loaded = unsafe { core::ptr::read_volatile(&LOAD_TIME_NS) };
+            unsafe { bpf_ktime_get_ns() }.saturating_sub(loaded)
         };
-        idle.idle_ns += now.saturating_sub(started);
     }
-    idle.last_switch_ns = now;
+    idle.last_switch_clock_ns = clock;
+    if next_is_idle {
+        idle.idle_since_ns = unsafe { bpf_ktime_get_ns() };
+    }
     idle.running_idle = u64::from(next_is_idle);
 }
 
+/// Records how long `next` waited on this CPU's runqueue: the runqueue's
+/// clock, which `__schedule()` has just updated, minus the stamp the
+/// scheduler put on the task when it queued it. `sched_info_arrive()`
+/// computes the same difference right after this tracepoint.
 #[inline(always)]
-fn record_runqueue_latency(now: u64, pid: u32) {
-    // SAFETY: the value is copied out at once; an entry evicted under us
-    // yields a wrong timestamp at worst, never a fault.
-    let Some(&woken) = (unsafe { WAKEUP_TIMES.get(pid) }) else { return };
-    let _ = WAKEUP_TIMES.remove(pid);
+fn record_runqueue_latency(clock: u64, next: u64) {
+    // 0 when not stamped, as for the idle task.
+    let Some(queued) = read_member::<u64>(next, &TASK_STRUCT_LAST_QUEUED) else { return };
+    if queued == 0 {
+        return;
+    }
     if let Some(histogram) = RUNQUEUE_LATENCY.get_ptr_mut(0) {
         // SAFETY: this CPU's slot of a per-CPU map; see `count`.
-        unsafe { &mut *histogram }.record(now.saturating_sub(woken));
+        unsafe { &mut *histogram }.record(clock.saturating_sub(queued));
     }
-}
-
-/// Stamps the wakeup of the task in argument 0 (TP_PROTO(struct
-/// task_struct *p) for both wakeup tracepoints).
-#[inline(always)]
-fn record_wakeup(ctx: &RawTracePointContext) {
-    if let Some(pid) = pid_of(ctx.arg(0))
-        && pid != 0
-    {
-        let now = unsafe { bpf_ktime_get_ns() };
-        let _ = WAKEUP_TIMES.insert(pid as u32, now, 0);
-    }
-}
-
-#[raw_tracepoint(tracepoint = "sched_wakeup")]
-pub(crate) fn sched_wakeup(ctx: RawTracePointContext) -> i32 {
-    record_wakeup(&ctx);
-    0
-}
-
-#[raw_tracepoint(tracepoint = "sched_wakeup_new")]
-pub(crate) fn sched_wakeup_new(ctx: RawTracePointContext) -> i32 {
-    record_wakeup(&ctx);
-    0
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_fork")]

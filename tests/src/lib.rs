@@ -277,18 +277,7 @@ pub fn promtool_check_metrics(text: &str) -> Result<(), String> {
 /// Each collector's programs, as the kernel names them (15 bytes at most, so
 /// some share a name).
 pub const COLLECTOR_PROGRAMS: &[(&str, &[&str])] = &[
-    (
-        "sched",
-        &[
-            "sched_switch",
-            "sched_wakeup",
-            "sched_wakeup_ne",
-            "sched_process_f",
-            "sched_process_e",
-            "sched_process_e",
-            "sched_migrate_t",
-        ],
-    ),
+    ("sched", &["sched_switch", "sched_process_f", "sched_process_e", "sched_process_e", "sched_migrate_t"]),
     ("syscalls", &["sys_enter", "sys_exit"]),
     ("mm", &["page_fault_user", "page_fault_kern", "mark_victim", "mm_vmscan_direc", "mm_vmscan_direc"]),
     ("irq", &["irq_handler_ent", "softirq_entry", "softirq_exit"]),

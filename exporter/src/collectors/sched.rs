@@ -33,7 +33,7 @@ const MIGRATIONS: Family =
     Family::counter("kernel_sched_migrations_total", "Tasks moved from one CPU to another (sched:sched_migrate_task).");
 const RUNQUEUE_LATENCY: Family = Family::histogram(
     "kernel_sched_runqueue_latency_seconds",
-    "Time from a task's wakeup (or new-task wakeup) until it runs on a CPU.",
+    "Time tasks waited on a runqueue (woken, new or preempted) before they got a CPU, as schedstat run_delay counts it.",
 );
 const CPU_IDLE: Family = Family::counter(
     "kernel_cpu_idle_seconds_total",
@@ -51,14 +51,22 @@ pub(super) const SPEC: CollectorSpec = CollectorSpec {
     default_enabled: true,
     tracepoints: &[
         tracepoint("sched_switch"),
-        tracepoint("sched_wakeup"),
-        tracepoint("sched_wakeup_new"),
         tracepoint("sched_process_fork"),
         tracepoint("sched_process_exec"),
         tracepoint("sched_process_exit"),
         tracepoint("sched_migrate_task"),
     ],
-    offsets: &[KernelOffset { global: offsets::TASK_PID, type_name: "task_struct", member: "pid", size: 4 }],
+    offsets: &[
+        KernelOffset {
+            global: offsets::TASK_LAST_QUEUED,
+            type_name: "task_struct",
+            member: "sched_info.last_queued",
+            size: 8,
+        },
+        KernelOffset { global: offsets::TASK_CFS_RQ, type_name: "task_struct", member: "se.cfs_rq", size: 8 },
+        KernelOffset { global: offsets::CFS_RQ_RQ, type_name: "cfs_rq", member: "rq", size: 8 },
+        KernelOffset { global: offsets::RQ_CLOCK, type_name: "rq", member: "clock", size: 8 },
+    ],
     #[cfg(test)]
     families: &[CONTEXT_SWITCHES, FORKS, EXECS, EXITS, MIGRATIONS, RUNQUEUE_LATENCY, CPU_IDLE],
     open,
@@ -157,8 +165,8 @@ where
         out.family(&CPU_IDLE);
         self.idle.for_each_cpu(0, &mut |idle| {
             // A CPU idle right now has an open period to add.
-            let open = if idle.running_idle != 0 && idle.last_switch_ns != 0 {
-                now.saturating_sub(idle.last_switch_ns)
+            let open = if idle.running_idle != 0 && idle.idle_since_ns != 0 {
+                now.saturating_sub(idle.idle_since_ns)
             } else {
                 0
             };
@@ -214,9 +222,14 @@ mod tests {
             FakePerCpu {
                 cpus: vec![
                     // Busy now, 1.5 s idle so far.
-                    vec![CpuIdle { last_switch_ns: 9_500_000_000, idle_ns: 1_500_000_000, running_idle: 0 }],
+                    vec![CpuIdle { idle_since_ns: 9_500_000_000, idle_ns: 1_500_000_000, ..CpuIdle::default() }],
                     // Idle since t=9 s, 2 s idle before.
-                    vec![CpuIdle { last_switch_ns: 9_000_000_000, idle_ns: 2_000_000_000, running_idle: 1 }],
+                    vec![CpuIdle {
+                        idle_since_ns: 9_000_000_000,
+                        idle_ns: 2_000_000_000,
+                        running_idle: 1,
+                        ..CpuIdle::default()
+                    }],
                 ],
             },
             2,

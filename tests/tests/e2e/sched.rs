@@ -143,6 +143,59 @@ fn runqueue_latency_counts_woken_tasks() {
     );
 }
 
+/// `run_delay` (ns) of the calling thread, from `/proc/thread-self/schedstat`.
+fn own_run_delay_ns() -> u64 {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").expect("read schedstat");
+    text.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("run_delay field")
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the call only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set), 0, "sched_setaffinity");
+    }
+}
+
+#[test]
+fn runqueue_latency_sums_the_kernels_run_delay() {
+    // Two busy threads sharing one CPU preempt each other: each waits on
+    // the runqueue about half the time. The kernel adds every wait to the
+    // thread's run_delay at the switch where the program records it, in the
+    // same clock, so the host-wide sum must contain both threads' waits.
+    const BUSY: Duration = Duration::from_millis(800);
+    let exporter = Exporter::start(&[]);
+    let before = exporter.scrape();
+    let hogs: Vec<_> = (0..2)
+        .map(|_| {
+            thread::spawn(|| {
+                pin_to(0);
+                let start = own_run_delay_ns();
+                let until = Instant::now() + BUSY;
+                let mut spins = 0u64;
+                while Instant::now() < until {
+                    spins = std::hint::black_box(spins.wrapping_add(1));
+                }
+                own_run_delay_ns() - start
+            })
+        })
+        .collect();
+    let waited_ns: u64 = hogs.into_iter().map(|hog| hog.join().expect("hog thread")).sum();
+    let after = exporter.scrape();
+    let ours = after.get("kernel_sched_runqueue_latency_seconds_sum")
+        - before.get("kernel_sched_runqueue_latency_seconds_sum");
+    let kernel = waited_ns as f64 / 1e9;
+    eprintln!("runqueue wait: exporter +{ours:.6} s host-wide, the two threads' run_delay +{kernel:.6} s");
+    assert!(kernel > 0.2, "the threads hardly waited ({kernel} s): were they on one CPU?");
+    // The 1 ms allows for a stint still being timed when a thread read its
+    // own schedstat for the last time.
+    assert!(ours >= kernel - 0.001, "exporter {ours} s < the threads' own run_delay {kernel} s");
+    // Other tasks wait too, but not for seconds on top.
+    assert!(ours <= kernel + 1.0, "exporter {ours} s vs the threads' {kernel} s");
+}
+
 #[test]
 fn exec_exit_and_migration_counters_move() {
     let exporter = Exporter::start(&[]);
