@@ -86,9 +86,11 @@ pub(crate) fn sched_switch(ctx: RawTracePointContext) -> i32 {
     let Some(context) = CPU_CONTEXT.get_ptr_mut(0) else { return 0 };
     // SAFETY: this CPU's slot of a per-CPU map, used only by this program.
     let context = unsafe { &mut *context };
-    // The tracepoint fires before the switch, so `prev` is still current and
-    // its id comes without reading kernel memory; the idle task is pid 0.
-    let prev_is_idle = bpf_get_current_pid_tgid() as u32 == 0;
+    // Once this CPU's idle task is known, comparing addresses tells; until
+    // then its pid does (0; `prev` is still current, so the helper reads it
+    // without a probe).
+    let prev_is_idle =
+        if context.idle_task != 0 { prev == context.idle_task } else { bpf_get_current_pid_tgid() as u32 == 0 };
     if prev_is_idle {
         context.idle_task = prev;
     }

@@ -17,7 +17,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::prereq::{self, Toolchain, say};
+use crate::{
+    floor,
+    prereq::{self, Toolchain, say},
+};
 
 /// Rounds of (kernel-exporter, node_exporter) load runs.
 const ROUNDS: usize = 3;
@@ -27,12 +30,14 @@ const RUN: Duration = Duration::from_secs(5);
 const CLIENTS: usize = 4;
 /// getppid calls per probe-overhead measurement.
 const PROBE_CALLS: u64 = 2_000_000;
-/// Ping-pong round trips per runqueue-latency overhead measurement.
+/// Ping-pong round trips per context-switch overhead measurement.
 const ROUND_TRIPS: u64 = 100_000;
+/// Alternating rounds of the probe-overhead measurements (medians reported).
+const PROBE_ROUNDS: usize = 5;
 
 const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
 
-pub(crate) fn bench(quick: bool) -> anyhow::Result<()> {
+pub(crate) fn bench(quick: bool, probes_only: bool) -> anyhow::Result<()> {
     let toolchain = Toolchain::ensure()?;
     if !prereq::is_root() {
         bail!("the benchmark loads BPF programs and needs root; run `sudo -E env PATH=\"$PATH\" cargo xtask bench`");
@@ -42,6 +47,12 @@ pub(crate) fn bench(quick: bool) -> anyhow::Result<()> {
     let binary = toolchain.build(true)?;
     let report_dir = prereq::target_dir().join("bench");
     fs::create_dir_all(&report_dir).with_context(|| format!("cannot create {}", report_dir.display()))?;
+    if probes_only {
+        say("bench", "probe overhead only");
+        let probes = probe_overhead(&binary)?;
+        println!("\n{}", render_probes(&probes));
+        return Ok(());
+    }
 
     say("bench", "criterion micro-benchmarks of the encoder (cargo bench -p kernel-exporter)");
     let mut criterion = toolchain.cargo();
@@ -81,7 +92,7 @@ pub(crate) fn bench(quick: bool) -> anyhow::Result<()> {
     ours.stop();
     node.stop();
 
-    say("bench", "probe overhead: getppid and ping-pong loops without and with programs attached");
+    say("bench", "probe overhead: getppid and ping-pong loops with no program, an empty program, and ours");
     let probes = probe_overhead(&binary)?;
 
     let table = render(&ours_summary, &node_summary, &encoder, &probes);
@@ -324,13 +335,23 @@ fn json_number(text: &str, key: &str, field: &str) -> Option<f64> {
     rest[..end].parse().ok()
 }
 
-/// Added nanoseconds per event for each measured probe.
+/// Per-event costs of the kernel programs, each next to the kernel's own
+/// floor: the same tracepoints with an empty program attached.
 struct Probes {
     getppid_baseline_ns: f64,
+    /// Wall clock added per event (a getppid is two: sys_enter, sys_exit).
     syscalls_ns_per_event: f64,
+    syscalls_floor_ns_per_event: f64,
     all_collectors_getppid_ns: f64,
+    /// A round trip between two threads pinned to one CPU: two switches.
     pingpong_baseline_ns: f64,
-    runqueue_pair_ns: f64,
+    /// Wall clock added per context switch by the sched collector (its
+    /// runqueue-latency histogram is recorded there: one event per wait).
+    switch_ns: f64,
+    switch_floor_ns: f64,
+    /// The sched_switch program's own run time per run, from the kernel's
+    /// run statistics, minus the empty program's under the same load.
+    switch_body_ns: f64,
 }
 
 fn probe_overhead(binary: &Path) -> anyhow::Result<Probes> {
@@ -342,41 +363,81 @@ fn probe_overhead(binary: &Path) -> anyhow::Result<Probes> {
         }
         started.elapsed().as_nanos() as f64 / PROBE_CALLS as f64
     };
-    let pingpong = || -> f64 { ping_pong(ROUND_TRIPS) };
-    let with = |args: &[&str], measure: &dyn Fn() -> f64| -> anyhow::Result<f64> {
+    let pingpong = || -> f64 { pinned_ping_pong(ROUND_TRIPS) };
+    let exporter = |args: &[&str]| -> anyhow::Result<Server> {
         let port = free_port()?;
-        let _server = Server::start(
+        Server::start(
             "kernel-exporter",
             Command::new(binary).arg(format!("--web.listen-address=127.0.0.1:{port}")).args(args),
             port,
-        )?;
-        // Alternate with the baseline in the same breath.
+        )
+    };
+    let with = |args: &[&str], measure: &dyn Fn() -> f64| -> anyhow::Result<f64> {
+        let _server = exporter(args)?;
         Ok(measure())
     };
-    let mut baseline = Vec::new();
-    let mut syscalls = Vec::new();
-    let mut all = Vec::new();
-    let mut pp_base = Vec::new();
-    let mut pp_sched = Vec::new();
-    for _ in 0..ROUNDS {
+    let floor = |tracepoints: &[&str], measure: &dyn Fn() -> f64| -> anyhow::Result<f64> {
+        let _empty = floor::EmptyProgram::attach(tracepoints)?;
+        Ok(measure())
+    };
+    let (mut baseline, mut syscalls, mut syscalls_floor, mut all) = (vec![], vec![], vec![], vec![]);
+    let (mut pp_base, mut pp_sched, mut pp_floor) = (vec![], vec![], vec![]);
+    // Alternating, so that a noisy neighbour hits every variant alike.
+    for round in 1..=PROBE_ROUNDS {
+        say("bench", &format!("probe round {round}/{PROBE_ROUNDS}"));
         baseline.push(getppid());
+        syscalls_floor.push(floor(&["sys_enter", "sys_exit"], &getppid)?);
         syscalls.push(with(&["--collector.disable-defaults", "--collector.syscalls"], &getppid)?);
         all.push(with(&[], &getppid)?);
         pp_base.push(pingpong());
+        pp_floor.push(floor(&["sched_switch"], &pingpong)?);
         pp_sched.push(with(&["--collector.disable-defaults", "--collector.sched"], &pingpong)?);
     }
     let base = median(baseline);
     let pp = median(pp_base);
+
+    // Body cost from run statistics (they add two clock reads to every run,
+    // which is why they are not on for the wall-clock figures above).
+    let ours_per_run = {
+        let server = exporter(&["--collector.disable-defaults", "--collector.sched", "--bpf.run-stats"])?;
+        let before = program_run_stats(&server, "sched_switch")?;
+        pinned_ping_pong(ROUND_TRIPS);
+        let after = program_run_stats(&server, "sched_switch")?;
+        (after.0 - before.0) * 1e9 / (after.1 - before.1).max(1.0)
+    };
+    let floor_per_run = {
+        let _stats = floor::RunStats::enable()?;
+        let empty = floor::EmptyProgram::attach(&["sched_switch"])?;
+        let before = empty.run_stats()?;
+        pinned_ping_pong(ROUND_TRIPS);
+        let after = empty.run_stats()?;
+        (after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64
+    };
     Ok(Probes {
         getppid_baseline_ns: base,
-        // A getppid is two events: sys_enter and sys_exit.
         syscalls_ns_per_event: (median(syscalls) - base) / 2.0,
+        syscalls_floor_ns_per_event: (median(syscalls_floor) - base) / 2.0,
         all_collectors_getppid_ns: median(all) - base,
         pingpong_baseline_ns: pp,
-        // A round trip is two wakeups and two switches to a woken task: two
-        // wakeup/switch pairs of the runqueue-latency histogram.
-        runqueue_pair_ns: (median(pp_sched) - pp) / 2.0,
+        switch_ns: (median(pp_sched) - pp) / 2.0,
+        switch_floor_ns: (median(pp_floor) - pp) / 2.0,
+        switch_body_ns: ours_per_run - floor_per_run,
     })
+}
+
+/// (run seconds, runs) of one of the exporter's programs, from its own
+/// metrics.
+fn program_run_stats(server: &Server, program: &str) -> anyhow::Result<(f64, f64)> {
+    let out = Command::new("curl").args(["-sS", "--fail", &server.url()]).output().context("cannot run curl")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value = |family: &str| {
+        let key = format!("{family}{{program=\"{program}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&key))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .with_context(|| format!("no {key} in the exporter's metrics"))
+    };
+    Ok((value("kernel_exporter_bpf_program_run_seconds_total")?, value("kernel_exporter_bpf_program_runs_total")?))
 }
 
 /// `getppid()` without a libc dependency in the xtask.
@@ -388,31 +449,49 @@ unsafe fn libc_getppid() -> i32 {
     unsafe { getppid() }
 }
 
-/// Two threads bouncing a byte over a socket pair; ns per round trip.
-fn ping_pong(round_trips: u64) -> f64 {
+/// Pins the calling thread to CPU 0.
+fn pin_to_first_cpu() {
+    unsafe extern "C" {
+        fn sched_setaffinity(pid: i32, size: usize, mask: *const u64) -> i32;
+    }
+    let mask = [1u64; 1];
+    // SAFETY: the mask outlives the call and its size is given; a failure
+    // leaves the thread unpinned, which only makes the figure noisier.
+    unsafe { sched_setaffinity(0, size_of_val(&mask), mask.as_ptr()) };
+}
+
+/// Two threads on one CPU bouncing a byte over a socket pair; ns per round
+/// trip. Sharing a CPU keeps idle periods and cross-CPU wakeups out: a round
+/// trip is exactly two context switches.
+fn pinned_ping_pong(round_trips: u64) -> f64 {
     use std::{
         io::{Read as _, Write as _},
         os::unix::net::UnixStream,
     };
     let Ok((mut left, mut right)) = UnixStream::pair() else { return f64::NAN };
-    let echo = thread::spawn(move || {
-        let mut byte = [0u8; 1];
+    let measure = thread::spawn(move || {
+        pin_to_first_cpu();
+        let echo = thread::spawn(move || {
+            pin_to_first_cpu();
+            let mut byte = [0u8; 1];
+            for _ in 0..round_trips {
+                if right.read_exact(&mut byte).is_err() || right.write_all(&byte).is_err() {
+                    break;
+                }
+            }
+        });
+        let started = Instant::now();
+        let mut byte = [1u8; 1];
         for _ in 0..round_trips {
-            if right.read_exact(&mut byte).is_err() || right.write_all(&byte).is_err() {
+            if left.write_all(&byte).is_err() || left.read_exact(&mut byte).is_err() {
                 break;
             }
         }
+        let ns = started.elapsed().as_nanos() as f64 / round_trips as f64;
+        let _ = echo.join();
+        ns
     });
-    let started = Instant::now();
-    let mut byte = [1u8; 1];
-    for _ in 0..round_trips {
-        if left.write_all(&byte).is_err() || left.read_exact(&mut byte).is_err() {
-            break;
-        }
-    }
-    let ns = started.elapsed().as_nanos() as f64 / round_trips as f64;
-    let _ = echo.join();
-    ns
+    measure.join().unwrap_or(f64::NAN)
 }
 
 fn render(ours: &Summary, node: &Summary, encoder: &[(String, f64, f64)], probes: &Probes) -> String {
@@ -437,12 +516,31 @@ fn render(ours: &Summary, node: &Summary, encoder: &[(String, f64, f64)], probes
     for (id, ns, per_second) in encoder {
         let _ = writeln!(t, "{id:<48} {ns:>14.1} {per_second:>18.0}");
     }
-    let _ = writeln!(t, "\nprobe overhead (ns added)");
-    let _ = writeln!(t, "  getppid baseline                      {:>8.1} ns/call", probes.getppid_baseline_ns);
-    let _ = writeln!(t, "  syscalls collector, per event         {:>8.1} ns", probes.syscalls_ns_per_event);
-    let _ = writeln!(t, "  all default collectors, per getppid   {:>8.1} ns", probes.all_collectors_getppid_ns);
-    let _ = writeln!(t, "  ping-pong baseline                    {:>8.1} ns/round trip", probes.pingpong_baseline_ns);
-    let _ = writeln!(t, "  runqueue latency, per wakeup+switch   {:>8.1} ns", probes.runqueue_pair_ns);
+    t.push('\n');
+    t.push_str(&render_probes(probes));
+    t
+}
+
+fn render_probes(probes: &Probes) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "probe overhead (ns added, median of {PROBE_ROUNDS} alternating rounds)");
+    let _ = writeln!(t, "{:<44} {:>10} {:>16} {:>10}", "", "ours", "empty program", "body");
+    let mut probe = |name: &str, ours: f64, floor: f64| {
+        let _ = writeln!(t, "{name:<44} {ours:>10.1} {floor:>16.1} {:>10.1}", ours - floor);
+    };
+    probe("syscalls, per event (getppid = 2 events)", probes.syscalls_ns_per_event, probes.syscalls_floor_ns_per_event);
+    probe("sched, per context switch (wall clock)", probes.switch_ns, probes.switch_floor_ns);
+    let _ = writeln!(
+        t,
+        "{:<44} {:>10} {:>16} {:>10.1}",
+        "sched_switch body (kernel run statistics)", "", "", probes.switch_body_ns
+    );
+    let _ = writeln!(t, "{:<44} {:>10.1}", "all default collectors, per getppid", probes.all_collectors_getppid_ns);
+    let _ = writeln!(
+        t,
+        "baselines: getppid {:.1} ns, pinned ping-pong {:.0} ns per round trip",
+        probes.getppid_baseline_ns, probes.pingpong_baseline_ns
+    );
     t
 }
 
@@ -467,7 +565,7 @@ fn report_json(ours: &Summary, node: &Summary, encoder: &[(String, f64, f64)], p
         })
         .collect();
     format!(
-        "{{\n  \"rounds\": {ROUNDS},\n  \"run_seconds\": {},\n  \"clients\": {CLIENTS},\n  \"kernel_exporter\": {},\n  \"node_exporter\": {},\n  \"ratios\": {{\"cpu_per_scrape\": {:.5}, \"p50\": {:.5}, \"serving_rss\": {:.4}, \"peak_rss\": {:.4}}},\n  \"encoder\": [{}],\n  \"probes_ns\": {{\"getppid_baseline\": {:.2}, \"syscalls_per_event\": {:.2}, \"all_collectors_per_getppid\": {:.2}, \"pingpong_baseline\": {:.1}, \"runqueue_per_wakeup_switch_pair\": {:.2}}}\n}}\n",
+        "{{\n  \"rounds\": {ROUNDS},\n  \"run_seconds\": {},\n  \"clients\": {CLIENTS},\n  \"kernel_exporter\": {},\n  \"node_exporter\": {},\n  \"ratios\": {{\"cpu_per_scrape\": {:.5}, \"p50\": {:.5}, \"serving_rss\": {:.4}, \"peak_rss\": {:.4}}},\n  \"encoder\": [{}],\n  \"probes_ns\": {{\"getppid_baseline\": {:.2}, \"syscalls_per_event\": {:.2}, \"syscalls_empty_program_per_event\": {:.2}, \"all_collectors_per_getppid\": {:.2}, \"pinned_pingpong_baseline\": {:.1}, \"sched_per_switch\": {:.2}, \"sched_empty_program_per_switch\": {:.2}, \"sched_switch_body\": {:.2}}}\n}}\n",
         RUN.as_secs(),
         summary(ours),
         summary(node),
@@ -478,9 +576,12 @@ fn report_json(ours: &Summary, node: &Summary, encoder: &[(String, f64, f64)], p
         encoder.join(", "),
         probes.getppid_baseline_ns,
         probes.syscalls_ns_per_event,
+        probes.syscalls_floor_ns_per_event,
         probes.all_collectors_getppid_ns,
         probes.pingpong_baseline_ns,
-        probes.runqueue_pair_ns,
+        probes.switch_ns,
+        probes.switch_floor_ns,
+        probes.switch_body_ns,
     )
 }
 

@@ -6,6 +6,7 @@
 //! one line naming what is missing and the command that fixes it.
 
 mod bench;
+mod floor;
 mod install;
 mod prereq;
 mod run;
@@ -49,6 +50,10 @@ enum Command {
         /// Shorter criterion runs, for a quick look.
         #[arg(long)]
         quick: bool,
+        /// Only the per-event cost of the kernel programs (no criterion, no
+        /// node_exporter comparison).
+        #[arg(long)]
+        probes_only: bool,
     },
     /// Install the release binary, the systemd unit, the example web config
     /// and the system user, idempotently.
@@ -84,7 +89,7 @@ fn main() -> ExitCode {
             install::install(&install::Options { prefix, root, binary, dry_run })
         }
         Command::Test { filter } => test::test(filter.as_deref()),
-        Command::Bench { quick } => bench::bench(quick),
+        Command::Bench { quick, probes_only } => bench::bench(quick, probes_only),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
