@@ -11,7 +11,7 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{ProgramError, RawTracePoint},
 };
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     collectors::{Collector, CollectorError, CollectorOptions, CollectorSpec},
@@ -128,14 +128,11 @@ impl Kernel {
         let prepared: Vec<Result<Vec<(&'static str, u32)>, CollectorError>> =
             specs.iter().map(|spec| prepare(tracefs.as_ref(), spec)).collect();
 
-        // Two parses of the kernel's BTF never live at once: ours is dropped
-        // before aya's loader parses it again (in `new`), and aya's is
-        // dropped before loading, since the programs need no CO-RE
-        // relocations (member offsets come from `btf.rs`). Together they
-        // would be most of the daemon's peak memory.
+        // The programs need no CO-RE relocations (member offsets come from
+        // `btf.rs`), so the loader gets no BTF; ours is dropped first.
         crate::btf::release_kernel();
         release_freed_memory();
-        let mut loader = EbpfLoader::new();
+        let mut loader = loader_without_btf();
         loader.btf(None);
         release_freed_memory();
         let load_time_ns = crate::clock::monotonic_ns();
@@ -326,6 +323,49 @@ fn enable_run_stats() -> Option<std::os::fd::OwnedFd> {
             None
         }
     }
+}
+
+/// `EbpfLoader::new()` without its parse of the kernel's BTF.
+///
+/// aya 0.14's only constructor parses `/sys/kernel/btf/vmlinux` (about
+/// 25 MB of heap for a 5 MB file) even for a caller that then says
+/// `btf(None)`; that parse alone was most of the daemon's peak memory. For
+/// the duration of the call the soft open-files limit is lowered to the
+/// lowest free descriptor, so the one `open` inside fails at once (EMFILE)
+/// and the loader starts without BTF, which is what `btf(None)` would leave
+/// anyway. Done only while the process has a single thread, so no other
+/// thread can be refused a descriptor meanwhile; otherwise, or if the limit
+/// cannot be changed, the loader is built the ordinary way.
+fn loader_without_btf() -> EbpfLoader<'static> {
+    let single_threaded = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| status.lines().find_map(|line| line.strip_prefix("Threads:")).map(|n| n.trim() == "1"))
+        .unwrap_or(false);
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct it is given.
+    if !single_threaded || unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return EbpfLoader::new();
+    }
+    // SAFETY: opening /dev/null read-only has no side effect; the descriptor
+    // (the lowest free one) is closed at once.
+    let lowest_free = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if lowest_free < 0 {
+        return EbpfLoader::new();
+    }
+    // SAFETY: closing the descriptor just opened.
+    unsafe { libc::close(lowest_free) };
+    let lowered = libc::rlimit { rlim_cur: lowest_free as libc::rlim_t, rlim_max: limit.rlim_max };
+    // SAFETY: setrlimit reads the struct it is given; lowering the soft
+    // limit below the hard limit needs no privilege.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) } != 0 {
+        return EbpfLoader::new();
+    }
+    let loader = EbpfLoader::new();
+    // SAFETY: as above; restores the limit read before.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        warn!("could not restore the open-files limit after creating the BPF loader");
+    }
+    loader
 }
 
 /// Hands memory freed after start-up (the kernel's BTF, the object's
