@@ -8,7 +8,7 @@
 //! differ between kernels, so they are globals the daemon fills in from the
 //! running kernel's BTF before loading. The defaults are placeholders.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::map, maps::PerCpuArray};
 
 /// Declares a member-offset global the daemon overwrites at load time.
 macro_rules! kernel_offset {
@@ -49,10 +49,37 @@ kernel_offset!(
     NET_NS_INUM
 );
 
+/// Address of the exporter's `struct net`, learned on each CPU at the first
+/// packet or socket whose namespace has [`NETNS_INUM`]: after that, telling
+/// a namespace apart is a comparison instead of a kernel memory read (a
+/// helper call, tens of nanoseconds, on every packet). The namespace lives
+/// as long as the exporter is in it, so its address cannot be reused.
+///
+/// Bound: one entry per CPU; nothing in it becomes a label.
+#[map]
+static OWN_NETNS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Whether the `struct net` at `net` is the exporter's network namespace.
 #[inline(always)]
 pub(crate) fn in_exporter_netns(net: u64) -> bool {
+    if net == 0 {
+        return false;
+    }
+    let known = OWN_NETNS.get_ptr_mut(0);
+    if let Some(known) = known {
+        // SAFETY: this CPU's slot of a per-CPU map, valid for the program's
+        // run; every writer stores the same address.
+        let address = unsafe { *known };
+        if address != 0 {
+            return address == net;
+        }
+    }
     // SAFETY: volatile so the loaded value is read, not the default.
     let own = unsafe { core::ptr::read_volatile(&NETNS_INUM) };
-    read_member::<u32>(net, &NET_NS_INUM) == Some(own)
+    let ours = own != 0 && read_member::<u32>(net, &NET_NS_INUM) == Some(own);
+    if ours && let Some(known) = known {
+        // SAFETY: as above.
+        unsafe { *known = net };
+    }
+    ours
 }
