@@ -19,8 +19,6 @@ use std::{
 
 use aya::maps::{MapData, MapError};
 
-use crate::collectors::PerCpuHashRead;
-
 /// `enum bpf_cmd` values (linux/bpf.h).
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
@@ -201,12 +199,16 @@ impl<K: aya::Pod + Eq + Hash, V: aya::Pod> BatchedPerCpuHash<K, V> {
     }
 }
 
-impl<K, V> PerCpuHashRead<K, V> for BatchedPerCpuHash<K, V>
+// Inherent, with the collectors' `PerCpuHashRead` delegating to them, so
+// this module stands alone (the map-read benchmark compiles it in).
+impl<K, V> BatchedPerCpuHash<K, V>
 where
-    K: aya::Pod + Eq + Hash + Send + Sync,
-    V: aya::Pod + Send + Sync,
+    K: aya::Pod + Eq + Hash,
+    V: aya::Pod,
 {
-    fn keys(&self) -> Result<Vec<K>, MapError> {
+    /// Walks the whole map (a snapshot for [`Self::for_each_cpu`]) and
+    /// returns its keys.
+    pub(crate) fn keys(&self) -> Result<Vec<K>, MapError> {
         let mut snapshot = self.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
         self.walk(&mut snapshot).map_err(|io_error| {
             MapError::SyscallError(aya::sys::SyscallError { call: "bpf_map_lookup_batch", io_error })
@@ -214,14 +216,16 @@ where
         Ok(snapshot.keys.clone())
     }
 
-    fn for_each_cpu(&self, key: &K, each: &mut dyn FnMut(&V)) -> Result<(), MapError> {
+    /// Calls `each` with every CPU's value of `key` in the last snapshot.
+    pub(crate) fn for_each_cpu(&self, key: &K, each: &mut dyn FnMut(&V)) -> Result<(), MapError> {
         let snapshot = self.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = *snapshot.index.get(key).ok_or(MapError::KeyNotFound)?;
         snapshot.values[entry * self.cpus..(entry + 1) * self.cpus].iter().for_each(each);
         Ok(())
     }
 
-    fn remove(&mut self, key: &K) -> Result<(), MapError> {
+    /// Deletes `key` from the map and the snapshot.
+    pub(crate) fn remove(&mut self, key: &K) -> Result<(), MapError> {
         let attr = ElemAttr { map_fd: self.fd() as u32, key: std::ptr::from_ref(key) as u64, ..ElemAttr::default() };
         // SAFETY: the attr points at one key of the map's key size.
         let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_DELETE_ELEM, &raw const attr, size_of::<ElemAttr>()) };

@@ -54,9 +54,12 @@ pub(crate) fn bench(quick: bool, probes_only: bool) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    say("bench", "criterion micro-benchmarks of the encoder (cargo bench -p kernel-exporter)");
+    say(
+        "bench",
+        "criterion micro-benchmarks of the encoder and of reading each map type (cargo bench -p kernel-exporter)",
+    );
     let mut criterion = toolchain.cargo();
-    criterion.args(["bench", "--package", "kernel-exporter", "--bench", "encode", "--"]);
+    criterion.args(["bench", "--package", "kernel-exporter", "--bench", "encode", "--bench", "maps", "--"]);
     if quick {
         criterion.args(["--warm-up-time", "1", "--measurement-time", "2"]);
     }
@@ -512,7 +515,7 @@ fn render(ours: &Summary, node: &Summary, encoder: &[(String, f64, f64)], probes
     row("peak RSS incl. start-up (MiB)", ours.peak_rss_mib, node.peak_rss_mib);
     row("bytes per scrape", ours.bytes as f64, node.bytes as f64);
     row("series per scrape", ours.series as f64, node.series as f64);
-    let _ = writeln!(t, "\n{:<48} {:>14} {:>18}", "encoder (criterion)", "ns/iter", "series/s");
+    let _ = writeln!(t, "\n{:<48} {:>14} {:>18}", "encoder and map reads (criterion)", "ns/iter", "series|entries/s");
     for (id, ns, per_second) in encoder {
         let _ = writeln!(t, "{id:<48} {ns:>14.1} {per_second:>18.0}");
     }

@@ -166,6 +166,24 @@ pub(crate) trait PerCpuHashRead<K, V>: Send + Sync {
     fn remove(&mut self, key: &K) -> Result<(), MapError>;
 }
 
+impl<K, V> PerCpuHashRead<K, V> for crate::batch::BatchedPerCpuHash<K, V>
+where
+    K: aya::Pod + Eq + std::hash::Hash + Send + Sync,
+    V: aya::Pod + Send + Sync,
+{
+    fn keys(&self) -> Result<Vec<K>, MapError> {
+        Self::keys(self)
+    }
+
+    fn for_each_cpu(&self, key: &K, each: &mut dyn FnMut(&V)) -> Result<(), MapError> {
+        Self::for_each_cpu(self, key, each)
+    }
+
+    fn remove(&mut self, key: &K) -> Result<(), MapError> {
+        Self::remove(self, key)
+    }
+}
+
 impl<K: aya::Pod + Send + Sync, V: aya::Pod + Send + Sync> PerCpuHashRead<K, V> for PerCpuHashMap<MapData, K, V> {
     fn keys(&self) -> Result<Vec<K>, MapError> {
         Self::keys(self).collect()
