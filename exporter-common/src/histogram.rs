@@ -122,4 +122,21 @@ mod tests {
         assert_eq!(b.buckets[10], 1);
         assert_eq!(b.buckets[LOG2_BUCKETS - 1], 1);
     }
+
+    #[test]
+    fn the_top_bucket_takes_any_size_and_everything_wraps_at_u64() {
+        let mut h = Log2Histogram::default();
+        h.record(u64::MAX);
+        h.record(1 << 35);
+        assert_eq!(h.buckets[LOG2_BUCKETS - 1], 2, "saturates in the top bucket, nothing lost");
+        // The sum wraps (2^64 ns is 584 years of recorded time).
+        assert_eq!(h.sum_ns, (1 << 35) - 1);
+
+        let mut full = Log2Histogram::default();
+        full.buckets[3] = u64::MAX;
+        full.sum_ns = u64::MAX;
+        full.merge(&h);
+        assert_eq!(full.count(), 1, "u64::MAX + 2 wraps to 1");
+        assert_eq!(full.sum_ns, (1 << 35) - 2);
+    }
 }

@@ -138,7 +138,7 @@ struct TrieState {
 }
 
 /// `sources` as trie ranges; `None` (no allowlist) is `::/0`.
-fn ranges(sources: Option<&[Cidr]>) -> BTreeSet<Range> {
+pub(crate) fn ranges(sources: Option<&[Cidr]>) -> BTreeSet<Range> {
     match sources {
         None => BTreeSet::from([(0, [0; 16])]),
         Some(sources) => sources

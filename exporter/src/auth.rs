@@ -2,33 +2,63 @@
 //!
 //! bcrypt is slow on purpose (tens of milliseconds at cost 10), so:
 //! - results are cached, keyed by a SHA-256 of user, password and stored
-//!   hash (no plaintext is kept), in a bounded cache scanned in constant
+//!   hash (no plaintext is kept), in bounded caches scanned in constant
 //!   time, so Prometheus's scrape every few seconds costs a hash, not a
-//!   bcrypt;
-//! - bcrypt runs on tokio's blocking pool, at most [`Authenticator::new`]'s
-//!   `parallel` at once and [`MAX_PENDING`] waiting, so a flood of wrong
-//!   passwords cannot take the async workers (or every core) from scrapes;
-//!   over the bound the request gets 429 without any bcrypt;
+//!   bcrypt. Passed and failed credentials are cached apart: only someone
+//!   who knows a password can add a passed entry, so a flood of wrong
+//!   passwords cannot push the scraper's entry out and make it pay (or
+//!   queue behind the flood for) a bcrypt;
+//! - requests with the same credentials as a check under way wait for its
+//!   answer instead of running their own: a burst of one wrong password
+//!   costs one bcrypt;
+//! - bcrypt runs on its own threads, [`Authenticator::new`]'s `parallel` of
+//!   them, in `SCHED_IDLE` (only on CPU time nothing else wants), with at
+//!   most [`MAX_PENDING`] distinct checks queued or running, and within a
+//!   CPU budget ([`BCRYPT_CPU_PER_SECOND`], bursts of [`BCRYPT_CPU_BURST`]):
+//!   a flood of distinct wrong passwords cannot take the async workers from
+//!   scrapes, and costs the host a tenth of a core however long it lasts;
+//!   beyond either bound the request gets 429 without any bcrypt. A check,
+//!   once started, finishes and is cached even if its client goes away;
 //! - user names are compared with `subtle`, and an unknown user is checked
 //!   against a dummy hash of the same cost, so the answer's timing does not
 //!   say whether a user exists.
 
 use std::{
     fmt,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
 };
 
 use base64::Engine as _;
 use hyper::header::HeaderValue;
 use subtle::{Choice, ConditionallySelectable as _, ConstantTimeEq as _};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
-/// Entries in the result cache: a few Prometheus servers and users, with
-/// room to spare; wrong passwords push out the oldest entries.
-const CACHE_ENTRIES: usize = 256;
+/// Credentials that passed, remembered: a few Prometheus servers and users,
+/// with room to spare (and for old passwords during a rotation).
+const PASSED_ENTRIES: usize = 64;
 
-/// bcrypt checks allowed to wait for a slot; more get 429 at once.
-const MAX_PENDING: usize = 32;
+/// Credentials that failed, remembered so a client retrying the same wrong
+/// password costs no bcrypt; a flood of distinct ones pushes out the oldest.
+const FAILED_ENTRIES: usize = 256;
+
+/// Distinct bcrypt checks queued or running; more get 429 at once. A queued
+/// check waits for at most this many bcrypts (about half a second at cost 10
+/// on one core).
+const MAX_PENDING: usize = 8;
+
+/// CPU seconds bcrypt may use per second, all its threads together: once
+/// spent, new checks get 429 until it refills, so a flood of distinct wrong
+/// passwords, however long, costs the host a tenth of a core.
+const BCRYPT_CPU_PER_SECOND: f64 = 0.1;
+
+/// CPU seconds bcrypt may spend at once after a quiet spell: about 18
+/// checks at cost 10, for the Prometheus servers after a restart or a
+/// password change.
+const BCRYPT_CPU_BURST: f64 = 1.0;
 
 /// The `realm` of the 401 challenge.
 pub(crate) const CHALLENGE: &str = "Basic realm=\"kernel-exporter\"";
@@ -118,37 +148,180 @@ impl AuthFailure {
 /// (cache entries include the stored hash, so a changed password or user
 /// list cannot hit an old entry).
 pub(crate) struct Authenticator {
-    cache: Mutex<Cache>,
-    running: Arc<Semaphore>,
-    pending: Semaphore,
+    state: Arc<Mutex<State>>,
+    workers: Workers,
+    pending: Arc<Semaphore>,
 }
 
+struct State {
+    passed: Cache,
+    failed: Cache,
+    /// Checks under way, by cache key, with where their answer will be.
+    checking: Vec<([u8; 32], watch::Receiver<Option<bool>>)>,
+    budget: Budget,
+}
+
+/// bcrypt's CPU budget: a token bucket of CPU seconds, refilled at
+/// [`BCRYPT_CPU_PER_SECOND`] up to [`BCRYPT_CPU_BURST`]. A check is let in
+/// while the bucket is not empty and charged what the last one cost; what
+/// it really cost is settled when it is done.
+struct Budget {
+    seconds: f64,
+    refilled: Instant,
+    /// CPU seconds of the last check.
+    estimate: f64,
+}
+
+impl Budget {
+    fn new(now: Instant) -> Self {
+        // Cost 10 on a slow core, until one is measured.
+        Self { seconds: BCRYPT_CPU_BURST, refilled: now, estimate: 0.1 }
+    }
+
+    /// Whether a check may start now; if so it is charged the estimate,
+    /// which is returned for [`Self::settle`].
+    fn take(&mut self, now: Instant) -> Option<f64> {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.seconds = (self.seconds + elapsed * BCRYPT_CPU_PER_SECOND).min(BCRYPT_CPU_BURST);
+        self.refilled = now;
+        if self.seconds <= 0.0 {
+            return None;
+        }
+        self.seconds -= self.estimate;
+        Some(self.estimate)
+    }
+
+    /// A check charged `charged` took `cost` CPU seconds.
+    fn settle(&mut self, charged: f64, cost: f64) {
+        self.seconds += charged - cost;
+        self.estimate = cost;
+    }
+}
+
+impl State {
+    /// Both caches are scanned whole, hit or miss.
+    fn cached(&self, key: &[u8; 32]) -> Option<bool> {
+        let passed = self.passed.contains(key);
+        let failed = self.failed.contains(key);
+        if bool::from(passed) { Some(true) } else { bool::from(failed).then_some(false) }
+    }
+
+    fn under_way(&self, key: &[u8; 32]) -> Option<watch::Receiver<Option<bool>>> {
+        self.checking.iter().find(|(checking, _)| bool::from(checking.ct_eq(key))).map(|(_, answer)| answer.clone())
+    }
+}
+
+/// A bounded set of cache keys; once full, each insertion replaces the
+/// oldest entry.
 struct Cache {
-    entries: Vec<([u8; 32], bool)>,
+    keys: Vec<[u8; 32]>,
+    capacity: usize,
     /// The slot the next insertion overwrites once the cache is full.
     next: usize,
 }
 
 impl Cache {
-    /// Every entry is compared, matched or not.
-    fn get(&self, key: &[u8; 32]) -> Option<bool> {
-        let mut hit = Choice::from(0);
-        let mut ok = Choice::from(0);
-        for (entry, entry_ok) in &self.entries {
-            let matches = entry.ct_eq(key);
-            hit |= matches;
-            ok.conditional_assign(&Choice::from(u8::from(*entry_ok)), matches);
-        }
-        bool::from(hit).then(|| bool::from(ok))
+    fn new(capacity: usize) -> Self {
+        Self { keys: Vec::with_capacity(capacity), capacity, next: 0 }
     }
 
-    fn insert(&mut self, key: [u8; 32], ok: bool) {
-        if self.entries.len() < CACHE_ENTRIES {
-            self.entries.push((key, ok));
-        } else {
-            self.entries[self.next] = (key, ok);
-            self.next = (self.next + 1) % CACHE_ENTRIES;
+    /// Every entry is compared, matched or not.
+    fn contains(&self, key: &[u8; 32]) -> Choice {
+        let mut hit = Choice::from(0);
+        for entry in &self.keys {
+            hit |= entry.ct_eq(key);
         }
+        hit
+    }
+
+    fn insert(&mut self, key: [u8; 32]) {
+        if self.keys.len() < self.capacity {
+            self.keys.push(key);
+        } else {
+            self.keys[self.next] = key;
+            self.next = (self.next + 1) % self.capacity;
+        }
+    }
+}
+
+/// A password check for a bcrypt thread: the password, the stored hash,
+/// and where the answer goes.
+struct Job {
+    password: Vec<u8>,
+    hash: String,
+    /// Whether it matched, and the CPU seconds that took.
+    answer: tokio::sync::oneshot::Sender<(bool, f64)>,
+}
+
+/// The bcrypt threads, started on first use; they end when the
+/// [`Authenticator`] is dropped (the queue's sender with it).
+struct Workers {
+    count: usize,
+    queue: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    /// bcrypt comparisons run so far.
+    runs: Arc<AtomicU64>,
+}
+
+impl Workers {
+    fn submit(&self, job: Job) {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let sender = queue.get_or_insert_with(|| self.start());
+        // If every thread is gone the job is dropped, and with it the
+        // answer's sender: the check fails closed.
+        let _ = sender.send(job);
+    }
+
+    fn start(&self) -> std::sync::mpsc::Sender<Job> {
+        let (sender, receiver) = std::sync::mpsc::channel::<Job>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..self.count {
+            let receiver = Arc::clone(&receiver);
+            let runs = Arc::clone(&self.runs);
+            let started = std::thread::Builder::new().name("bcrypt-worker".to_owned()).spawn(move || {
+                lower_priority();
+                loop {
+                    // The lock is held only while waiting for the next job.
+                    let next = receiver.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                    let Ok(job) = next else { return };
+                    runs.fetch_add(1, Ordering::Relaxed);
+                    let started = thread_cpu_seconds();
+                    let ok = bcrypt::verify(&job.password, &job.hash).unwrap_or(false);
+                    let cost = thread_cpu_seconds() - started;
+                    // The waiter may be gone; the answer is then unused.
+                    let _ = job.answer.send((ok, cost));
+                }
+            });
+            if let Err(error) = started {
+                tracing::warn!("cannot start a bcrypt thread: {error}");
+            }
+        }
+        sender
+    }
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu_seconds() -> f64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec; the thread CPU clock
+    // always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut now) };
+    now.tv_sec as f64 + now.tv_nsec as f64 / 1e9
+}
+
+/// Puts the calling thread in `SCHED_IDLE`: it runs only on CPU time no
+/// other thread wants, and any other thread that wakes up takes its CPU at
+/// once. (At nice 19 a woken scrape may still wait out the bcrypt thread's
+/// time slice, a few milliseconds.) A check still completes on a busy host,
+/// slowly, and lands in the cache even if its client gave up. Switching to
+/// `SCHED_IDLE` needs no privilege; if it fails the checks run at the
+/// normal priority.
+fn lower_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads one sched_param; on Linux pid 0 is
+    // the calling thread.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &raw const param) };
+    if rc != 0 {
+        tracing::warn!("cannot move the bcrypt thread to SCHED_IDLE: {}", std::io::Error::last_os_error());
     }
 }
 
@@ -156,9 +329,14 @@ impl Authenticator {
     /// `parallel`: bcrypt checks running at once.
     pub(crate) fn new(parallel: usize) -> Self {
         Self {
-            cache: Mutex::new(Cache { entries: Vec::with_capacity(CACHE_ENTRIES), next: 0 }),
-            running: Arc::new(Semaphore::new(parallel.max(1))),
-            pending: Semaphore::new(MAX_PENDING),
+            state: Arc::new(Mutex::new(State {
+                passed: Cache::new(PASSED_ENTRIES),
+                failed: Cache::new(FAILED_ENTRIES),
+                checking: Vec::with_capacity(MAX_PENDING),
+                budget: Budget::new(Instant::now()),
+            })),
+            workers: Workers { count: parallel.max(1), queue: Mutex::new(None), runs: Arc::default() },
+            pending: Arc::new(Semaphore::new(MAX_PENDING)),
         }
     }
 
@@ -167,42 +345,74 @@ impl Authenticator {
         Self::new(std::thread::available_parallelism().map_or(1, |n| n.get() / 2))
     }
 
+    fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+        state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Whether `authorization` carries the password of one of `users`.
     pub(crate) async fn check(&self, users: &Users, authorization: Option<&HeaderValue>) -> Result<(), AuthFailure> {
         let header = authorization.ok_or(AuthFailure::MissingCredentials)?;
         let (user, password) = parse_basic(header.as_bytes()).ok_or(AuthFailure::Malformed)?;
         let (hash, found) = users.lookup(&user);
+        let found = bool::from(found);
         let key = cache_key(&user, &password, hash);
 
-        let cached = self.cache.lock().unwrap_or_else(PoisonError::into_inner).get(&key);
-        let verified = match cached {
-            Some(ok) => ok,
-            None => {
-                let _waiting = self.pending.try_acquire().map_err(|_| AuthFailure::Overloaded)?;
-                // The semaphore is never closed.
-                let slot = Arc::clone(&self.running).acquire_owned().await.map_err(|_| AuthFailure::Overloaded)?;
-                let hash = hash.to_owned();
-                let ok = tokio::task::spawn_blocking(move || {
-                    let _slot = slot;
-                    bcrypt::verify(&password, &hash).unwrap_or(false)
-                })
-                .await
-                .unwrap_or(false);
-                // An unknown user never passes, whatever the dummy says.
-                let ok = ok && bool::from(found);
-                self.cache.lock().unwrap_or_else(PoisonError::into_inner).insert(key, ok);
-                ok
+        let mut answer = {
+            let mut state = Self::lock(&self.state);
+            if let Some(ok) = state.cached(&key) {
+                return verdict(ok, found);
+            }
+            match state.under_way(&key) {
+                Some(answer) => answer,
+                None => {
+                    let waiting = Arc::clone(&self.pending).try_acquire_owned().map_err(|_| AuthFailure::Overloaded)?;
+                    let charged = state.budget.take(Instant::now()).ok_or(AuthFailure::Overloaded)?;
+                    let (sender, answer) = watch::channel(None);
+                    state.checking.push((key, answer.clone()));
+                    let (verified, bcrypt) = tokio::sync::oneshot::channel();
+                    self.workers.submit(Job { password, hash: hash.to_owned(), answer: verified });
+                    let state = Arc::clone(&self.state);
+                    // Its own task: the answer is cached and handed to every
+                    // waiter even if this request is dropped meanwhile.
+                    tokio::spawn(async move {
+                        let _waiting = waiting;
+                        let (ok, cost) = bcrypt.await.unwrap_or((false, charged));
+                        // An unknown user never passes, whatever the dummy says.
+                        let ok = ok && found;
+                        let mut state = Self::lock(&state);
+                        state.budget.settle(charged, cost);
+                        if ok {
+                            state.passed.insert(key)
+                        } else {
+                            state.failed.insert(key)
+                        }
+                        state.checking.retain(|(checking, _)| *checking != key);
+                        sender.send_replace(Some(ok));
+                    });
+                    answer
+                }
             }
         };
-        match (verified, bool::from(found)) {
-            (true, true) => Ok(()),
-            (_, false) => Err(AuthFailure::UnknownUser),
-            (false, true) => Err(AuthFailure::WrongPassword),
-        }
+        // The sender only goes away without an answer if the runtime is
+        // shutting down.
+        let ok = answer.wait_for(Option::is_some).await.map_err(|_| AuthFailure::Overloaded)?.unwrap_or(false);
+        verdict(ok, found)
+    }
+
+    #[cfg(test)]
+    fn bcrypt_runs(&self) -> u64 {
+        self.workers.runs.load(Ordering::Relaxed)
     }
 }
 
-/// `Basic base64(user:password)`; the scheme is case-insensitive.
+fn verdict(verified: bool, found: bool) -> Result<(), AuthFailure> {
+    match (verified, found) {
+        (true, true) => Ok(()),
+        (_, false) => Err(AuthFailure::UnknownUser),
+        (false, true) => Err(AuthFailure::WrongPassword),
+    }
+}
+
 /// The user name an `Authorization: Basic` header claims, for the access
 /// log (printable, at most 64 characters); the password is never kept.
 pub(crate) fn claimed_user(authorization: Option<&HeaderValue>) -> Option<String> {
@@ -211,7 +421,8 @@ pub(crate) fn claimed_user(authorization: Option<&HeaderValue>) -> Option<String
     (!user.is_empty()).then_some(user)
 }
 
-fn parse_basic(header: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+/// `Basic base64(user:password)`; the scheme is case-insensitive.
+pub(crate) fn parse_basic(header: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     let text = std::str::from_utf8(header).ok()?.trim();
     let (scheme, encoded) = text.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
@@ -297,13 +508,19 @@ mod tests {
         let users = Users::new(owned.iter().map(|(u, h)| (u, h))).unwrap();
         assert_eq!(users.dummy.parse::<bcrypt::HashParts>().unwrap().get_cost(), 8);
         let auth = Authenticator::new(1);
+        // The fastest of a few, each with a password not yet cached: other
+        // tests share the cores.
         let time = |user: &'static str| {
             let auth = &auth;
             let users = &users;
             async move {
-                let started = Instant::now();
-                let _ = auth.check(users, Some(&basic(user, "wrong"))).await;
-                started.elapsed()
+                let mut fastest = std::time::Duration::MAX;
+                for attempt in 0..3 {
+                    let started = Instant::now();
+                    let _ = auth.check(users, Some(&basic(user, &format!("wrong-{attempt}")))).await;
+                    fastest = fastest.min(started.elapsed());
+                }
+                fastest
             }
         };
         let known = time("alice").await;
@@ -313,16 +530,89 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_is_bounded() {
-        let mut cache = Cache { entries: Vec::new(), next: 0 };
-        for i in 0..CACHE_ENTRIES + 10 {
-            cache.insert(cache_key(b"u", i.to_string().as_bytes(), "h"), i % 2 == 0);
+    fn the_cpu_budget_allows_a_burst_then_its_rate() {
+        let start = Instant::now();
+        let mut budget = Budget::new(start);
+        // A power of two: exact sums.
+        budget.estimate = 0.0625;
+        // A burst: 16 checks of 62.5 ms fit in a second's budget.
+        let charged: Vec<f64> = std::iter::from_fn(|| budget.take(start)).take(100).collect();
+        assert_eq!(charged.len(), 16);
+        for &charge in &charged {
+            budget.settle(charge, 0.0625);
         }
-        assert_eq!(cache.entries.len(), CACHE_ENTRIES);
-        assert_eq!(cache.get(&cache_key(b"u", b"0", "h")), None, "oldest evicted");
-        assert_eq!(cache.get(&cache_key(b"u", b"20", "h")), Some(true));
-        assert_eq!(cache.get(&cache_key(b"u", b"21", "h")), Some(false));
+        assert!(budget.take(start).is_none(), "spent");
+        // Then a tenth of a second per second: two more after one second.
+        let later = start + std::time::Duration::from_secs(1);
+        assert_eq!(std::iter::from_fn(|| budget.take(later)).take(100).count(), 2);
+        // Checks that cost more than charged are paid back from the refill.
+        let mut budget = Budget::new(start);
+        let charge = budget.take(start).unwrap();
+        budget.settle(charge, 2.0);
+        assert!(budget.take(start + std::time::Duration::from_secs(9)).is_none(), "still paying 1 s back");
+        assert!(budget.take(start + std::time::Duration::from_secs(11)).is_some());
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let mut cache = Cache::new(FAILED_ENTRIES);
+        for i in 0..FAILED_ENTRIES + 10 {
+            cache.insert(cache_key(b"u", i.to_string().as_bytes(), "h"));
+        }
+        assert_eq!(cache.keys.len(), FAILED_ENTRIES);
+        assert!(!bool::from(cache.contains(&cache_key(b"u", b"0", "h"))), "oldest evicted");
+        assert!(bool::from(cache.contains(&cache_key(b"u", b"20", "h"))));
         assert_ne!(cache_key(b"a:b", b"c", "h"), cache_key(b"a", b"b:c", "h"));
+    }
+
+    #[tokio::test]
+    async fn wrong_passwords_cannot_push_out_the_right_one() {
+        let users = users(&[("alice", "pw")]);
+        let auth = Authenticator::new(2);
+        assert_eq!(auth.check(&users, Some(&basic("alice", "pw"))).await, Ok(()));
+        for i in 0..FAILED_ENTRIES + 10 {
+            let wrong = basic("alice", &format!("wrong-{i}"));
+            assert_eq!(auth.check(&users, Some(&wrong)).await, Err(AuthFailure::WrongPassword));
+        }
+        let runs = auth.bcrypt_runs();
+        assert_eq!(runs, 1 + FAILED_ENTRIES as u64 + 10);
+        assert_eq!(auth.check(&users, Some(&basic("alice", "pw"))).await, Ok(()));
+        assert_eq!(auth.bcrypt_runs(), runs, "still cached");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_identical_checks_share_one_bcrypt() {
+        let users = Arc::new(users(&[("alice", "pw")]));
+        let auth = Arc::new(Authenticator::new(1));
+        // More than MAX_PENDING at once: waiting for a check under way
+        // takes no queue place, so none of them is refused.
+        let checks: Vec<_> = (0..MAX_PENDING * 2)
+            .map(|_| {
+                let (auth, users) = (Arc::clone(&auth), Arc::clone(&users));
+                tokio::spawn(async move { auth.check(&users, Some(&basic("alice", "wrong"))).await })
+            })
+            .collect();
+        for check in checks {
+            assert_eq!(check.await.unwrap(), Err(AuthFailure::WrongPassword));
+        }
+        assert_eq!(auth.bcrypt_runs(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_check_whose_client_left_still_lands_in_the_cache() {
+        let users = users(&[("alice", "pw")]);
+        let auth = Authenticator::new(1);
+        let header = basic("alice", "pw");
+        // Polled once (far too soon for bcrypt to be done) and dropped, as
+        // hyper drops a request whose connection closed.
+        {
+            use std::future::Future as _;
+            let abandoned = std::pin::pin!(auth.check(&users, Some(&header)));
+            let _ = abandoned.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+        }
+        assert_eq!(auth.check(&users, Some(&header)).await, Ok(()));
+        assert_eq!(auth.check(&users, Some(&header)).await, Ok(()));
+        assert_eq!(auth.bcrypt_runs(), 1);
     }
 
     #[tokio::test]

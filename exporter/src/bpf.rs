@@ -23,9 +23,16 @@ static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// Test-only hook: the collector named in this variable looks for a
 /// tracepoint no kernel has, so the end-to-end tests can prove that a
-/// missing tracepoint takes down that collector and nothing else.
+/// missing tracepoint takes down that collector and nothing else. (A
+/// verifier rejection is injected by `test_hooks`.)
 const TEST_MISSING_TRACEPOINT_ENV: &str = "KERNEL_EXPORTER_TEST_MISSING_TRACEPOINT";
 const TEST_MISSING_TRACEPOINT: &str = "kernel_exporter_test_missing";
+
+/// The embedded BPF object, for the test hooks' unit tests.
+#[cfg(test)]
+pub(crate) fn embedded_object() -> &'static [u8] {
+    BPF_OBJECT
+}
 
 /// Failure to load the object as a whole (before any collector).
 #[derive(Debug, thiserror::Error)]
@@ -149,7 +156,9 @@ impl Kernel {
             }
         }
         loader.map_max_entries(exporter_common::allowlist::SOURCES_MAP, sources_tracked);
-        let mut ebpf = loader.load(BPF_OBJECT).map_err(LoadError)?;
+        let object = crate::test_hooks::bpf_object(BPF_OBJECT, specs);
+        let mut ebpf = loader.load(object.bytes()).map_err(LoadError)?;
+        drop(object);
         // Before the collectors take their maps out of the object.
         let map_counters = hash_map_counters(&ebpf);
 
@@ -163,7 +172,7 @@ impl Kernel {
                     Ok(_) => info!(collector = spec.name, programs = spec.tracepoints.len(), "collector attached"),
                     Err(error) => {
                         detach(&mut ebpf, spec);
-                        error!(collector = spec.name, "collector is down: {}", one_line(error));
+                        error!(collector = spec.name, "collector is down: {}", down_reason(error));
                     }
                 }
                 LoadedCollector { name: spec.name, state }
@@ -399,4 +408,50 @@ fn one_line(error: &dyn std::error::Error) -> String {
         line.push_str("… (full verifier log at --log.level=debug)");
     }
     line
+}
+
+/// The line a collector that went down logs. For a verifier rejection that
+/// is the verifier's reason (the last line of its log before the
+/// statistics), which the first few hundred characters of the log, all
+/// register states, would not reach.
+fn down_reason(error: &CollectorError) -> String {
+    if let CollectorError::Load { program, source } = error
+        && let ProgramError::LoadError { io_error, verifier_log } = source.as_ref()
+        && let Some(reason) = verifier_reason(&verifier_log.to_string())
+    {
+        return format!(
+            "the kernel's verifier rejected program {program} ({io_error}): {reason} \
+             (full verifier log at --log.level=debug)"
+        );
+    }
+    one_line(error)
+}
+
+/// The last line of a verifier log that is not a statistic or a state dump.
+fn verifier_reason(log: &str) -> Option<&str> {
+    const TRAILERS: [&str; 5] = ["verification time", "stack depth", "processed ", "cur state:", "old state:"];
+    log.lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| !line.is_empty() && !TRAILERS.iter().any(|trailer| line.starts_with(trailer)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_verifiers_reason_is_its_last_line_before_the_statistics() {
+        // The end of a real log (the test hook's endless loop, kernel 6.18).
+        let log = "29: (b7) r0 = 0                       ; R0=0\n30: (05) goto pc-1\n\
+                   infinite loop detected at insn 30\ncur state: R0=0 R1=scalar() R10=fp0\n\
+                   old state: R0=0 R1=scalar() R10=fp0\nverification time 140 usec\nstack depth 16\n\
+                   processed 30 insns (limit 1000000) max_states_per_insn 0 total_states 3 peak_states 3 mark_read 0\n";
+        assert_eq!(verifier_reason(log), Some("infinite loop detected at insn 30"));
+        assert_eq!(
+            verifier_reason("R1 invalid mem access 'scalar'\nprocessed 3 insns\n"),
+            Some("R1 invalid mem access 'scalar'")
+        );
+        assert_eq!(verifier_reason("\nprocessed 3 insns\n"), None);
+    }
 }

@@ -6,6 +6,13 @@
 //! (`name{a="x"} `) are built once, escaped, when the series first appears
 //! ([`Series`]). A scrape then only copies those bytes and formats one
 //! integer per line, with no allocation per series.
+//!
+//! Counter values are u64 written as exact decimal integers, never rounded
+//! through f64 (Prometheus stores floats, so the server rounds above 2^53).
+//! Sums over CPUs wrap at 2^64 as the kernel's own counters do, rather than
+//! saturate: Prometheus reads the drop as a counter reset, and `rate()`
+//! stays right but for the one interval. At a billion events a second a
+//! counter takes 584 years to get there.
 
 use bytes::{BufMut as _, BytesMut};
 

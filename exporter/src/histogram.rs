@@ -7,6 +7,14 @@
 //! bucket `le=2^k ns` counts the values below 2^k ns (a value of exactly
 //! 2^k ns, a one-in-2^k case, is counted from the next bound on). Values
 //! under 1 µs all land in the first bucket, values over 8.6 s only in `+Inf`.
+//!
+//! At the extremes (unit-tested below): a value of any size is counted,
+//! in the kernel's open-ended top bucket (2^35 ns, 34 s, and up) and so in
+//! `+Inf` and `_count`, never dropped; `_sum` is exact up to 2^64 ns of
+//! total recorded time (584 years) and wraps there. Counts are u64 written
+//! as exact integers; like every counter of this exporter and the
+//! kernel's own, they wrap to 0 after 2^64 events, which Prometheus
+//! treats as a counter reset (584 years at a billion events a second).
 
 use exporter_common::histogram::{LOG2_BUCKETS, Log2Histogram};
 
@@ -134,5 +142,47 @@ mod tests {
         // Monotonic non-decreasing.
         let counts: Vec<u64> = lines[..=BOUNDS].iter().map(|(_, v)| v.parse().unwrap()).collect();
         assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
+    }
+
+    #[test]
+    fn values_at_the_top_bucket_are_counted_in_inf_only() {
+        let mut histogram = Log2Histogram::default();
+        // 34.4 s (the kernel's top bucket starts here), an hour, a day.
+        for ns in [1u64 << 35, 3_600_000_000_000, 86_400_000_000_000] {
+            histogram.record(ns);
+        }
+        assert_eq!(histogram.buckets[LOG2_BUCKETS - 1], 3);
+        let lines = encode(&histogram);
+        for (key, value) in &lines[..BOUNDS] {
+            assert_eq!(value, "0", "{key}");
+        }
+        assert_eq!(lines[BOUNDS], ("kernel_test_latency_seconds_bucket{op=\"read\",le=\"+Inf\"}".into(), "3".into()));
+        assert_eq!(lines[BOUNDS + 2].1, "3");
+        let sum: f64 = lines[BOUNDS + 1].1.parse().unwrap();
+        assert!((sum - (34.359_738_368 + 3_600.0 + 86_400.0)).abs() < 1e-6, "{sum}");
+    }
+
+    #[test]
+    fn counts_near_u64_max_are_written_exactly() {
+        let mut histogram = Log2Histogram::default();
+        histogram.buckets[0] = u64::MAX - 5;
+        histogram.buckets[LOG2_BUCKETS - 1] = 5;
+        let lines = encode(&histogram);
+        // Exact decimal integers, not rounded through f64 (2^64 - 6 has no
+        // f64 of its own).
+        assert_eq!(lines[0].1, "18446744073709551610");
+        assert_eq!(lines[BOUNDS - 1].1, "18446744073709551610");
+        assert_eq!(lines[BOUNDS].1, "18446744073709551615");
+        assert_eq!(lines[BOUNDS + 2].1, "18446744073709551615");
+
+        // One more event on another CPU wraps the count to 0, as the
+        // kernel's counters wrap; the top bucket is still exact.
+        let mut other_cpu = Log2Histogram::default();
+        other_cpu.record(1 << 40);
+        histogram.merge(&other_cpu);
+        assert_eq!(histogram.buckets[LOG2_BUCKETS - 1], 6);
+        let lines = encode(&histogram);
+        assert_eq!(lines[BOUNDS].1, "0");
+        assert_eq!(lines[BOUNDS + 2].1, "0");
     }
 }

@@ -15,7 +15,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::{auth::AuthFailure, encode::Format, tls::HandshakeFailure};
+use crate::{auth::AuthFailure, connections::CloseReason, encode::Format, tls::HandshakeFailure};
 
 /// Scrape-duration histogram bounds, in seconds: a kernel-exporter scrape
 /// takes well under a millisecond, a slow one tens of milliseconds.
@@ -33,6 +33,7 @@ pub(crate) struct SelfMetrics {
     max_fds: Gauge,
     requests_in_flight: Gauge,
     front_door: FrontDoorMetrics,
+    connections: ConnectionMetrics,
 }
 
 /// One `reason` label; the values are the fixed sets of
@@ -105,6 +106,53 @@ impl FrontDoorMetrics {
     }
 }
 
+/// The connection table's gauge and counters (see [`crate::connections`]).
+#[derive(Clone)]
+pub(crate) struct ConnectionMetrics {
+    open: Gauge,
+    closed: Family<Reason, Counter>,
+}
+
+impl ConnectionMetrics {
+    pub(crate) fn register(registry: &mut Registry) -> Self {
+        let open = Gauge::default();
+        registry.register(
+            "kernel_exporter_connections_open",
+            "HTTP connections held now, at most --web.max-connections",
+            open.clone(),
+        );
+        let closed = Family::<Reason, Counter>::default();
+        for reason in CloseReason::ALL {
+            drop(closed.get_or_create(&[("reason", reason.as_str())]));
+        }
+        registry.register(
+            "kernel_exporter_connections_closed",
+            "HTTP connections the exporter closed on its own, by reason: max_connections (evicted or refused at \
+             --web.max-connections), header_timeout (no complete request in time)",
+            closed.clone(),
+        );
+        Self { open, closed }
+    }
+
+    pub(crate) fn set_open(&self, connections: usize) {
+        self.open.set(i64::try_from(connections).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn closed(&self, reason: CloseReason) {
+        self.closed.get_or_create(&[("reason", reason.as_str())]).inc();
+    }
+
+    #[cfg(test)]
+    pub(crate) fn open(&self) -> i64 {
+        self.open.get()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn closed_count(&self, reason: CloseReason) -> u64 {
+        self.closed.get_or_create(&[("reason", reason.as_str())]).get()
+    }
+}
+
 impl SelfMetrics {
     pub(crate) fn new() -> Self {
         let mut registry = Registry::default();
@@ -167,6 +215,7 @@ impl SelfMetrics {
         );
 
         let front_door = FrontDoorMetrics::register(&mut registry);
+        let connections = ConnectionMetrics::register(&mut registry);
 
         Self {
             registry,
@@ -178,8 +227,14 @@ impl SelfMetrics {
             open_fds,
             max_fds,
             front_door,
+            connections,
             requests_in_flight,
         }
+    }
+
+    /// Handles on the connection table's metrics.
+    pub(crate) fn connections(&self) -> ConnectionMetrics {
+        self.connections.clone()
     }
 
     /// The in-flight gauge, for the HTTP server to move.
@@ -358,6 +413,8 @@ mod tests {
         assert!(!text.contains("# EOF"), "{text}");
         assert!(text.contains("kernel_exporter_tls_handshake_failures_total{reason=\"plain_http\"} 0\n"), "{text}");
         assert!(text.contains("kernel_exporter_auth_failures_total{reason=\"wrong_password\"} 0\n"), "{text}");
+        assert!(text.contains("kernel_exporter_connections_closed_total{reason=\"max_connections\"} 0\n"), "{text}");
+        assert!(text.contains("\nkernel_exporter_connections_open 0\n"), "{text}");
 
         let front_door = metrics.front_door();
         front_door.auth_failed(AuthFailure::WrongPassword);

@@ -15,6 +15,16 @@
 //! Routes: the telemetry path answers GET and HEAD with the exposition
 //! body, `/` is a small landing page, other paths are 404 and other methods
 //! 405, as node_exporter answers them.
+//!
+//! Limits on what a client may send: request headers (start line included)
+//! of at most [`MAX_HEADER_BYTES`] in at most [`MAX_HEADERS`] fields, else
+//! 431; malformed requests get 400 (hyper answers both and closes); request
+//! bodies are never read, so a body (a `Content-Length` of a gigabyte, an
+//! endless chunked one) costs at most one socket read, discarded, and the
+//! connection closes after the answer. How many connections are held, and
+//! for how long without a request, is [`crate::connections`]' business.
+//! Refusals by basic auth are answered no sooner than
+//! [`AUTH_REFUSAL_DELAY`] after the request came in.
 
 use std::{
     future::Future,
@@ -52,10 +62,11 @@ use crate::{
     allowlist::Requests,
     auth::{self, AuthFailure, Authenticator},
     cli::{Config, ListenAddress},
+    connections::{Admission, CloseReason, Connections, Slot},
     encode::Format,
     reload::FrontDoor,
     scrape::Scraper,
-    self_metrics::FrontDoorMetrics,
+    self_metrics::{ConnectionMetrics, FrontDoorMetrics},
     tls,
 };
 
@@ -65,6 +76,29 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a connection may go without a request being handled, from its
+/// TLS handshake or its last request on; for HTTP/1 the header timeout
+/// above does the same, this also covers HTTP/2 and clients that do not
+/// read their responses.
+const IDLE_TIMEOUT: Duration = HEADER_READ_TIMEOUT;
+
+/// Request headers, request line included, in bytes (HTTP/1), or the
+/// header list as HTTP/2 counts it; larger gets 431. Prometheus sends about
+/// 300 bytes; this is nginx's default for one header buffer, doubled.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Header fields in one HTTP/1 request; more gets 431. Prometheus sends six.
+const MAX_HEADERS: usize = 64;
+
+/// The soonest a request refused by basic auth (401, 429) is answered. A
+/// client that sends its next request as soon as it has the last answer,
+/// on many connections at once, would otherwise keep the async workers
+/// busy with refusals however cheap each is, and scrapes would queue
+/// behind them; so held, each connection refuses at most two requests a
+/// second. A right password is never held, and nobody types a password
+/// twice within half a second.
+const AUTH_REFUSAL_DELAY: Duration = Duration::from_millis(500);
 
 /// HTTP/2 streams one connection may have open; Prometheus uses one.
 const HTTP2_MAX_STREAMS: u32 = 16;
@@ -214,6 +248,8 @@ pub(crate) struct App {
     in_flight: prometheus_client::metrics::gauge::Gauge,
     access_log: AccessLog,
     requests: Requests,
+    connections: Arc<Connections>,
+    connection_metrics: ConnectionMetrics,
 }
 
 /// Counts a request in flight until dropped.
@@ -240,6 +276,7 @@ impl App {
         metrics: FrontDoorMetrics,
         in_flight: prometheus_client::metrics::gauge::Gauge,
         requests: Requests,
+        connection_metrics: ConnectionMetrics,
     ) -> Self {
         Self {
             scraper,
@@ -252,6 +289,8 @@ impl App {
             in_flight,
             access_log: AccessLog::new(),
             requests,
+            connections: Arc::new(Connections::new(config.max_connections, IDLE_TIMEOUT, connection_metrics.clone())),
+            connection_metrics,
         }
     }
 
@@ -348,14 +387,18 @@ impl App {
 }
 
 /// Whether an `Accept-Encoding` header allows gzip (any `gzip` coding with
-/// a quality above zero; Prometheus sends `gzip` by default).
-fn accepts_gzip(accept_encoding: Option<&str>) -> bool {
+/// a quality above zero; Prometheus sends `gzip` by default). Codings and
+/// the `q` parameter are case-insensitive (RFC 9110).
+pub(crate) fn accepts_gzip(accept_encoding: Option<&str>) -> bool {
     accept_encoding.is_some_and(|codings| {
         codings.split(',').any(|coding| {
             let mut parts = coding.split(';').map(str::trim);
             parts.next().is_some_and(|name| name.eq_ignore_ascii_case("gzip"))
-                && parts.all(|parameter| {
-                    parameter.strip_prefix("q=").is_none_or(|q| q.trim().parse::<f32>().is_ok_and(|q| q > 0.0))
+                && parts.all(|parameter| match parameter.split_once('=') {
+                    Some((name, q)) if name.trim().eq_ignore_ascii_case("q") => {
+                        q.trim().parse::<f32>().is_ok_and(|q| q > 0.0)
+                    }
+                    _ => true,
                 })
         })
     })
@@ -374,7 +417,7 @@ fn gzip(body: &[u8]) -> Bytes {
 
 /// The `collect[]` and `exclude[]` values of a query string, decoded
 /// (Prometheus sends the brackets percent-encoded).
-fn collector_filters(query: Option<&str>) -> (Vec<String>, Vec<String>) {
+pub(crate) fn collector_filters(query: Option<&str>) -> (Vec<String>, Vec<String>) {
     let mut collect = Vec::new();
     let mut exclude = Vec::new();
     for pair in query.unwrap_or_default().split('&').filter(|pair| !pair.is_empty()) {
@@ -525,9 +568,25 @@ async fn accept_loop(listener: TcpListener, app: Arc<App>, mut stopped: watch::R
         tokio::select! {
             _ = stopped.changed() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    connections.spawn(serve_connection(stream, peer, Arc::clone(&app), stopped.clone()));
-                }
+                Ok((stream, peer)) => match app.connections.admit() {
+                    Admission::Fits(slot) => {
+                        connections.spawn(serve_connection(stream, peer, Arc::clone(&app), stopped.clone(), slot));
+                    }
+                    Admission::Evicted(slot) => {
+                        connections.spawn(serve_connection(stream, peer, Arc::clone(&app), stopped.clone(), slot));
+                        // Let the evicted connection's task close its socket
+                        // before accepting more: a flood of connections
+                        // would otherwise outrun the closing, and hold
+                        // descriptors beyond the bound.
+                        tokio::task::yield_now().await;
+                    }
+                    Admission::Refused => {
+                        // Every connection held is serving a request: this
+                        // one waits for nothing, so the reset frees it now.
+                        debug!(peer = %peer, "refusing a connection: --web.max-connections reached");
+                        reset_on_close(stream.as_raw_fd());
+                    }
+                },
                 Err(error) => {
                     // EMFILE and friends: back off instead of spinning.
                     warn!("cannot accept a connection: {error}");
@@ -546,28 +605,79 @@ async fn accept_loop(listener: TcpListener, app: Arc<App>, mut stopped: watch::R
     // Dropping the set aborts whatever is left.
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, app: Arc<App>, stopped: watch::Receiver<()>) {
+/// Serves one connection in its slot of the connection table until it
+/// ends or is evicted to make room for a newer one.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Arc<App>,
+    stopped: watch::Receiver<()>,
+    slot: Slot,
+) {
     // Valid for as long as the connection (which owns the stream) lives.
     let fd = stream.as_raw_fd();
+    // Pinned out here so the socket is still open in the eviction branch.
+    let mut serving = std::pin::pin!(serve_http(stream, peer, Arc::clone(&app), stopped, &slot, fd));
+    tokio::select! {
+        () = serving.as_mut() => {}
+        () = slot.evicted() => {
+            // Counted when the table chose it. A reset frees the socket at
+            // once instead of leaving it to an orderly close with a client
+            // that may never answer.
+            debug!(peer = %peer, "closing the longest idle connection: --web.max-connections reached");
+            reset_on_close(fd);
+        }
+    }
+}
+
+/// TLS (when configured), then HTTP.
+async fn serve_http(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Arc<App>,
+    stopped: watch::Receiver<()>,
+    slot: &Slot,
+    fd: RawFd,
+) {
     // The TLS config of this moment serves the whole connection.
     let tls_config = app.front_door.current().tls.clone();
+    let activity = slot.activity();
     let service = |connection: Connection| {
         let app = Arc::clone(&app);
         let connection = Arc::new(connection);
+        let activity = activity.clone();
         service_fn(move |request| {
             let app = Arc::clone(&app);
             let connection = Arc::clone(&connection);
-            async move { Ok::<_, std::convert::Infallible>(app.respond(request, &connection).await) }
+            // Taken when the request's headers are in: from here until the
+            // answer is built the connection is not idle.
+            let busy = activity.request();
+            let arrived = tokio::time::Instant::now();
+            async move {
+                let response = app.respond(request, &connection).await;
+                drop(busy);
+                // Only refusals by basic auth are 401 and 429. Held, the
+                // connection counts as idle: evicting it costs nobody.
+                if matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS) {
+                    tokio::time::sleep_until(arrived + AUTH_REFUSAL_DELAY).await;
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            }
         })
     };
     let http1 = || {
         let mut builder = http1::Builder::new();
-        builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_header_size(MAX_HEADER_BYTES)
+            .max_headers(MAX_HEADERS);
         builder
     };
     let Some(tls_config) = tls_config else {
         let service = service(Connection { source: peer, tls: "none", client: None });
-        return drive(http1().serve_connection(TokioIo::new(stream), service), peer, stopped, &app, fd).await;
+        let connection = http1().serve_connection(TokioIo::new(stream), service);
+        return drive(connection, peer, stopped, &app, slot, fd).await;
     };
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls::accept(stream, tls_config)).await {
         Ok(Ok(stream)) => stream,
@@ -582,6 +692,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, app: Arc<App>, st
             return;
         }
     };
+    slot.handshake_done();
     let session = stream.get_ref().1;
     let service = service(Connection {
         source: peer,
@@ -599,24 +710,31 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, app: Arc<App>, st
         let connection = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_concurrent_streams(HTTP2_MAX_STREAMS)
+            .max_header_list_size(MAX_HEADER_BYTES as u32)
             .serve_connection(TokioIo::new(stream), service);
-        drive(connection, peer, stopped, &app, fd).await;
+        drive(connection, peer, stopped, &app, slot, fd).await;
     } else {
-        drive(http1().serve_connection(TokioIo::new(stream), service), peer, stopped, &app, fd).await;
+        drive(http1().serve_connection(TokioIo::new(stream), service), peer, stopped, &app, slot, fd).await;
     }
 }
 
 /// Serves one HTTP connection until it ends or shutdown starts, then lets
 /// it finish gracefully; closes it at once when its source is removed from
-/// the allowlist.
-async fn drive<C>(connection: C, peer: SocketAddr, mut stopped: watch::Receiver<()>, app: &App, fd: RawFd)
+/// the allowlist, and when it has been idle for [`IDLE_TIMEOUT`].
+async fn drive<C>(connection: C, peer: SocketAddr, mut stopped: watch::Receiver<()>, app: &App, slot: &Slot, fd: RawFd)
 where
-    C: GracefulConnection,
-    C::Error: std::fmt::Display,
+    C: GracefulConnection<Error = hyper::Error>,
 {
     let mut connection = std::pin::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
+        reason = slot.idle_timeout() => {
+            if let Some(reason) = reason {
+                app.connection_metrics.closed(reason);
+            }
+            debug!(peer = %peer, "closing a connection idle for {IDLE_TIMEOUT:?}");
+            return;
+        }
         () = app.front_door.revoked(peer.ip()) => {
             // At most once per open connection per reload.
             info!(peer = %peer, "closing the connection: a reload removed its source from the allowlist");
@@ -632,6 +750,10 @@ where
         }
     };
     if let Err(error) = result {
+        // hyper's header timeout, before ours: count it the same way.
+        if error.is_timeout() && !slot.served() {
+            app.connection_metrics.closed(CloseReason::HeaderTimeout);
+        }
         debug!(peer = %peer, "connection ended with an error: {error}");
     }
     // A source removed while the connection was ending: see above.
@@ -649,6 +771,8 @@ mod tests {
         assert!(accepts_gzip(Some("gzip")));
         assert!(accepts_gzip(Some("deflate, GZIP;q=0.5")));
         assert!(!accepts_gzip(Some("gzip;q=0")));
+        // Found by the `negotiation` fuzz target (fuzz/regressions/negotiation/).
+        assert!(!accepts_gzip(Some("GZIP;Q=0, identity")));
         assert!(!accepts_gzip(Some("identity")));
         assert!(!accepts_gzip(Some("gzipx")));
         assert!(!accepts_gzip(None));

@@ -260,19 +260,18 @@ pub(crate) struct Cidr {
 }
 
 impl Cidr {
-    /// Whether `ip` is inside (an IPv4 address never matches an IPv6 range).
+    /// Whether `ip` is inside, compared as the kernel's allowlist does: over
+    /// IPv6, IPv4 as IPv4-mapped. So `::/0` takes IPv4 clients too, and
+    /// `10.0.0.0/8` the mapped `::ffff:10.1.2.3`: the daemon never refuses a
+    /// client the socket filter let in, nor serves one it would have dropped.
     pub(crate) fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
-                u32::from(net) == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
-                u128::from(net) == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+        let mapped = |ip: IpAddr| match ip {
+            IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+            IpAddr::V6(v6) => u128::from(v6),
+        };
+        let prefix = u32::from(self.prefix) + if self.addr.is_ipv4() { 96 } else { 0 };
+        let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+        mapped(self.addr) == mapped(ip) & mask
     }
 }
 
@@ -367,10 +366,13 @@ impl WebConfig {
             RawConfig::default()
         } else {
             serde_yaml::from_str(text)
-                .map_err(|error| ConfigError::Syntax { path: path.to_owned(), message: error.to_string() })?
+                .map_err(|error| ConfigError::Syntax { path: path.to_owned(), message: one_line(&error.to_string()) })?
         };
-        let invalid =
-            |key: &str, problem: String| ConfigError::Invalid { path: path.to_owned(), key: key.to_owned(), problem };
+        let invalid = |key: &str, problem: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: one_line(key),
+            problem: one_line(&problem),
+        };
         let dir = path.parent().unwrap_or(Path::new("."));
         let mut warnings = Vec::new();
 
@@ -437,6 +439,20 @@ impl WebConfig {
         }
         files
     }
+}
+
+/// `text` with control characters escaped (a newline as `\n`): an error is
+/// one log line even when a key, or the YAML parser quoting one, holds a
+/// newline.
+fn one_line(text: &str) -> String {
+    text.chars().fold(String::with_capacity(text.len()), |mut out, c| {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+        out
+    })
 }
 
 fn header_static(name: &str) -> &'static str {
@@ -801,13 +817,41 @@ mod tests {
         let net: Cidr = "10.1.0.0/16".parse().unwrap();
         assert!(net.contains("10.1.200.3".parse().unwrap()));
         assert!(!net.contains("10.2.0.1".parse().unwrap()));
-        assert!(!net.contains("::ffff:10.1.0.1".parse().unwrap()));
+        // As the kernel's trie: IPv4 is IPv4-mapped IPv6.
+        assert!(net.contains("::ffff:10.1.0.1".parse().unwrap()));
+        assert!(!net.contains("::10.1.0.1".parse().unwrap()));
         let all: Cidr = "0.0.0.0/0".parse().unwrap();
         assert!(all.contains("192.0.2.1".parse().unwrap()));
+        assert!(!all.contains("2001:db8::1".parse().unwrap()));
         let v6: Cidr = "2001:db8::/32".parse().unwrap();
         assert!(v6.contains("2001:db8:1::1".parse().unwrap()));
         assert_eq!(v6.to_string(), "2001:db8::/32");
         assert!("10.0.0.0/x".parse::<Cidr>().is_err());
         assert!("host.example".parse::<Cidr>().is_err());
+    }
+
+    /// Found by the `web_config` fuzz target (fuzz/regressions/web_config/):
+    /// a key with a newline made the error two log lines.
+    #[test]
+    fn errors_are_one_line() {
+        let e = error("tls_server_config:\n  ? \"a\\nb\"\n  : 1\n");
+        assert!(e.contains("unknown field `a\\nb`"), "{e}");
+        let e = error(&format!("basic_auth_users:\n  \"al\\nice\\t\": {HASH}x\n"));
+        assert!(e.contains("basic_auth_users.al\\nice\\t: is not a bcrypt hash"), "{e}");
+        assert!(!e.contains(['\n', '\t']), "{e}");
+    }
+
+    /// Found by the `cidr` fuzz target (fuzz/regressions/cidr/): `::/0`
+    /// refused IPv4 clients the socket filter had let in.
+    #[test]
+    fn ipv6_ranges_take_the_ipv4_clients_the_kernel_takes() {
+        let every: Cidr = "::/0".parse().unwrap();
+        assert!(every.contains("127.0.0.1".parse().unwrap()));
+        assert!(every.contains("::ffff:127.0.0.1".parse().unwrap()));
+        let mapped: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert!(mapped.contains("10.1.2.3".parse().unwrap()));
+        assert!(!mapped.contains("11.1.2.3".parse().unwrap()));
+        let v6: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(!v6.contains("32.1.13.184".parse().unwrap()), "2001:db8:: as IPv4 bits");
     }
 }

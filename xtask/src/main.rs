@@ -7,9 +7,11 @@
 
 mod bench;
 mod floor;
+mod fuzz;
 mod install;
 mod prereq;
 mod run;
+mod soak;
 mod test;
 
 use std::process::ExitCode;
@@ -71,6 +73,27 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Run the release daemon behind mutual TLS, basic auth and the
+    /// allowlist for N minutes against good and bad clients; fails if a good
+    /// scrape fails, a bad client is not refused, or RSS or descriptors grow.
+    Soak {
+        /// How long to scrape.
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        minutes: u64,
+    },
+    /// Fuzz the parsers of untrusted input (libFuzzer via cargo-fuzz on
+    /// nightly), N seconds per target, growing fuzz/corpus/TARGET; fails on
+    /// a crash and names the reproducer.
+    Fuzz {
+        /// How long to run each target.
+        #[arg(long, value_name = "N", default_value_t = 60)]
+        seconds: u64,
+        /// Minimize each corpus afterwards (cargo fuzz cmin), before committing it.
+        #[arg(long)]
+        cmin: bool,
+        /// Only this target (default: every one; `cargo fuzz list` names them).
+        target: Option<String>,
+    },
     /// Run the unit tests, then the end-to-end tests against the real kernel.
     Test {
         /// Only run end-to-end tests whose name contains this.
@@ -89,6 +112,8 @@ fn main() -> ExitCode {
             install::install(&install::Options { prefix, root, binary, dry_run })
         }
         Command::Test { filter } => test::test(filter.as_deref()),
+        Command::Soak { minutes } => soak::soak(minutes),
+        Command::Fuzz { seconds, cmin, target } => fuzz::fuzz(seconds, target.as_deref(), cmin),
         Command::Bench { quick, probes_only } => bench::bench(quick, probes_only),
     };
     match result {

@@ -57,6 +57,15 @@ impl Toolchain {
         command
     }
 
+    /// The nightly toolchain's `cargo` (through rustup), finding what is
+    /// installed in `$CARGO_HOME/bin`: cargo-fuzz needs nightly's sanitizer
+    /// flags.
+    pub(crate) fn nightly_cargo(&self) -> Command {
+        let mut command = Command::new("rustup");
+        command.args(["run", "nightly", "cargo"]).env("PATH", &self.path).current_dir(workspace_root());
+        command
+    }
+
     /// Builds the BPF object and the daemon; returns the daemon's path.
     pub(crate) fn build(&self, release: bool) -> anyhow::Result<PathBuf> {
         let profile = if release { "release" } else { "debug" };
@@ -78,7 +87,7 @@ pub(crate) fn target_dir() -> PathBuf {
     env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from)
 }
 
-fn cargo_home() -> anyhow::Result<PathBuf> {
+pub(crate) fn cargo_home() -> anyhow::Result<PathBuf> {
     if let Some(home) = env::var_os("CARGO_HOME") {
         return Ok(PathBuf::from(home));
     }

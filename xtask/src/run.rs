@@ -65,7 +65,7 @@ pub(crate) fn run(release: bool, tls: bool, args: &[String]) -> anyhow::Result<(
 /// `target/dev-pki/`: a CA, a server certificate for localhost and
 /// 127.0.0.1, a client certificate, and a web config requiring mutual TLS.
 /// Made once with the `openssl` CLI; delete the folder to start over.
-fn dev_pki() -> anyhow::Result<PathBuf> {
+pub(crate) fn dev_pki() -> anyhow::Result<PathBuf> {
     let dir = prereq::target_dir().join("dev-pki");
     let config = dir.join("web.yml");
     if config.is_file() {
@@ -169,7 +169,7 @@ fn metrics_url(args: &[String]) -> String {
 
 /// Root, or the two capabilities, in this process (which the exporter
 /// inherits).
-fn can_load_bpf() -> bool {
+pub(crate) fn can_load_bpf() -> bool {
     const CAP_SYS_ADMIN: u32 = 21;
     const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;

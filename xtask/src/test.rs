@@ -20,6 +20,8 @@ const E2E_COMMANDS: &[(&str, &str)] = &[
     ("openssl", "openssl"),
     ("curl", "curl"),
     ("setpriv", "util-linux"),
+    // The hostile-client tests start the daemon under a low open-files limit.
+    ("prlimit", "util-linux"),
     // `ip` and `tc` (one package) build the tcp test's lossy namespace.
     ("ip", "iproute2"),
     // The deploy tests check the systemd unit with `systemd-analyze verify`,

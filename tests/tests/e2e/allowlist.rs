@@ -48,7 +48,7 @@ fn start(extra: &[&str]) -> Exporter {
 }
 
 /// `connect` from `source` to `to`, giving up after `timeout`.
-fn connect_from(source: IpAddr, to: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+pub(crate) fn connect_from(source: IpAddr, to: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     let family = if to.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     // SAFETY: plain socket calls on a descriptor this function owns (the
     // TcpStream takes it over, or it is closed on every error path through

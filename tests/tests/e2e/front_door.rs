@@ -17,21 +17,22 @@ use std::{
 use kernel_exporter_tests::{Exporter, Metrics, exporter_binary, free_port, http_request};
 
 /// bcrypt (cost 10, what `htpasswd -B` makes) of [`PASSWORD`].
-const HASH: &str = "$2b$10$P7KNnE0SOcZo.DckZEwNd.O4a6Ogy5oBcjd3E4TyL16m.F6RE7oSi";
-const USER: &str = "prometheus";
-const PASSWORD: &str = "s3cret";
+pub(crate) const HASH: &str = "$2b$10$P7KNnE0SOcZo.DckZEwNd.O4a6Ogy5oBcjd3E4TyL16m.F6RE7oSi";
+pub(crate) const USER: &str = "prometheus";
+pub(crate) const PASSWORD: &str = "s3cret";
 
 /// Collectors for these tests: one is enough, and starts fastest.
 const COLLECTOR_ARGS: [&str; 2] = ["--collector.disable-defaults", "--collector.sched"];
 
 /// A scratch directory with a CA, a server certificate for 127.0.0.1 and
 /// localhost, client certificates, and a second CA nobody trusts.
-struct Pki {
-    dir: PathBuf,
+/// (Also used by `faults`.)
+pub(crate) struct Pki {
+    pub(crate) dir: PathBuf,
 }
 
 impl Pki {
-    fn new(test: &str) -> Self {
+    pub(crate) fn new(test: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("kernel-exporter-e2e-{test}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create the PKI directory");
@@ -45,7 +46,7 @@ impl Pki {
         pki
     }
 
-    fn path(&self, name: &str) -> String {
+    pub(crate) fn path(&self, name: &str) -> String {
         self.dir.join(name).display().to_string()
     }
 
@@ -70,7 +71,7 @@ impl Pki {
     }
 
     /// A certificate for `name` signed by `ca`.
-    fn leaf(&self, name: &str, ca: &str, san: &str, usage: &str) {
+    pub(crate) fn leaf(&self, name: &str, ca: &str, san: &str, usage: &str) {
         let ext = self.path(&format!("{name}.ext"));
         fs::write(&ext, format!("subjectAltName={san}\nextendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\n"))
             .expect("write extensions");
@@ -110,7 +111,7 @@ impl Pki {
 
     /// Writes a web config with the server's certificate and `extra` lines
     /// under `tls_server_config`, plus `rest` at the top level.
-    fn web_config(&self, extra: &str, rest: &str) -> String {
+    pub(crate) fn web_config(&self, extra: &str, rest: &str) -> String {
         let path = self.path("web.yml");
         let text = format!("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n{extra}{rest}");
         fs::write(&path, text).expect("write web config");
@@ -132,16 +133,16 @@ fn start(config: &str, extra: &[&str]) -> Exporter {
 
 /// What curl got: the HTTP status (0 when there was no HTTP answer), the
 /// body, and curl's error output.
-struct CurlResult {
-    status: u16,
-    body: String,
-    stderr: String,
+pub(crate) struct CurlResult {
+    pub(crate) status: u16,
+    pub(crate) body: String,
+    pub(crate) stderr: String,
     http_version: String,
 }
 
 /// curl against `https://127.0.0.1:PORT/metrics`, trusting the test CA,
 /// with `client` as the client certificate (if any) and `extra` arguments.
-fn curl(pki: &Pki, addr: SocketAddr, client: Option<&str>, extra: &[&str]) -> CurlResult {
+pub(crate) fn curl(pki: &Pki, addr: SocketAddr, client: Option<&str>, extra: &[&str]) -> CurlResult {
     let mut command = Command::new("curl");
     command.args(["-sS", "--max-time", "10", "--cacert", &pki.path("ca.crt")]);
     if let Some(client) = client {
@@ -163,7 +164,7 @@ fn curl(pki: &Pki, addr: SocketAddr, client: Option<&str>, extra: &[&str]) -> Cu
     }
 }
 
-fn with_password(user: &str, password: &str) -> [String; 2] {
+pub(crate) fn with_password(user: &str, password: &str) -> [String; 2] {
     ["-u".to_owned(), format!("{user}:{password}")]
 }
 
@@ -346,7 +347,7 @@ fn plain_http_to_the_tls_port_gets_400() {
 }
 
 /// The serial number of the certificate the exporter serves now.
-fn served_serial(addr: SocketAddr, ca: &str) -> String {
+pub(crate) fn served_serial(addr: SocketAddr, ca: &str) -> String {
     let (_, text) = s_client(addr, &["-CAfile", ca]);
     let start = text.find("-----BEGIN CERTIFICATE-----").unwrap_or_else(|| panic!("no certificate shown: {text}"));
     let end = text.find("-----END CERTIFICATE-----").expect("certificate end") + "-----END CERTIFICATE-----".len();
@@ -363,11 +364,11 @@ fn served_serial(addr: SocketAddr, ca: &str) -> String {
     String::from_utf8(x509.wait_with_output().expect("x509 ran").stdout).expect("UTF-8").trim().to_owned()
 }
 
-fn file_serial(path: &str) -> String {
+pub(crate) fn file_serial(path: &str) -> String {
     String::from_utf8(openssl(&["x509", "-noout", "-serial", "-in", path]).stdout).expect("UTF-8").trim().to_owned()
 }
 
-fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !condition() {
         assert!(Instant::now() < deadline, "{what} did not happen within {timeout:?}");
@@ -376,7 +377,7 @@ fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) 
 }
 
 /// Replaces `name` atomically (write aside, rename), as deploy tools do.
-fn replace(dir: &Path, name: &str, contents: &[u8]) {
+pub(crate) fn replace(dir: &Path, name: &str, contents: &[u8]) {
     let aside = dir.join(format!(".{name}.new"));
     fs::write(&aside, contents).expect("write replacement");
     fs::rename(&aside, dir.join(name)).expect("rename into place");

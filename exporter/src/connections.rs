@@ -1,0 +1,404 @@
+//! The connection table: how many connections the daemon holds at once
+//! (`--web.max-connections`), which one gives way when a new one arrives at
+//! the bound, and how long a connection may sit without a request.
+//!
+//! Every accepted connection takes a slot until it closes. A connection is
+//! *idle* while no request of it is being handled: before its first
+//! request (TLS handshake, headers still arriving) and between requests.
+//! At the bound, a new connection evicts the connection that has been idle
+//! longest; only when every held connection is handling a request is the
+//! new one refused. Both are counted as
+//! `kernel_exporter_connections_closed_total{reason="max_connections"}`.
+//!
+//! Why evict rather than refuse or leave new connections in the backlog:
+//! a client that opens connections and sends nothing (or sends its headers
+//! a byte a second) holds each for the header timeout. With a plain refusal
+//! such a client holding the bound locks the scraper out for as long as it
+//! keeps reconnecting; with accept paused, the scraper's connection queues
+//! in the listen backlog behind the attacker's and waits a header timeout
+//! for a slot. With eviction the scraper's fresh connection pushes out the
+//! stalest one and is served at once: the attacker would have to open
+//! `--web.max-connections` new connections in the few milliseconds between
+//! the scraper's connect and its request to push it out in turn. Connections
+//! handling a request are never evicted, so a scrape in progress finishes.
+//!
+//! A connection idle for longer than its timeout (measured from the end of
+//! its TLS handshake, or of its last request) is closed: this covers what
+//! hyper's HTTP/1 header timeout does not, such as an HTTP/2 connection that
+//! never opens a stream and a client that never reads its response.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    io,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::Duration,
+};
+
+use tokio::{sync::Notify, time::Instant};
+
+use crate::self_metrics::ConnectionMetrics;
+
+/// Why the daemon closed a connection on its own, as counted in
+/// `kernel_exporter_connections_closed_total{reason}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// Evicted, or refused, at `--web.max-connections`.
+    MaxConnections,
+    /// No complete first request within the header timeout. Idle
+    /// keep-alive connections that did serve a request close the same way
+    /// but are not counted: that is the normal end of a connection.
+    HeaderTimeout,
+}
+
+impl CloseReason {
+    pub(crate) const ALL: [Self; 2] = [Self::MaxConnections, Self::HeaderTimeout];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::MaxConnections => "max_connections",
+            Self::HeaderTimeout => "header_timeout",
+        }
+    }
+}
+
+/// Every connection the daemon holds, shared by all listeners.
+pub(crate) struct Connections {
+    limit: usize,
+    idle_timeout: Duration,
+    table: Mutex<Table>,
+    metrics: ConnectionMetrics,
+}
+
+#[derive(Default)]
+struct Table {
+    next_id: u64,
+    entries: HashMap<u64, Entry>,
+    /// The idle entries, longest idle first: (idle since, id).
+    idle: BTreeSet<(Instant, u64)>,
+}
+
+struct Entry {
+    /// Requests being handled now (HTTP/2 may have several).
+    busy: u32,
+    /// When the last request ended (or the connection or its TLS session
+    /// started); meaningful while `busy` is 0.
+    idle_since: Instant,
+    /// Whether a request has been handled on it.
+    served: bool,
+    evict: Arc<Notify>,
+}
+
+impl Table {
+    fn entry(&mut self, id: u64) -> Option<&mut Entry> {
+        self.entries.get_mut(&id)
+    }
+}
+
+impl Connections {
+    pub(crate) fn new(limit: usize, idle_timeout: Duration, metrics: ConnectionMetrics) -> Self {
+        Self { limit: limit.max(1), idle_timeout, table: Mutex::new(Table::default()), metrics }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A slot for a connection accepted just now, evicting the longest idle
+    /// connection at the bound.
+    pub(crate) fn admit(self: &Arc<Self>) -> Admission {
+        let now = Instant::now();
+        let mut table = self.lock();
+        let evicted = table.entries.len() >= self.limit;
+        if evicted {
+            self.metrics.closed(CloseReason::MaxConnections);
+            let Some((_, victim)) = table.idle.pop_first() else { return Admission::Refused };
+            // Gone from the table at once: its task closes the socket when
+            // it next runs, and the slot is the new connection's from now.
+            if let Some(entry) = table.entries.remove(&victim) {
+                // Stored if the task is not waiting yet, so it is never lost.
+                entry.evict.notify_one();
+            }
+        }
+        let id = table.next_id;
+        table.next_id += 1;
+        let evict = Arc::new(Notify::new());
+        table.entries.insert(id, Entry { busy: 0, idle_since: now, served: false, evict: Arc::clone(&evict) });
+        table.idle.insert((now, id));
+        self.metrics.set_open(table.entries.len());
+        let slot = Slot { connections: Arc::clone(self), id, evict };
+        if evicted { Admission::Evicted(slot) } else { Admission::Fits(slot) }
+    }
+
+    fn release(&self, id: u64) {
+        let mut table = self.lock();
+        if let Some(entry) = table.entries.remove(&id) {
+            if entry.busy == 0 {
+                table.idle.remove(&(entry.idle_since, id));
+            }
+        }
+        self.metrics.set_open(table.entries.len());
+    }
+}
+
+/// What [`Connections::admit`] decided for a new connection.
+pub(crate) enum Admission {
+    /// There was room.
+    Fits(Slot),
+    /// The longest idle connection was told to close to make room; until
+    /// its task runs, its socket is still open.
+    Evicted(Slot),
+    /// Every held connection is handling a request: close the new one.
+    Refused,
+}
+
+impl Admission {
+    #[cfg(test)]
+    fn slot(self) -> Option<Slot> {
+        match self {
+            Self::Fits(slot) | Self::Evicted(slot) => Some(slot),
+            Self::Refused => None,
+        }
+    }
+}
+
+/// One connection's place in the table; dropping it frees the place.
+pub(crate) struct Slot {
+    connections: Arc<Connections>,
+    id: u64,
+    evict: Arc<Notify>,
+}
+
+impl Slot {
+    /// Resolves once the connection has been evicted to make room.
+    pub(crate) async fn evicted(&self) {
+        self.evict.notified().await;
+    }
+
+    /// Restarts the idle clock: the TLS handshake, which has a timeout of
+    /// its own, is done.
+    pub(crate) fn handshake_done(&self) {
+        let now = Instant::now();
+        let mut table = self.connections.lock();
+        let Some(entry) = table.entry(self.id) else { return };
+        if entry.busy > 0 {
+            return;
+        }
+        let before = std::mem::replace(&mut entry.idle_since, now);
+        table.idle.remove(&(before, self.id));
+        table.idle.insert((now, self.id));
+    }
+
+    /// Resolves once the connection has been idle for the idle timeout, with
+    /// whether that counts as a header timeout (no request was ever handled
+    /// on it). Never resolves while a request is being handled.
+    pub(crate) async fn idle_timeout(&self) -> Option<CloseReason> {
+        let timeout = self.connections.idle_timeout;
+        loop {
+            let state = self
+                .connections
+                .lock()
+                .entry(self.id)
+                .map(|entry| ((entry.busy == 0).then(|| entry.idle_since + timeout), entry.served));
+            // Evicted: `evicted` ends the connection.
+            let Some((deadline, served)) = state else { return std::future::pending().await };
+            match deadline {
+                Some(deadline) if deadline <= Instant::now() => {
+                    return (!served).then_some(CloseReason::HeaderTimeout);
+                }
+                // The idle start only moves forward: sleeping to the
+                // deadline seen and looking again is never late.
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                // Busy: look again after a timeout, so a connection that
+                // goes idle now closes within twice the timeout.
+                None => tokio::time::sleep(timeout).await,
+            }
+        }
+    }
+
+    /// Whether a request has been handled on the connection.
+    pub(crate) fn served(&self) -> bool {
+        self.connections.lock().entry(self.id).is_some_and(|entry| entry.served)
+    }
+
+    /// A handle for the connection's request handlers.
+    pub(crate) fn activity(&self) -> Activity {
+        Activity { connections: Arc::clone(&self.connections), id: self.id }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.connections.release(self.id);
+    }
+}
+
+/// Marks a connection's requests as they are handled.
+#[derive(Clone)]
+pub(crate) struct Activity {
+    connections: Arc<Connections>,
+    id: u64,
+}
+
+impl Activity {
+    /// The connection is handling a request until the guard is dropped; it
+    /// cannot be evicted meanwhile.
+    pub(crate) fn request(&self) -> Busy {
+        let mut table = self.connections.lock();
+        if let Some(entry) = table.entry(self.id) {
+            entry.busy += 1;
+            entry.served = true;
+            if entry.busy == 1 {
+                let since = entry.idle_since;
+                table.idle.remove(&(since, self.id));
+            }
+        }
+        Busy(self.clone())
+    }
+}
+
+/// See [`Activity::request`].
+pub(crate) struct Busy(Activity);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        let id = self.0.id;
+        let mut table = self.0.connections.lock();
+        let Some(entry) = table.entry(id) else { return };
+        entry.busy = entry.busy.saturating_sub(1);
+        if entry.busy == 0 {
+            entry.idle_since = now;
+            table.idle.insert((now, id));
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, as Go does for
+/// every program since 1.19: the soft limit (1024 on most systems) is a
+/// relic of `select()`, which this daemon does not use, and the connection
+/// bound, not the file limit, is what should decide how many connections
+/// are held. Returns (before, after).
+pub(crate) fn raise_open_files_limit() -> io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit into `limit`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit reads one rlimit; raising the soft limit up to
+        // the hard limit needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        limit = raised;
+    }
+    Ok((before, limit.rlim_cur))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(limit: usize) -> (Arc<Connections>, ConnectionMetrics) {
+        let metrics = ConnectionMetrics::register(&mut prometheus_client::registry::Registry::default());
+        (Arc::new(Connections::new(limit, Duration::from_secs(10), metrics.clone())), metrics)
+    }
+
+    fn evicted_now(slot: &Slot) -> bool {
+        use std::future::Future as _;
+        let waker = std::task::Waker::noop();
+        let mut context = std::task::Context::from_waker(waker);
+        let future = std::pin::pin!(slot.evicted());
+        future.poll(&mut context).is_ready()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_longest_idle_gives_way() {
+        let (connections, metrics) = table(3);
+        let first = connections.admit().slot().unwrap();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let second = connections.admit().slot().unwrap();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let third = connections.admit().slot().unwrap();
+        // The first serves a request and so becomes the most recently idle.
+        drop(first.activity().request());
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert_eq!(metrics.open(), 3);
+
+        let fourth = connections.admit().slot().unwrap();
+        assert!(evicted_now(&second), "the longest idle is evicted");
+        assert!(!evicted_now(&first) && !evicted_now(&third) && !evicted_now(&fourth));
+        assert_eq!(metrics.closed_count(CloseReason::MaxConnections), 1);
+        assert_eq!(metrics.open(), 3);
+        drop(second);
+        assert_eq!(metrics.open(), 3, "an evicted slot was already given away");
+        drop(fourth);
+        assert_eq!(metrics.open(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn busy_connections_are_never_evicted() {
+        let (connections, metrics) = table(2);
+        let first = connections.admit().slot().unwrap();
+        let second = connections.admit().slot().unwrap();
+        let _busy_first = first.activity().request();
+        let busy_second = second.activity().request();
+        assert!(connections.admit().slot().is_none(), "every connection is busy: refused");
+        assert_eq!(metrics.closed_count(CloseReason::MaxConnections), 1);
+        drop(busy_second);
+        let third = connections.admit().slot().unwrap();
+        assert!(evicted_now(&second));
+        assert!(!evicted_now(&first) && !evicted_now(&third));
+        // HTTP/2: two requests at once; idle only when both are done.
+        let activity = third.activity();
+        let (a, b) = (activity.request(), activity.request());
+        drop(a);
+        assert!(connections.admit().slot().is_none(), "third is still busy");
+        drop(b);
+        assert!(connections.admit().slot().is_some());
+        assert!(evicted_now(&third));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeouts_count_only_connections_never_served() {
+        let (connections, _) = table(4);
+        let silent = connections.admit().slot().unwrap();
+        let started = Instant::now();
+        assert_eq!(silent.idle_timeout().await, Some(CloseReason::HeaderTimeout));
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+
+        let served = connections.admit().slot().unwrap();
+        let started = Instant::now();
+        let busy = served.activity().request();
+        let waiting = tokio::spawn({
+            let served = Arc::new(served);
+            async move { served.idle_timeout().await }
+        });
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        assert!(!waiting.is_finished(), "a busy connection never times out");
+        drop(busy);
+        assert_eq!(waiting.await.unwrap(), None, "keep-alive expiry is not a header timeout");
+        // Went idle at 25 s; looked at again at 30 s, then at 35 s.
+        assert_eq!(started.elapsed(), Duration::from_secs(35));
+
+        // The handshake restarts the clock.
+        let tls = connections.admit().slot().unwrap();
+        let started = Instant::now();
+        tokio::time::advance(Duration::from_secs(6)).await;
+        tls.handshake_done();
+        assert_eq!(tls.idle_timeout().await, Some(CloseReason::HeaderTimeout));
+        assert_eq!(started.elapsed(), Duration::from_secs(16));
+    }
+
+    #[test]
+    fn the_soft_file_limit_reaches_the_hard_limit() {
+        let (_, after) = raise_open_files_limit().unwrap();
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes one rlimit into `limit`.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) }, 0);
+        assert_eq!(limit.rlim_cur, limit.rlim_max);
+        assert_eq!(after, limit.rlim_cur);
+    }
+}

@@ -1,0 +1,223 @@
+//! `kernel-exporter`: a Prometheus exporter whose numbers come from eBPF
+//! programs on stable kernel tracepoints.
+//!
+//! The daemon is this library and a two-line `main.rs`: the library form
+//! lets the fuzz targets (`fuzz/`) reach the parsers, through [`fuzzing`]
+//! only; nothing else here is public.
+//!
+//! [`main`] stays thin: command line → validated `cli::Config` → `run`
+//! (or `check-config` → `check_config`).
+//! It is the only place where an error becomes an exit code, and it prints
+//! every fatal error as one line that names the thing and the fix.
+
+#![deny(missing_docs)]
+
+mod access_log;
+mod allowlist;
+mod auth;
+mod batch;
+mod bpf;
+mod btf;
+mod cli;
+mod clock;
+mod collectors;
+mod connections;
+mod encode;
+mod histogram;
+mod logging;
+mod privileges;
+mod program_stats;
+mod reload;
+mod scrape;
+mod self_metrics;
+mod server;
+mod test_hooks;
+mod tls;
+mod tracefs;
+mod web_config;
+
+#[doc(hidden)]
+pub mod fuzzing;
+
+use std::{path::Path, process::ExitCode, sync::Arc};
+
+use anyhow::Context as _;
+use tracing::{info, warn};
+
+/// The daemon's `main` (`main.rs` calls it): parses the command line and
+/// serves, or checks a web config; the exit code says how it ended.
+pub fn main() -> ExitCode {
+    let config = match cli::Invocation::from_env() {
+        cli::Invocation::Serve(config) => *config,
+        cli::Invocation::CheckConfig { web_config_file } => return check_config(&web_config_file),
+    };
+    logging::init(config.log_level, config.log_format);
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // Each cause once: many errors already name their cause in
+            // their own message, which `{error:#}` would repeat.
+            let mut line = error.to_string();
+            for cause in error.chain().skip(1).map(ToString::to_string) {
+                if !line.contains(&cause) {
+                    line = format!("{line}: {cause}");
+                }
+            }
+            tracing::error!("{line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads and attaches the kernel programs, opens the listeners, and serves
+/// until SIGINT or SIGTERM. Everything is detached when this returns.
+fn run(config: cli::Config) -> anyhow::Result<()> {
+    // First: a bad web config or an exposed listener is the operator's
+    // to fix before anything is loaded or listens.
+    let exposure =
+        reload::Exposure { listen_addresses: config.listen_addresses.clone(), allow_insecure: config.allow_insecure };
+    let front_door =
+        Arc::new(reload::FrontDoor::new(config.web_config_file.as_deref(), config.allow_from.clone(), exposure)?);
+    let policy = front_door.current();
+    for warning in policy.warnings() {
+        warn!("{warning}");
+    }
+    if policy.allowed_sources().is_none()
+        && let Some(exposed) =
+            config.listen_addresses.iter().find(|address| address.dual_stack || !address.addr.ip().is_loopback())
+    {
+        warn!(
+            address = %exposed,
+            "every source may connect: set allowed_sources in --web.config.file (or --web.allow-from) to the \
+             Prometheus servers' addresses, and the kernel drops everyone else's packets"
+        );
+    }
+    if config.web_config_file.is_some() {
+        info!("web config: {policy}");
+    }
+    privileges::ensure_can_load_bpf()?;
+    // Before anything opens files: the connection bound, not the soft
+    // limit, should decide how many connections are held.
+    match connections::raise_open_files_limit() {
+        Ok((before, after)) => {
+            if before != after {
+                info!(before, after, "raised the open files limit");
+            }
+            // The BPF maps and programs, the listeners and the process's
+            // own files take about a hundred descriptors.
+            if after < config.max_connections as u64 + 128 {
+                warn!(
+                    limit = after,
+                    "the open files limit is too low for --web.max-connections={}; connections beyond it will fail",
+                    config.max_connections
+                );
+            }
+        }
+        Err(error) => warn!("cannot raise the open files limit: {error}"),
+    }
+    // Held pending until the runtime's handlers are in place: a SIGTERM
+    // during start-up (the listeners accept connections before then) must
+    // end in an orderly exit, not the default action.
+    let start_up_signals = signals::hold(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
+    // Looked up now so a typo fails before anything is loaded.
+    let runtime_user = config.runtime_user.as_deref().map(privileges::RuntimeUser::lookup).transpose()?;
+
+    // Everything privileged happens here, in this one thread: load and
+    // attach, open the listeners, then give every privilege up before the
+    // runtime starts its threads (capabilities are per thread).
+    let (mut kernel, collectors) =
+        bpf::Kernel::load(&config.collectors, &config.collector_options, config.sources_tracked)?;
+    let (filter, trie, allowlist_counters) = kernel.open_allowlist()?;
+    front_door.enforce(trie)?;
+    let listeners = server::bind_all(&config.listen_addresses, filter.program())?;
+    // Each listener holds the program now.
+    drop(filter);
+    privileges::drop_privileges(runtime_user.as_ref())?;
+    match &runtime_user {
+        Some(user) => info!(user = user.name, uid = user.uid, "dropped every capability and switched user"),
+        None => info!("dropped every capability"),
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        // Scrapes are short and few; two workers keep one free while the
+        // other serves a slow client, without a thread per core on big hosts.
+        .worker_threads(2)
+        .thread_name("kernel-exporter")
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+
+    runtime.block_on(async {
+        let shutdown = server::shutdown_signal().context("cannot install signal handlers")?;
+        let hangup = reload::hangup_signal().context("cannot install the SIGHUP handler")?;
+        // This thread takes the held signals from here on (the runtime's
+        // threads keep them blocked, as they inherited).
+        signals::release(&start_up_signals);
+
+        let self_metrics = self_metrics::SelfMetrics::new();
+        let front_door_metrics = self_metrics.front_door();
+        let in_flight = self_metrics.requests_in_flight();
+        let connection_metrics = self_metrics.connections();
+        let reloader = tokio::spawn(reload::watch(Arc::clone(&front_door), front_door_metrics.clone(), hangup));
+        let kernel = Arc::new(kernel);
+        let requests = allowlist::Requests::new(config.sources_tracked);
+        let scraper = scrape::Scraper::new(collectors, self_metrics)
+            .with_internal(Box::new(program_stats::ProgramStats::new(Arc::clone(&kernel))))
+            .with_internal(Box::new(allowlist_counters))
+            .with_internal(Box::new(requests.clone()));
+        let app =
+            server::App::new(scraper, &config, front_door, front_door_metrics, in_flight, requests, connection_metrics);
+
+        server::serve(listeners, app, shutdown).await;
+        reloader.abort();
+        info!("shutting down: detaching BPF programs");
+        drop(kernel);
+        anyhow::Ok(())
+    })?;
+    // Connections that did not finish within the grace period are dropped
+    // here rather than holding the exit hostage.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    Ok(())
+}
+
+/// Holding signals pending across start-up.
+mod signals {
+    /// Blocks `signals` in this thread (and the threads it starts).
+    pub(super) fn hold(signals: &[libc::c_int]) -> libc::sigset_t {
+        // SAFETY: a zeroed sigset_t is initialised by sigemptyset; the mask
+        // calls only read the set.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&raw mut set);
+            for &signal in signals {
+                libc::sigaddset(&raw mut set, signal);
+            }
+            libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut());
+            set
+        }
+    }
+
+    /// Unblocks them in this thread: pending ones are delivered now.
+    pub(super) fn release(set: &libc::sigset_t) {
+        // SAFETY: reads the set only.
+        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, set, std::ptr::null_mut()) };
+    }
+}
+
+/// `kernel-exporter check-config`: everything start-up would check about
+/// the web config, without loading or listening; one line either way.
+fn check_config(path: &Path) -> ExitCode {
+    match reload::Policy::load(path) {
+        Ok(policy) => {
+            for warning in policy.warnings() {
+                eprintln!("warning: {warning}");
+            }
+            println!("{}: OK: {policy}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
