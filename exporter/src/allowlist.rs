@@ -141,13 +141,7 @@ struct TrieState {
 pub(crate) fn ranges(sources: Option<&[Cidr]>) -> BTreeSet<Range> {
     match sources {
         None => BTreeSet::from([(0, [0; 16])]),
-        Some(sources) => sources
-            .iter()
-            .map(|cidr| match cidr.addr {
-                IpAddr::V4(v4) => (u32::from(cidr.prefix) + 96, v4.to_ipv6_mapped().octets()),
-                IpAddr::V6(v6) => (u32::from(cidr.prefix), v6.octets()),
-            })
-            .collect(),
+        Some(sources) => sources.iter().map(Cidr::trie_range).collect(),
     }
 }
 

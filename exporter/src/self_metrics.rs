@@ -37,8 +37,25 @@ pub(crate) struct SelfMetrics {
 }
 
 /// One `reason` label; the values are the fixed sets of
-/// [`HandshakeFailure`] and [`AuthFailure`].
+/// [`HandshakeFailure`], [`AuthFailure`] and [`CloseReason`].
 type Reason = [(&'static str, &'static str); 1];
+
+/// A counter family by `reason`, registered with a series for every
+/// reason from the start: a `rate()` over a series that appears only with
+/// the first event misses that event.
+fn register_by_reason<const N: usize>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    reasons: [&'static str; N],
+) -> Family<Reason, Counter> {
+    let family = Family::<Reason, Counter>::default();
+    for reason in reasons {
+        drop(family.get_or_create(&[("reason", reason)]));
+    }
+    registry.register(name, help, family.clone());
+    family
+}
 
 /// The front door's counters and reload gauges, shared with the accept
 /// loops, the request handler and the reloader.
@@ -52,25 +69,17 @@ pub(crate) struct FrontDoorMetrics {
 
 impl FrontDoorMetrics {
     fn register(registry: &mut Registry) -> Self {
-        let tls_handshake_failures = Family::<Reason, Counter>::default();
-        // Every reason from the start: a rate() over a series that appears
-        // only with the first failure misses that failure.
-        for reason in HandshakeFailure::ALL {
-            drop(tls_handshake_failures.get_or_create(&[("reason", reason.as_str())]));
-        }
-        registry.register(
+        let tls_handshake_failures = register_by_reason(
+            registry,
             "kernel_exporter_tls_handshake_failures",
             "TLS connections that did not get to HTTP, by reason",
-            tls_handshake_failures.clone(),
+            HandshakeFailure::ALL.map(HandshakeFailure::as_str),
         );
-        let auth_failures = Family::<Reason, Counter>::default();
-        for reason in AuthFailure::ALL {
-            drop(auth_failures.get_or_create(&[("reason", reason.as_str())]));
-        }
-        registry.register(
+        let auth_failures = register_by_reason(
+            registry,
             "kernel_exporter_auth_failures",
             "Requests refused by basic auth, by reason",
-            auth_failures.clone(),
+            AuthFailure::ALL.map(AuthFailure::as_str),
         );
         let reload_successful = Gauge::default();
         registry.register(
@@ -121,15 +130,12 @@ impl ConnectionMetrics {
             "HTTP connections held now, at most --web.max-connections",
             open.clone(),
         );
-        let closed = Family::<Reason, Counter>::default();
-        for reason in CloseReason::ALL {
-            drop(closed.get_or_create(&[("reason", reason.as_str())]));
-        }
-        registry.register(
+        let closed = register_by_reason(
+            registry,
             "kernel_exporter_connections_closed",
             "HTTP connections the exporter closed on its own, by reason: max_connections (evicted or refused at \
              --web.max-connections), header_timeout (no complete request in time)",
-            closed.clone(),
+            CloseReason::ALL.map(CloseReason::as_str),
         );
         Self { open, closed }
     }

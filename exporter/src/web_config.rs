@@ -14,7 +14,7 @@
 use std::{
     collections::BTreeMap,
     fmt, fs, io,
-    net::IpAddr,
+    net::{IpAddr, Ipv6Addr},
     path::{Path, PathBuf},
     str::FromStr,
 };
@@ -265,13 +265,24 @@ impl Cidr {
     /// `10.0.0.0/8` the mapped `::ffff:10.1.2.3`: the daemon never refuses a
     /// client the socket filter let in, nor serves one it would have dropped.
     pub(crate) fn contains(&self, ip: IpAddr) -> bool {
-        let mapped = |ip: IpAddr| match ip {
-            IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-            IpAddr::V6(v6) => u128::from(v6),
-        };
-        let prefix = u32::from(self.prefix) + if self.addr.is_ipv4() { 96 } else { 0 };
+        let (prefix, network) = self.trie_range();
         let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
-        mapped(self.addr) == mapped(ip) & mask
+        u128::from_be_bytes(network) == u128::from(ipv6_mapped(ip)) & mask
+    }
+
+    /// The range as the kernel's allowlist trie holds it: a prefix length
+    /// over the 16-byte address, IPv4 as IPv4-mapped IPv6.
+    pub(crate) fn trie_range(&self) -> (u32, [u8; 16]) {
+        let prefix = u32::from(self.prefix) + if self.addr.is_ipv4() { 96 } else { 0 };
+        (prefix, ipv6_mapped(self.addr).octets())
+    }
+}
+
+/// `ip` as the socket filter looks it up: IPv4 sources as IPv4-mapped IPv6.
+fn ipv6_mapped(ip: IpAddr) -> Ipv6Addr {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
     }
 }
 
