@@ -243,9 +243,10 @@ impl Drop for Server {
     }
 }
 
-/// A `kB` line of /proc/PID/status.
-fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+/// A `kB` field of `/proc/PID/status` (`VmRSS:`, `VmHWM:`), in KiB.
+pub(crate) fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status =
+        fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("cannot read /proc/{pid}/status"))?;
     status
         .lines()
         .find_map(|line| line.strip_prefix(field))

@@ -510,12 +510,7 @@ fn mib(kib: u64) -> String {
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).context("cannot read the daemon's status")?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS in the daemon's status")
+    crate::bench::status_kib(pid, "VmRSS:")
 }
 
 fn fds(pid: u32) -> anyhow::Result<usize> {
