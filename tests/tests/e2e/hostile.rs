@@ -23,6 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use base64::{Engine as _, engine::general_purpose::STANDARD};
 use kernel_exporter_tests::{Exporter, Metrics, exporter_binary, free_port, http_request};
 
 use crate::front_door::{self, HASH, PASSWORD, Pki, USER};
@@ -111,21 +112,7 @@ fn raise_own_fd_limit(needed: u64) {
 
 /// `Basic base64(user:password)`.
 fn basic(user: &str, password: &str) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let input = format!("{user}:{password}").into_bytes();
-    let mut out = String::from("Basic ");
-    for chunk in input.chunks(3) {
-        let bytes = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
-        let n = u32::from(bytes[0]) << 16 | u32::from(bytes[1]) << 8 | u32::from(bytes[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    format!("Basic {}", STANDARD.encode(format!("{user}:{password}")))
 }
 
 /// The head of an HTTP response: status, lower-cased head text, and the
