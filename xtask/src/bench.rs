@@ -9,7 +9,7 @@ use std::{
     fmt::Write as _,
     fs,
     net::TcpListener,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -37,16 +37,23 @@ const PROBE_ROUNDS: usize = 5;
 
 const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
 
-pub(crate) fn bench(quick: bool, probes_only: bool) -> anyhow::Result<()> {
+/// What every benchmark needs: root, tracefs, the release daemon (built) and
+/// target/bench/ (created). Returns the toolchain, the daemon and the folder.
+pub(crate) fn prepare() -> anyhow::Result<(Toolchain, PathBuf, PathBuf)> {
     let toolchain = Toolchain::ensure()?;
     if !prereq::is_root() {
         bail!("the benchmark loads BPF programs and needs root; run `sudo -E env PATH=\"$PATH\" cargo xtask bench`");
     }
     prereq::ensure_tracefs()?;
-    prereq::ensure_debian_packages(&[("wrk", "wrk"), ("prometheus-node-exporter", "prometheus-node-exporter")])?;
     let binary = toolchain.build(true)?;
     let report_dir = prereq::target_dir().join("bench");
     fs::create_dir_all(&report_dir).with_context(|| format!("cannot create {}", report_dir.display()))?;
+    Ok((toolchain, binary, report_dir))
+}
+
+pub(crate) fn bench(quick: bool, probes_only: bool) -> anyhow::Result<()> {
+    let (toolchain, binary, report_dir) = prepare()?;
+    prereq::ensure_debian_packages(&[("wrk", "wrk"), ("prometheus-node-exporter", "prometheus-node-exporter")])?;
     if probes_only {
         say("bench", "probe overhead only");
         let probes = probe_overhead(&binary)?;
@@ -280,9 +287,16 @@ struct Summary {
     series: usize,
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+/// The middle value (the mean of the two middle ones for an even count);
+/// NaN for none.
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+    let middle = values.len() / 2;
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 0 => (values[middle - 1] + values[middle]) / 2.0,
+        _ => values[middle],
+    }
 }
 
 impl Summary {
@@ -467,7 +481,7 @@ fn pin_to_first_cpu() {
 /// Two threads on one CPU bouncing a byte over a socket pair; ns per round
 /// trip. Sharing a CPU keeps idle periods and cross-CPU wakeups out: a round
 /// trip is exactly two context switches.
-fn pinned_ping_pong(round_trips: u64) -> f64 {
+pub(crate) fn pinned_ping_pong(round_trips: u64) -> f64 {
     use std::{
         io::{Read as _, Write as _},
         os::unix::net::UnixStream,
@@ -592,6 +606,14 @@ fn report_json(ours: &Summary, node: &Summary, encoder: &[(String, f64, f64)], p
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![7.0]), 7.0);
+        assert!(median(Vec::new()).is_nan());
+    }
 
     #[test]
     fn parses_wrk_durations() {

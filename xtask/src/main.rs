@@ -9,6 +9,7 @@ mod bench;
 mod floor;
 mod fuzz;
 mod install;
+mod overhead;
 mod prereq;
 mod run;
 mod soak;
@@ -56,6 +57,16 @@ enum Command {
         /// node_exporter comparison).
         #[arg(long)]
         probes_only: bool,
+        /// Only how much slower ordinary workloads (syscalls, small packets,
+        /// page faults, context switches, fork/exec, git) run with the
+        /// exporter attached: off, default collectors, each collector alone;
+        /// writes target/bench/overhead.json.
+        #[arg(long, conflicts_with = "probes_only")]
+        overhead: bool,
+        /// With --overhead: time only these collectors alone (default: every
+        /// collector the daemon offers); the default set is always timed.
+        #[arg(long, value_name = "NAME,...", value_delimiter = ',', requires = "overhead")]
+        overhead_collectors: Option<Vec<String>>,
     },
     /// Install the release binary, the systemd unit, the example web config
     /// and the system user, idempotently.
@@ -114,7 +125,10 @@ fn main() -> ExitCode {
         Command::Test { filter } => test::test(filter.as_deref()),
         Command::Soak { minutes } => soak::soak(minutes),
         Command::Fuzz { seconds, cmin, target } => fuzz::fuzz(seconds, target.as_deref(), cmin),
-        Command::Bench { quick, probes_only } => bench::bench(quick, probes_only),
+        Command::Bench { quick, overhead: true, overhead_collectors, .. } => {
+            overhead::overhead(quick, overhead_collectors.as_deref())
+        }
+        Command::Bench { quick, probes_only, .. } => bench::bench(quick, probes_only),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

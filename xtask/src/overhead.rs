@@ -1,0 +1,974 @@
+//! `cargo xtask bench --overhead`: what the exporter's kernel programs cost
+//! the host's own work, that is how much slower ordinary workloads run while
+//! the exporter is attached.
+//!
+//! Six bounded workloads, each stressing one kind of kernel event the
+//! collectors trace: syscalls (`dd bs=64`), small packets (64-byte UDP
+//! datagrams over loopback), page faults (touching every page of a fresh
+//! anonymous mapping), context switches (two threads pinned to one CPU
+//! bouncing a byte), fork/exec (`/bin/true` in a loop) and a mixed real
+//! workload (`git log -p --stat` over this repository's history, at a commit
+//! fixed when the run starts). Each is timed with the exporter off, with its
+//! default collectors, and with every collector alone (those off by default
+//! included). Nothing scrapes the exporter while a workload is timed: the
+//! cost measured is the per-event cost of the kernel programs.
+//!
+//! Why alternating rounds and medians: this VM shares its host, so its speed
+//! drifts over minutes (other guests, frequency, caches) by amounts as large
+//! as the effects measured. Timing every configuration once
+//! per round, the exporter-off baseline twice (first and halfway), and
+//! rotating the order of the others from round to round spreads that drift
+//! over all of them alike instead of letting it land on whichever ran last.
+//! The median of the rounds then drops the one round that a burst of
+//! neighbour activity spoilt, which a mean would not. The baseline's spread
+//! is printed next to its median: an overhead smaller than that is noise.
+//!
+//! Small packets go through iperf3 (`-u -l 64 -b 0`, Debian's `iperf3`),
+//! timed by its own JSON report: nanoseconds per datagram sent. On loopback
+//! the sender's CPU also runs the receive path up to the socket queue, so the
+//! figure includes both directions' tracepoints. iperf3 was chosen over an
+//! in-process socket pair because it is what an operator would run and is
+//! reproducible outside the xtask; a failed run (port race, early exit) is
+//! retried once before giving up.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs,
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+use crate::{
+    bench,
+    prereq::{self, say},
+};
+
+/// Rounds of every configuration (medians reported).
+const ROUNDS: usize = 5;
+const QUICK_ROUNDS: usize = 3;
+
+/// How long the exporter may take to attach its programs and answer.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the exporter may take to exit after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Quiet time after the readiness scrape, before a workload is timed.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// How much work each workload does in one timed run (each about 0.5–2 s on
+/// the project's 2-core VM).
+#[derive(Clone, Copy, Debug)]
+struct Sizes {
+    dd_blocks: u64,
+    udp_seconds: u64,
+    pages: usize,
+    round_trips: u64,
+    spawns: u32,
+    git_runs: u32,
+}
+
+const FULL: Sizes =
+    Sizes { dd_blocks: 1_000_000, udp_seconds: 2, pages: 512 * 1024, round_trips: 200_000, spawns: 1_000, git_runs: 8 };
+const QUICK: Sizes =
+    Sizes { dd_blocks: 400_000, udp_seconds: 1, pages: 128 * 1024, round_trips: 60_000, spawns: 400, git_runs: 3 };
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Workload {
+    Syscalls,
+    SmallPackets,
+    PageFaults,
+    ContextSwitches,
+    ForkExec,
+    Git,
+}
+
+impl Workload {
+    const ALL: [Self; 6] =
+        [Self::Syscalls, Self::SmallPackets, Self::PageFaults, Self::ContextSwitches, Self::ForkExec, Self::Git];
+
+    /// The key in the JSON report.
+    fn key(self) -> &'static str {
+        match self {
+            Self::Syscalls => "syscalls",
+            Self::SmallPackets => "small_packets",
+            Self::PageFaults => "page_faults",
+            Self::ContextSwitches => "context_switches",
+            Self::ForkExec => "fork_exec",
+            Self::Git => "git_log",
+        }
+    }
+
+    /// The row label in the table.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Syscalls => "syscalls (dd bs=64)",
+            Self::SmallPackets => "UDP 64 B (iperf3)",
+            Self::PageFaults => "page faults (4 KiB)",
+            Self::ContextSwitches => "context switches",
+            Self::ForkExec => "fork/exec /bin/true",
+            Self::Git => "git log -p --stat",
+        }
+    }
+
+    /// What one value measures; lower is better for every workload.
+    fn unit(self) -> &'static str {
+        match self {
+            Self::Syscalls => "ns/block",
+            Self::SmallPackets => "ns/packet",
+            Self::PageFaults => "ns/page",
+            Self::ContextSwitches => "ns/switch",
+            Self::ForkExec => "us/spawn",
+            Self::Git => "ms/run",
+        }
+    }
+
+    /// The amount of work of one timed run, for the report.
+    fn work(self, sizes: &Sizes) -> String {
+        match self {
+            Self::Syscalls => format!("dd if=/dev/zero of=/dev/null bs=64 count={}", sizes.dd_blocks),
+            Self::SmallPackets => format!("iperf3 -u -l 64 -b 0 -t {} over 127.0.0.1", sizes.udp_seconds),
+            Self::PageFaults => format!("mmap, touch and munmap {} anonymous pages", sizes.pages),
+            Self::ContextSwitches => {
+                format!("{} round trips between two threads pinned to CPU 0", sizes.round_trips)
+            }
+            Self::ForkExec => format!("{} sequential spawns of /bin/true", sizes.spawns),
+            Self::Git => format!("{} runs of git log -p --stat", sizes.git_runs),
+        }
+    }
+
+    fn run(self, sizes: &Sizes, env: &Env) -> anyhow::Result<f64> {
+        match self {
+            Self::Syscalls => dd(sizes.dd_blocks),
+            Self::SmallPackets => iperf3(sizes.udp_seconds).or_else(|first| {
+                say("warn", &format!("iperf3 failed ({first:#}); retrying once"));
+                iperf3(sizes.udp_seconds)
+            }),
+            Self::PageFaults => page_faults(sizes.pages),
+            Self::ContextSwitches => {
+                let round_trip = bench::pinned_ping_pong(sizes.round_trips);
+                if !round_trip.is_finite() {
+                    bail!("the pinned ping-pong failed (socket pair or thread)");
+                }
+                // A round trip is two switches.
+                Ok(round_trip / 2.0)
+            }
+            Self::ForkExec => fork_exec(sizes.spawns),
+            Self::Git => git_log(&env.repository, &env.commit, sizes.git_runs),
+        }
+    }
+}
+
+/// What the workloads need from the run.
+struct Env {
+    repository: PathBuf,
+    /// The commit `git log` starts from, fixed for the whole run so that
+    /// commits made meanwhile do not change the work.
+    commit: String,
+}
+
+/// One exporter configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Config {
+    /// No exporter: the baseline.
+    Off,
+    /// The exporter with no collector flags.
+    Default,
+    /// `--collector.disable-defaults --collector.NAME`.
+    Alone(String),
+}
+
+impl Config {
+    fn label(&self) -> String {
+        match self {
+            Self::Off => "off".to_owned(),
+            Self::Default => "default".to_owned(),
+            Self::Alone(name) => name.clone(),
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        match self {
+            Self::Off | Self::Default => Vec::new(),
+            Self::Alone(name) => vec!["--collector.disable-defaults".to_owned(), format!("--collector.{name}")],
+        }
+    }
+}
+
+/// A collector the daemon offers, from its `--help`.
+#[derive(Debug, PartialEq, Eq)]
+struct Collector {
+    name: String,
+    default_enabled: bool,
+}
+
+pub(crate) fn overhead(quick: bool, only: Option<&[String]>) -> anyhow::Result<()> {
+    let (_toolchain, binary, report_dir) = bench::prepare()?;
+    prereq::ensure_debian_packages(&[("iperf3", "iperf3"), ("dd", "coreutils"), ("git", "git")])?;
+    let sizes = if quick { QUICK } else { FULL };
+    let rounds = if quick { QUICK_ROUNDS } else { ROUNDS };
+
+    let collectors = daemon_collectors(&binary)?;
+    let names: Vec<&str> = collectors.iter().map(|c| c.name.as_str()).collect();
+    let chosen: Vec<String> = match only {
+        None => names.iter().map(|&n| n.to_owned()).collect(),
+        Some(only) => {
+            for name in only {
+                if !names.contains(&name.as_str()) {
+                    bail!("--overhead-collectors: the daemon has no collector {name:?} (it has {})", names.join(", "));
+                }
+            }
+            let mut chosen: Vec<String> = Vec::new();
+            for name in only {
+                if !chosen.contains(name) {
+                    chosen.push(name.clone());
+                }
+            }
+            chosen
+        }
+    };
+    let defaults: Vec<&str> = collectors.iter().filter(|c| c.default_enabled).map(|c| c.name.as_str()).collect();
+    let env = Env { commit: git_head(&prereq::workspace_root())?, repository: prereq::workspace_root() };
+    let log = report_dir.join("overhead-exporter.log");
+    fs::write(&log, "").with_context(|| format!("cannot create {}", log.display()))?;
+    check_memory(sizes.pages)?;
+
+    let mut on: Vec<Config> = vec![Config::Default];
+    on.extend(chosen.iter().cloned().map(Config::Alone));
+    say(
+        "bench",
+        &format!(
+            "overhead: {rounds} alternating rounds of {} configurations x {} workloads (defaults: {}); exporter log in {}",
+            on.len() + 1,
+            Workload::ALL.len(),
+            defaults.join(", "),
+            log.display()
+        ),
+    );
+
+    // One untimed pass first: the first run of each workload pays for cold
+    // caches (binaries, git's pack, the page allocator's free lists).
+    say("bench", "warm-up: every workload once, untimed, exporter off");
+    for workload in Workload::ALL {
+        workload.run(&sizes, &env).with_context(|| format!("warm-up of {}", workload.label()))?;
+    }
+    let busy_before = background_busy_percent()?;
+    if busy_before > 5.0 {
+        say(
+            "warn",
+            &format!(
+                "the CPUs are {busy_before:.0}% busy while we are idle: something else runs; expect noisy figures"
+            ),
+        );
+    }
+
+    let mut samples: BTreeMap<String, Vec<Vec<f64>>> = BTreeMap::new();
+    let mut skipped: Vec<(String, String)> = Vec::new();
+    for round in 0..rounds {
+        let order = schedule(&on, round);
+        for (step, config) in order.iter().enumerate() {
+            let label = config.label();
+            if skipped.iter().any(|(name, _)| *name == label) {
+                continue;
+            }
+            say("bench", &format!("round {}/{rounds}, {}/{}: {}", round + 1, step + 1, order.len(), describe(config)));
+            match measure(config, &binary, &log, &sizes, &env) {
+                Ok(values) => {
+                    let columns = samples.entry(label).or_insert_with(|| vec![Vec::new(); Workload::ALL.len()]);
+                    for (column, value) in columns.iter_mut().zip(values) {
+                        column.push(value);
+                    }
+                }
+                // A collector that cannot attach on this kernel is reported,
+                // not fatal; the baseline and the default set must work.
+                Err(error) if matches!(config, Config::Alone(_)) && error.is::<StartError>() => {
+                    say("warn", &format!("skipping collector {label}: {error:#}"));
+                    samples.remove(&label);
+                    skipped.push((label, format!("{error:#}")));
+                }
+                Err(error) => return Err(error.context(format!("measuring {}", describe(config)))),
+            }
+        }
+    }
+
+    let busy = (busy_before, background_busy_percent()?);
+    let report = Report::new(&samples, &on, &sizes, rounds);
+    println!("\n{}", report.render(&defaults, &skipped, busy));
+    let mut json = report.json(quick, &env.commit, &binary, &defaults, &skipped);
+    json["background_cpu_busy_percent"] = json!({"before": busy.0, "after": busy.1});
+    let path = report_dir.join("overhead.json");
+    let text = serde_json::to_string_pretty(&json).context("cannot serialize the overhead report")?;
+    fs::write(&path, text + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+    say("ok", &format!("report written to {}", path.display()));
+    Ok(())
+}
+
+fn describe(config: &Config) -> String {
+    match config {
+        Config::Off => "exporter off".to_owned(),
+        Config::Default => "exporter with its default collectors".to_owned(),
+        Config::Alone(name) => format!("exporter with {name} alone"),
+    }
+}
+
+/// The order of one round: the baseline first and again halfway, the
+/// exporter configurations rotated by the round's number so that none is
+/// always the one timed furthest from a baseline.
+fn schedule(on: &[Config], round: usize) -> Vec<Config> {
+    let mut rotated = on.to_vec();
+    if !rotated.is_empty() {
+        let shift = round % rotated.len();
+        rotated.rotate_left(shift);
+    }
+    let half = rotated.len().div_ceil(2);
+    let mut order = vec![Config::Off];
+    order.extend(rotated[..half].iter().cloned());
+    order.push(Config::Off);
+    order.extend(rotated[half..].iter().cloned());
+    order
+}
+
+/// The exporter failed to start: the configuration cannot be measured.
+#[derive(Debug)]
+struct StartError(String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Every workload once under `config`, in [`Workload::ALL`] order.
+fn measure(config: &Config, binary: &Path, log: &Path, sizes: &Sizes, env: &Env) -> anyhow::Result<Vec<f64>> {
+    let exporter = match config {
+        Config::Off => None,
+        _ => Some(Exporter::start(binary, &config.args(), log)?),
+    };
+    thread::sleep(SETTLE);
+    let mut values = Vec::with_capacity(Workload::ALL.len());
+    for workload in Workload::ALL {
+        let value = workload.run(sizes, env).with_context(|| format!("workload {}", workload.label()))?;
+        values.push(value);
+    }
+    if let Some(exporter) = exporter {
+        exporter.stop()?;
+    }
+    Ok(values)
+}
+
+/// The daemon, started as root and stopped with SIGTERM.
+struct Exporter {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Exporter {
+    /// Starts it on a free loopback port and waits until `/metrics` answers
+    /// (its programs are attached by then).
+    fn start(binary: &Path, args: &[String], log: &Path) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let mut file =
+            fs::OpenOptions::new().append(true).open(log).with_context(|| format!("cannot open {}", log.display()))?;
+        writeln!(file, "--- kernel-exporter {}", args.join(" "))
+            .with_context(|| format!("cannot write {}", log.display()))?;
+        let child = Command::new(binary)
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let mut exporter = Self { child: Some(child), log: log.to_owned() };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let exited = match exporter.child.as_mut() {
+                Some(child) => child.try_wait().context("cannot wait for kernel-exporter")?,
+                None => None,
+            };
+            if let Some(status) = exited {
+                exporter.child = None;
+                return Err(StartError(format!("kernel-exporter exited ({status}): {}", log_tail(log))).into());
+            }
+            if metrics_answers(port) {
+                return Ok(exporter);
+            }
+            if Instant::now() > deadline {
+                return Err(StartError(format!(
+                    "kernel-exporter did not answer on 127.0.0.1:{port}/metrics within {} s: {}",
+                    START_TIMEOUT.as_secs(),
+                    log_tail(log)
+                ))
+                .into());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then waits for it to exit.
+    fn stop(mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else { return Ok(()) };
+        let pid = libc::pid_t::try_from(child.id()).context("kernel-exporter's pid does not fit a pid_t")?;
+        // SAFETY: kill has no memory arguments; the pid is our own child,
+        // not yet reaped, so it cannot have been reused.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            let error = std::io::Error::last_os_error();
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("cannot send SIGTERM to kernel-exporter: {error}");
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().context("cannot wait for kernel-exporter")? {
+                if !status.success() {
+                    say("warn", &format!("kernel-exporter exited with {status} after SIGTERM"));
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "kernel-exporter did not exit within {} s of SIGTERM: {}",
+                    STOP_TIMEOUT.as_secs(),
+                    log_tail(&self.log)
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The last lines of the exporter's log, for an error message.
+fn log_tail(log: &Path) -> String {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(8)..].join("\n");
+    if tail.is_empty() { "(its log is empty)".to_owned() } else { format!("last lines of its log:\n{tail}") }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
+    Ok(listener.local_addr().context("cannot read a bound port")?.port())
+}
+
+/// Whether `GET /metrics` on the port answers 200.
+fn metrics_answers(port: u16) -> bool {
+    let attempt = || -> std::io::Result<bool> {
+        let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response)?;
+        Ok(response.starts_with(b"HTTP/1.1 200") || response.starts_with(b"HTTP/1.0 200"))
+    };
+    attempt().unwrap_or(false)
+}
+
+/// The collectors named in the daemon's `--help`.
+fn daemon_collectors(binary: &Path) -> anyhow::Result<Vec<Collector>> {
+    let out = Command::new(binary)
+        .arg("--help")
+        .output()
+        .with_context(|| format!("cannot run {} --help", binary.display()))?;
+    if !out.status.success() {
+        bail!("{} --help failed: {}", binary.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let collectors = collectors_from_help(&String::from_utf8_lossy(&out.stdout));
+    if collectors.is_empty() {
+        bail!("{} --help names no --collector.NAME flag", binary.display());
+    }
+    Ok(collectors)
+}
+
+/// `--collector.NAME` flags (not `--collector.disable-defaults`, not options
+/// such as `--collector.net.device-exclude`), each on by default when its
+/// help says "enabled by default".
+fn collectors_from_help(help: &str) -> Vec<Collector> {
+    let lines: Vec<&str> = help.lines().map(str::trim).collect();
+    let mut found = Vec::new();
+    for (index, line) in lines.iter().enumerate() {
+        let Some(rest) = line.strip_prefix("--collector.") else { continue };
+        let end = rest.find(|c: char| c.is_whitespace() || c == '=' || c == ',' || c == '<').unwrap_or(rest.len());
+        let name = &rest[..end];
+        if name.is_empty() || name.contains('.') || name == "disable-defaults" {
+            continue;
+        }
+        // The flag's help runs until the next flag; clap may wrap it.
+        let mut text = rest[end..].to_owned();
+        for next in &lines[index + 1..] {
+            if next.starts_with('-') {
+                break;
+            }
+            text.push(' ');
+            text.push_str(next);
+        }
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if !found.iter().any(|c: &Collector| c.name == name) {
+            found.push(Collector { name: name.to_owned(), default_enabled: text.contains("enabled by default") });
+        }
+    }
+    found
+}
+
+/// How busy the CPUs are while we do nothing, in percent of all of them
+/// (steal included): over one idle second, from `/proc/stat`.
+fn background_busy_percent() -> anyhow::Result<f64> {
+    let before = cpu_times()?;
+    thread::sleep(Duration::from_secs(1));
+    let after = cpu_times()?;
+    Ok(busy_percent(before, after))
+}
+
+/// (busy, total) jiffies of all CPUs, from the `cpu` line of `/proc/stat`.
+fn cpu_times() -> anyhow::Result<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+    parse_cpu_line(&stat).context("no cpu line in /proc/stat")
+}
+
+fn parse_cpu_line(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+    // user nice system idle iowait irq softirq steal (guest time is
+    // already counted in user).
+    let fields: Vec<u64> = line.split_whitespace().skip(1).take(8).map(str::parse).collect::<Result<_, _>>().ok()?;
+    let total: u64 = fields.iter().sum();
+    let idle = fields.get(3)? + fields.get(4)?;
+    Some((total - idle, total))
+}
+
+fn busy_percent(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let total = after.1.saturating_sub(before.1);
+    if total == 0 { 0.0 } else { after.0.saturating_sub(before.0) as f64 * 100.0 / total as f64 }
+}
+
+fn git_head(repository: &Path) -> anyhow::Result<String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(repository)
+        .args(["rev-parse", "--verify", "HEAD"])
+        .output()
+        .context("cannot run git rev-parse")?;
+    if !out.status.success() {
+        bail!("git rev-parse HEAD failed in {}: {}", repository.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Refuses to start when the page-fault workload's mapping would not fit in
+/// the memory available (touching it would wake the OOM killer instead).
+fn check_memory(pages: usize) -> anyhow::Result<()> {
+    let meminfo = fs::read_to_string("/proc/meminfo").context("cannot read /proc/meminfo")?;
+    let available_kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemAvailable:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no MemAvailable in /proc/meminfo")?;
+    let needed_kib = (pages as u64 * page_size()? as u64) / 1024;
+    if available_kib < needed_kib + 1024 * 1024 {
+        bail!(
+            "the page-fault workload maps {} MiB but only {} MiB are available; free memory or use --quick",
+            needed_kib / 1024,
+            available_kib / 1024
+        );
+    }
+    Ok(())
+}
+
+fn page_size() -> anyhow::Result<usize> {
+    // SAFETY: sysconf has no memory arguments.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).ok().filter(|&size| size > 0).context("sysconf(_SC_PAGESIZE) failed")
+}
+
+/// Wall-clock time of a command that must exit 0, its output discarded.
+fn timed(command: &mut Command, what: &str) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let status = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .with_context(|| format!("cannot run {what}"))?;
+    let elapsed = started.elapsed();
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(elapsed)
+}
+
+fn dd(blocks: u64) -> anyhow::Result<f64> {
+    let count = format!("count={blocks}");
+    let elapsed = timed(Command::new("dd").args(["if=/dev/zero", "of=/dev/null", "bs=64", &count]), "dd")?;
+    Ok(elapsed.as_nanos() as f64 / blocks as f64)
+}
+
+fn fork_exec(spawns: u32) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    for _ in 0..spawns {
+        let status = Command::new("/bin/true")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("cannot spawn /bin/true")?;
+        if !status.success() {
+            bail!("/bin/true failed ({status})");
+        }
+    }
+    Ok(started.elapsed().as_secs_f64() * 1e6 / f64::from(spawns))
+}
+
+fn git_log(repository: &Path, commit: &str, runs: u32) -> anyhow::Result<f64> {
+    let mut total = Duration::ZERO;
+    for _ in 0..runs {
+        total += timed(
+            Command::new("git").arg("-C").arg(repository).args(["log", "-p", "--stat", "--no-color", commit]),
+            "git log -p --stat",
+        )?;
+    }
+    Ok(total.as_secs_f64() * 1e3 / f64::from(runs))
+}
+
+/// Maps `pages` fresh anonymous pages (no transparent huge pages, so each
+/// page is one fault), writes one byte to each, unmaps them; ns per page.
+fn page_faults(pages: usize) -> anyhow::Result<f64> {
+    let page = page_size()?;
+    let length = pages.checked_mul(page).context("the mapping's size overflows")?;
+    let started = Instant::now();
+    // SAFETY: a new private anonymous mapping; no existing memory is touched.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            length,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        bail!("cannot map {} MiB: {}", length >> 20, std::io::Error::last_os_error());
+    }
+    // SAFETY: the range is the mapping just made. Failure only leaves huge
+    // pages possible, which the fault count below would show as a too-fast
+    // run; it is not fatal.
+    unsafe { libc::madvise(base, length, libc::MADV_NOHUGEPAGE) };
+    let bytes = base.cast::<u8>();
+    for index in 0..pages {
+        // SAFETY: index * page < length: inside the writable mapping.
+        unsafe { bytes.add(index * page).write_volatile(1) };
+    }
+    // SAFETY: unmaps exactly the mapping made above; nothing refers to it.
+    if unsafe { libc::munmap(base, length) } != 0 {
+        bail!("cannot unmap the page-fault workload's mapping: {}", std::io::Error::last_os_error());
+    }
+    Ok(started.elapsed().as_nanos() as f64 / pages as f64)
+}
+
+/// One iperf3 UDP run against a one-off local server; ns per datagram sent.
+fn iperf3(seconds: u64) -> anyhow::Result<f64> {
+    let port = free_port()?;
+    let mut server = Command::new("iperf3")
+        .args(["-s", "-1", "-B", "127.0.0.1", "-p"])
+        .arg(port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start iperf3 -s")?;
+    let result = iperf3_client(&mut server, port, seconds);
+    // The one-off server exits after its client; make sure it does.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = server.kill();
+            let _ = server.wait();
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    result
+}
+
+/// Waits for the server to listen, then runs the client against it.
+fn iperf3_client(server: &mut Child, port: u16, seconds: u64) -> anyhow::Result<f64> {
+    // Waiting on /proc rather than connecting: a probe connection would be
+    // the one client the server accepts.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let tcp = fs::read_to_string("/proc/net/tcp").context("cannot read /proc/net/tcp")?;
+        if listening_on(&tcp, port) {
+            break;
+        }
+        if let Some(status) = server.try_wait().context("cannot wait for iperf3 -s")? {
+            bail!("iperf3 -s exited ({status}) before listening on port {port}");
+        }
+        if Instant::now() > deadline {
+            bail!("iperf3 -s did not listen on 127.0.0.1:{port} within 5 s");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let out = Command::new("iperf3")
+        .args(["-c", "127.0.0.1", "-u", "-l", "64", "-b", "0", "-J", "-p"])
+        .arg(port.to_string())
+        .arg("-t")
+        .arg(seconds.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run iperf3 -c")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ns = iperf3_ns_per_packet(&text);
+    if !out.status.success() {
+        bail!("iperf3 -c failed ({}): {}", out.status, ns.err().map(|e| format!("{e:#}")).unwrap_or_default());
+    }
+    ns
+}
+
+/// Whether `/proc/net/tcp` has a socket listening on 127.0.0.1 (or any
+/// address) at `port`.
+fn listening_on(proc_net_tcp: &str, port: u16) -> bool {
+    let suffix = format!(":{port:04X}");
+    proc_net_tcp.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        matches!(fields.get(1), Some(local) if local.ends_with(&suffix)
+            && (local.starts_with("0100007F") || local.starts_with("00000000")))
+            && fields.get(3) == Some(&"0A")
+    })
+}
+
+/// Nanoseconds per datagram the client sent, from `iperf3 -c -J` output
+/// (`end.sum_sent`, or `end.sum` before iperf3 3.x split it).
+fn iperf3_ns_per_packet(json: &str) -> anyhow::Result<f64> {
+    let report: Value = serde_json::from_str(json).context("iperf3 printed no JSON report")?;
+    if let Some(error) = report.get("error").and_then(Value::as_str) {
+        bail!("iperf3: {error}");
+    }
+    let end = report.get("end").context("iperf3's report has no \"end\"")?;
+    let sum = end.get("sum_sent").or_else(|| end.get("sum")).context("iperf3's report has no end.sum_sent")?;
+    let seconds = sum.get("seconds").and_then(Value::as_f64).context("no seconds in iperf3's sum")?;
+    let packets = sum.get("packets").and_then(Value::as_f64).context("no packets in iperf3's sum")?;
+    if packets <= 0.0 || seconds <= 0.0 {
+        bail!("iperf3 sent {packets} packets in {seconds} s");
+    }
+    Ok(seconds * 1e9 / packets)
+}
+
+/// (on / off − 1) × 100: how much longer the workload took.
+fn overhead_percent(on: f64, off: f64) -> f64 {
+    (on / off - 1.0) * 100.0
+}
+
+/// (max − min) / median × 100 of a set of samples.
+fn spread_percent(values: &[f64]) -> f64 {
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    (max - min) / bench::median(values.to_vec()) * 100.0
+}
+
+/// Medians per configuration and workload.
+struct Report<'a> {
+    samples: &'a BTreeMap<String, Vec<Vec<f64>>>,
+    /// Exporter configurations measured, in the order of the columns.
+    columns: Vec<String>,
+    sizes: Sizes,
+    rounds: usize,
+}
+
+impl<'a> Report<'a> {
+    fn new(samples: &'a BTreeMap<String, Vec<Vec<f64>>>, on: &[Config], sizes: &Sizes, rounds: usize) -> Self {
+        let columns = on.iter().map(Config::label).filter(|label| samples.contains_key(label)).collect();
+        Self { samples, columns, sizes: *sizes, rounds }
+    }
+
+    fn median(&self, config: &str, workload: usize) -> f64 {
+        self.samples
+            .get(config)
+            .and_then(|columns| columns.get(workload))
+            .map_or(f64::NAN, |v| bench::median(v.clone()))
+    }
+
+    fn render(&self, defaults: &[&str], skipped: &[(String, String)], busy: (f64, f64)) -> String {
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "overhead of the exporter on the host's own work: % slower than with it off (median of {} rounds; off: {} samples)",
+            self.rounds,
+            2 * self.rounds
+        );
+        let _ = write!(t, "{:<22} {:>10} {:<10} {:>6}", "workload", "off", "unit", "±off");
+        for column in &self.columns {
+            let _ = write!(t, " {column:>8}");
+        }
+        t.push('\n');
+        for (index, workload) in Workload::ALL.iter().enumerate() {
+            let off = self.median("off", index);
+            let spread = self.samples.get("off").map_or(f64::NAN, |columns| spread_percent(&columns[index]));
+            let _ = write!(t, "{:<22} {off:>10.1} {:<10} {:>5.1}%", workload.label(), workload.unit(), spread / 2.0);
+            for column in &self.columns {
+                let _ = write!(t, " {:>+7.1}%", overhead_percent(self.median(column, index), off));
+            }
+            t.push('\n');
+        }
+        let _ = writeln!(
+            t,
+            "±off: half the range of the baseline's samples; collectors on by default: {}",
+            defaults.join(", ")
+        );
+        let _ = writeln!(
+            t,
+            "CPUs busy with other work while the bench idled: {:.0}% before the rounds, {:.0}% after",
+            busy.0, busy.1
+        );
+        for (name, error) in skipped {
+            let _ = writeln!(t, "skipped {name}: {}", error.lines().next().unwrap_or_default());
+        }
+        t
+    }
+
+    fn json(&self, quick: bool, commit: &str, binary: &Path, defaults: &[&str], skipped: &[(String, String)]) -> Value {
+        let workloads: Vec<Value> = Workload::ALL
+            .iter()
+            .map(|w| json!({"key": w.key(), "label": w.label(), "unit": w.unit(), "work": w.work(&self.sizes)}))
+            .collect();
+        let configuration = |label: &str| -> Value {
+            let columns = self.samples.get(label);
+            let mut samples = serde_json::Map::new();
+            let mut medians = serde_json::Map::new();
+            let mut percent = serde_json::Map::new();
+            for (index, workload) in Workload::ALL.iter().enumerate() {
+                let values = columns.and_then(|c| c.get(index)).cloned().unwrap_or_default();
+                samples.insert(workload.key().to_owned(), json!(values));
+                medians.insert(workload.key().to_owned(), json!(self.median(label, index)));
+                if label != "off" {
+                    let p = overhead_percent(self.median(label, index), self.median("off", index));
+                    percent.insert(workload.key().to_owned(), json!(p));
+                }
+            }
+            let mut value = json!({"name": label, "samples": samples, "median": medians});
+            if label != "off" {
+                value["overhead_percent"] = Value::Object(percent);
+            }
+            value
+        };
+        let configurations: Vec<Value> =
+            std::iter::once("off").chain(self.columns.iter().map(String::as_str)).map(configuration).collect();
+        json!({
+            "quick": quick,
+            "rounds": self.rounds,
+            "git_commit": commit,
+            "exporter": binary.display().to_string(),
+            "collectors_on_by_default": defaults,
+            "workloads": workloads,
+            "configurations": configurations,
+            "skipped": skipped.iter().map(|(name, error)| json!({"collector": name, "error": error})).collect::<Vec<_>>(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_is_relative_to_the_baseline() {
+        assert!((overhead_percent(110.0, 100.0) - 10.0).abs() < 1e-9);
+        assert!((overhead_percent(95.0, 100.0) + 5.0).abs() < 1e-9);
+        assert_eq!(overhead_percent(100.0, 100.0), 0.0);
+        assert!((spread_percent(&[9.0, 10.0, 11.0]) - 20.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn parses_iperf3_udp_reports() {
+        let report = r#"{"start": {}, "intervals": [], "end": {
+            "sum": {"seconds": 1.000357, "packets": 50080, "lost_packets": 34965, "sender": true},
+            "sum_sent": {"seconds": 1.0, "packets": 50000, "lost_packets": 0, "sender": true},
+            "sum_received": {"seconds": 1.000357, "packets": 50080, "sender": false}}}"#;
+        assert!((iperf3_ns_per_packet(report).unwrap() - 20_000.0).abs() < 1e-6);
+        let old = r#"{"end": {"sum": {"seconds": 2.0, "packets": 1000000}}}"#;
+        assert!((iperf3_ns_per_packet(old).unwrap() - 2_000.0).abs() < 1e-6);
+        let error = r#"{"start": {}, "end": {}, "error": "unable to connect to server: Connection refused"}"#;
+        assert!(format!("{:#}", iperf3_ns_per_packet(error).unwrap_err()).contains("Connection refused"));
+        assert!(iperf3_ns_per_packet("").is_err());
+        assert!(iperf3_ns_per_packet(r#"{"end": {"sum_sent": {"seconds": 1.0, "packets": 0}}}"#).is_err());
+    }
+
+    #[test]
+    fn busy_share_of_cpu_time() {
+        let before = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 50 0 25 400 25 0 0 0 0 0\n";
+        let after = "cpu  150 0 100 850 50 0 0 50 0 0\ncpu0 75 0 50 425 25 0 0 25 0 0\n";
+        let (before, after) = (parse_cpu_line(before).unwrap(), parse_cpu_line(after).unwrap());
+        assert_eq!(before, (150, 1000));
+        assert_eq!(busy_percent(before, after), 75.0);
+        assert_eq!(busy_percent(after, after), 0.0);
+        assert_eq!(parse_cpu_line("intr 1 2 3"), None);
+    }
+
+    #[test]
+    fn finds_listening_sockets() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:07E8 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 195 1
+   1: 0100007F:14B3 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 32534 1
+   2: 0100007F:1F90 0100007F:14B3 01 00000000:00000000 00:00000000 00000000     0        0 32535 1
+";
+        assert!(listening_on(tcp, 0x14B3));
+        assert!(listening_on(tcp, 2024));
+        assert!(!listening_on(tcp, 0x1F90), "an established socket is not listening");
+        assert!(!listening_on(tcp, 5201));
+    }
+
+    #[test]
+    fn reads_collectors_from_help() {
+        let help = "Usage: kernel-exporter [OPTIONS]
+
+Collectors:
+      --collector.block.device-exclude <REGEX>
+          Devices to leave out
+      --collector.disable-defaults
+          Disable every collector that is on by default
+      --collector.sched
+          Enable the sched collector (enabled by default): scheduler
+      --no-collector.sched
+          Disable the sched collector
+      --collector.syscalls
+          Enable the syscalls collector (disabled by
+          default): per-syscall counts
+      --collector.mm  Enable the mm collector (enabled
+                      by default): memory
+";
+        assert_eq!(
+            collectors_from_help(help),
+            vec![
+                Collector { name: "sched".into(), default_enabled: true },
+                Collector { name: "syscalls".into(), default_enabled: false },
+                Collector { name: "mm".into(), default_enabled: true },
+            ]
+        );
+    }
+
+    #[test]
+    fn rounds_alternate_the_baseline_and_rotate_the_rest() {
+        let on = vec![Config::Default, Config::Alone("a".into()), Config::Alone("b".into())];
+        let labels = |round| schedule(&on, round).iter().map(Config::label).collect::<Vec<_>>();
+        assert_eq!(labels(0), ["off", "default", "a", "off", "b"]);
+        assert_eq!(labels(1), ["off", "a", "b", "off", "default"]);
+        assert_eq!(labels(3), labels(0));
+        assert_eq!(schedule(&[], 0), vec![Config::Off, Config::Off]);
+    }
+}
