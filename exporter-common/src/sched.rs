@@ -22,11 +22,10 @@ pub const SCHED_COUNTERS_ENTRIES: u32 = 1;
 /// is the same difference the kernel adds to the task's `run_delay`
 /// (`/proc/PID/schedstat`), with no program on the wakeup tracepoints and no
 /// map of waiting tasks.
+///
+/// Per-CPU idle time has no map: the daemon reads the kernel's own
+/// accounting (`idle` + `iowait` in `/proc/stat`) at scrape time.
 pub const RUNQUEUE_LATENCY_MAP: &str = "RUNQUEUE_LATENCY";
-
-/// Per-CPU array of [`CpuIdle`], one entry. The `cpu` label's values are
-/// the host's possible CPUs, bounded by the kernel's `nr_cpu_ids`.
-pub const CPU_IDLE_MAP: &str = "CPU_IDLE";
 
 /// Scheduler event counters of one CPU since the programs were attached.
 ///
@@ -66,43 +65,6 @@ impl SchedCounters {
     }
 }
 
-/// Idle-time accounting of one CPU, kept at every `sched_switch` on it.
-///
-/// At each switch the time since the previous switch is credited to the
-/// task that ran in between (`prev`): idle time when that was the idle task
-/// (pid 0). Accounting by the outgoing task rather than pairing "enter
-/// idle" with "leave idle" events means a switch the CPU somehow did not
-/// report costs only the one interval it covered, never a whole idle period.
-///
-/// Intervals are measured on the runqueue's clock (`rq.clock`, which
-/// `__schedule()` has just updated; nanoseconds of `sched_clock`), one
-/// memory read, rather than `bpf_ktime_get_ns()`, a helper several times as
-/// costly. Only a switch into the idle task also reads `CLOCK_MONOTONIC`, for
-/// the daemon to add the open idle period of a CPU that idles right now.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CpuIdle {
-    /// This CPU's `rq.clock` at its last context switch; 0 before the first.
-    pub last_switch_clock_ns: u64,
-    /// Idle time credited so far, in nanoseconds.
-    pub idle_ns: u64,
-    /// 1 while the task switched in last is the idle task, else 0.
-    pub running_idle: u64,
-    /// `bpf_ktime_get_ns()` (`CLOCK_MONOTONIC`) at the switch into the idle
-    /// task while `running_idle` is 1: the daemon adds the open interval
-    /// since then.
-    pub idle_since_ns: u64,
-}
-
-const _: () = assert!(size_of::<CpuIdle>() == 32);
-
-/// Global holding `CLOCK_MONOTONIC` nanoseconds just before the object was
-/// loaded, written in by the daemon. A CPU whose first switch after attach
-/// leaves the idle task was idle since before the attach; crediting it from
-/// load rather than attach over-counts by at most the milliseconds between
-/// the two.
-pub const LOAD_TIME_GLOBAL: &str = "LOAD_TIME_NS";
-
 /// The kernel struct members the programs read, as `(global, struct,
 /// member, size)`; the daemon writes each member's offset into the global.
 pub mod offsets {
@@ -120,4 +82,4 @@ pub mod offsets {
     pub const RQ_CLOCK: &str = "RQ_CLOCK";
 }
 
-crate::user_pod!(SchedCounters, CpuIdle);
+crate::user_pod!(SchedCounters);

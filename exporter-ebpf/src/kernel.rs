@@ -36,6 +36,27 @@ pub(crate) fn read_member<T>(base: u64, offset: &u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel(address) }.ok()
 }
 
+/// Loads a `T` at `base` plus the offset held in `offset` (a
+/// [`kernel_offset!`] global), where `base` is a pointer whose BTF type the
+/// verifier knows: an argument of a BTF tracepoint, or a pointer member
+/// loaded from one. The verifier checks the access against that type and
+/// the JIT emits one plain load that cannot fault (a bad address reads as
+/// 0), instead of a `bpf_probe_read_kernel` call.
+///
+/// # Safety
+///
+/// `base` must be such a BTF-typed pointer and the offset that of a member
+/// of its type of `T`'s size; the verifier refuses the program otherwise.
+#[inline(always)]
+pub(crate) unsafe fn load_member<T: Copy>(base: *const u8, offset: &u32) -> T {
+    // SAFETY: volatile so the compiler reads the loaded (frozen, so known to
+    // the verifier) value instead of folding in the default.
+    let offset = unsafe { core::ptr::read_volatile(offset) };
+    // SAFETY: see the function's contract; volatile keeps it one load of
+    // exactly `T`'s size, which is what the verifier matches to the member.
+    unsafe { core::ptr::read_volatile(base.wrapping_add(offset as usize).cast::<T>()) }
+}
+
 /// Inode number of the exporter's network namespace, written in by the
 /// daemon (`exporter_common::net::NETNS_INUM_GLOBAL`). Network statistics
 /// are those of this namespace only, as `/proc/net` shows them to the

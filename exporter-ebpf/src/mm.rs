@@ -1,12 +1,7 @@
-//! `mm` collector: page-fault exceptions, OOM kills and direct-reclaim
-//! latency.
-//!
-//! Page faults are counted at the x86 exception tracepoints, once per
-//! exception and by the mode the CPU was in: there is no tracepoint where
-//! the kernel counts `pgfault` (`handle_mm_fault`). The two differ at the
-//! edges: exceptions that never reach the memory manager (bad addresses)
-//! count here only, faults taken for a task without an exception
-//! (`get_user_pages`) count there only.
+//! `mm` collector: OOM kills and direct-reclaim latency. Both fire only
+//! under memory pressure, so they cost nothing while there is none. Page
+//! faults are the kernel's own counters (`/proc/vmstat`), read by the
+//! daemon: no program sits on the fault path.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -19,7 +14,7 @@ use exporter_common::{
     mm::{DIRECT_RECLAIM_STARTS_ENTRIES, MM_COUNTERS_ENTRIES, MmCounters},
 };
 
-/// Bound: one entry per CPU; the `mode` label has two values, one per field.
+/// Bound: one entry per CPU; no labels.
 #[map]
 static MM_COUNTERS: PerCpuArray<MmCounters> = PerCpuArray::with_max_entries(MM_COUNTERS_ENTRIES, 0);
 
@@ -49,18 +44,6 @@ fn count(bump: impl FnOnce(&mut MmCounters)) {
 #[inline(always)]
 fn current_task() -> u32 {
     bpf_get_current_pid_tgid() as u32
-}
-
-#[raw_tracepoint(tracepoint = "page_fault_user")]
-pub(crate) fn page_fault_user(_ctx: RawTracePointContext) -> i32 {
-    count(|c| c.page_faults_user += 1);
-    0
-}
-
-#[raw_tracepoint(tracepoint = "page_fault_kernel")]
-pub(crate) fn page_fault_kernel(_ctx: RawTracePointContext) -> i32 {
-    count(|c| c.page_faults_kernel += 1);
-    0
 }
 
 /// Fires once per task (the kernel sets `TIF_MEMDIE` first and returns if it

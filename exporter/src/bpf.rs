@@ -9,12 +9,12 @@ use std::io;
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{ProgramError, RawTracePoint},
+    programs::{BtfTracePoint, ProgramError, RawTracePoint},
 };
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    collectors::{Collector, CollectorError, CollectorOptions, CollectorSpec},
+    collectors::{Collector, CollectorError, CollectorOptions, CollectorSpec, Tracepoint, TracepointKind},
     tracefs::Tracefs,
 };
 
@@ -132,7 +132,7 @@ impl Kernel {
         // and released when every collector is open.
         // Tracepoints and member offsets are checked against this kernel
         // before loading, because the offsets go into the object.
-        let prepared: Vec<Result<Vec<(&'static str, u32)>, CollectorError>> =
+        let prepared: Vec<Result<Prepared, CollectorError>> =
             specs.iter().map(|spec| prepare(tracefs.as_ref(), spec)).collect();
 
         // The programs need no CO-RE relocations (member offsets come from
@@ -142,14 +142,12 @@ impl Kernel {
         let mut loader = loader_without_btf();
         loader.btf(None);
         release_freed_memory();
-        let load_time_ns = crate::clock::monotonic_ns();
-        loader.override_global(exporter_common::sched::LOAD_TIME_GLOBAL, &load_time_ns, true);
         // Network collectors count only the devices and sockets of the
         // exporter's own namespace; 0 matches none (their `open` reports why).
         let netns_inum = own_netns_inum().unwrap_or(0);
         loader.override_global(exporter_common::net::NETNS_INUM_GLOBAL, &netns_inum, true);
-        for offsets in prepared.iter().flatten() {
-            for (global, offset) in offsets {
+        for prepared in prepared.iter().flatten() {
+            for (global, offset) in &prepared.globals {
                 // must_exist: a name the object lacks is a build mismatch,
                 // and loading with a wrong offset would count garbage.
                 loader.override_global(global, offset, true);
@@ -166,8 +164,9 @@ impl Kernel {
             .iter()
             .zip(prepared)
             .map(|(spec, prepared)| {
-                let state =
-                    prepared.and_then(|_| attach(&mut ebpf, spec)).and_then(|()| (spec.open)(&mut ebpf, options));
+                let state = prepared
+                    .and_then(|prepared| attach(&mut ebpf, spec, &prepared))
+                    .and_then(|()| (spec.open)(&mut ebpf, options));
                 match &state {
                     Ok(_) => info!(collector = spec.name, programs = spec.tracepoints.len(), "collector attached"),
                     Err(error) => {
@@ -191,10 +190,22 @@ impl Kernel {
     }
 }
 
+/// What a collector's programs need from the running kernel, found before
+/// the object is loaded.
+#[derive(Debug, Default)]
+struct Prepared {
+    /// `(global, value)`: member offsets and kernel values written into the
+    /// object before load.
+    globals: Vec<(&'static str, u32)>,
+    /// `(program, type id)` of each BTF tracepoint program: the id of the
+    /// kernel's `btf_trace_<tracepoint>` typedef it is loaded against.
+    btf_ids: Vec<(&'static str, u32)>,
+}
+
 /// Checks that every tracepoint of `spec` exists (where tracefs shows
 /// it; raw tracepoints attach without tracefs), and finds the kernel member
-/// offsets its programs read.
-fn prepare(tracefs: Option<&Tracefs>, spec: &CollectorSpec) -> Result<Vec<(&'static str, u32)>, CollectorError> {
+/// offsets and BTF type ids its programs need.
+fn prepare(tracefs: Option<&Tracefs>, spec: &CollectorSpec) -> Result<Prepared, CollectorError> {
     if let Some(tracefs) = tracefs {
         for tp in spec.tracepoints {
             // Checked first so a kernel without the tracepoint gets an error
@@ -205,11 +216,12 @@ fn prepare(tracefs: Option<&Tracefs>, spec: &CollectorSpec) -> Result<Vec<(&'sta
             }
         }
     }
-    if spec.offsets.is_empty() {
-        return Ok(Vec::new());
+    let needs_btf = |tp: &&Tracepoint| tp.kind == TracepointKind::Btf;
+    if spec.offsets.is_empty() && !spec.tracepoints.iter().any(|tp| needs_btf(&tp)) {
+        return Ok(Prepared::default());
     }
     let btf = crate::btf::kernel()?;
-    let mut offsets = spec
+    let mut globals = spec
         .offsets
         .iter()
         .map(|wanted| {
@@ -223,9 +235,20 @@ fn prepare(tracefs: Option<&Tracefs>, spec: &CollectorSpec) -> Result<Vec<(&'sta
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    offsets.extend(crate::collectors::kernel_values(spec, &btf)?);
-    debug!(collector = spec.name, ?offsets, "kernel member offsets from BTF");
-    Ok(offsets)
+    globals.extend(crate::collectors::kernel_values(spec, &btf)?);
+    let btf_ids = spec
+        .tracepoints
+        .iter()
+        .filter(needs_btf)
+        .map(|tp| {
+            let name = tracepoint_name(spec, tp.name);
+            btf.tracepoint_type_id(name)
+                .map(|id| (tp.program, id))
+                .ok_or(CollectorError::MissingTracepoint { category: tp.category, name })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    debug!(collector = spec.name, ?globals, ?btf_ids, "kernel member offsets and BTF ids");
+    Ok(Prepared { globals, btf_ids })
 }
 
 /// Inode number of the exporter's network namespace: the one whose
@@ -245,22 +268,43 @@ fn tracepoint_name(spec: &CollectorSpec, name: &'static str) -> &'static str {
     }
 }
 
-fn attach(ebpf: &mut Ebpf, spec: &CollectorSpec) -> Result<(), CollectorError> {
+fn attach(ebpf: &mut Ebpf, spec: &CollectorSpec, prepared: &Prepared) -> Result<(), CollectorError> {
     for tp in spec.tracepoints {
-        let program = tracepoint_program(ebpf, tp.program)?;
-        program.load().map_err(|source| {
+        let name = tracepoint_name(spec, tp.name);
+        let load_error = |source: ProgramError| {
             if let ProgramError::LoadError { verifier_log, .. } = &source {
                 debug!(program = tp.program, "verifier log:\n{verifier_log}");
             }
             CollectorError::Load { program: tp.program, source: Box::new(source) }
-        })?;
-        let name = tracepoint_name(spec, tp.name);
-        program.attach(name).map_err(|source| match &source {
+        };
+        let attach_error = |source: ProgramError| match &source {
             ProgramError::SyscallError(error) if error.io_error.kind() == io::ErrorKind::NotFound => {
                 CollectorError::MissingTracepoint { category: tp.category, name }
             }
             _ => CollectorError::Attach { program: tp.program, category: tp.category, name, source: Box::new(source) },
-        })?;
+        };
+        let missing = || CollectorError::MissingProgram { program: tp.program };
+        match tp.kind {
+            TracepointKind::Raw => {
+                let program: &mut RawTracePoint =
+                    ebpf.program_mut(tp.program).and_then(|p| p.try_into().ok()).ok_or_else(missing)?;
+                program.load().map_err(load_error)?;
+                program.attach(name).map_err(attach_error)?;
+            }
+            TracepointKind::Btf => {
+                let id = prepared
+                    .btf_ids
+                    .iter()
+                    .find_map(|(program, id)| (*program == tp.program).then_some(*id))
+                    .ok_or(CollectorError::MissingTracepoint { category: tp.category, name })?;
+                let stand_in = aya::Btf::parse(&crate::btf::tracepoint_stand_in(name, id), aya::Endianness::Little)
+                    .map_err(|source| load_error(ProgramError::Btf(source)))?;
+                let program: &mut BtfTracePoint =
+                    ebpf.program_mut(tp.program).and_then(|p| p.try_into().ok()).ok_or_else(missing)?;
+                program.load(name, &stand_in).map_err(load_error)?;
+                program.attach().map_err(attach_error)?;
+            }
+        }
         debug!(program = tp.program, tracepoint = %format_args!("{}/{}", tp.category, tp.name), "attached");
     }
     Ok(())
@@ -270,15 +314,13 @@ fn attach(ebpf: &mut Ebpf, spec: &CollectorSpec) -> Result<(), CollectorError> {
 /// attached collector never counts.
 fn detach(ebpf: &mut Ebpf, spec: &CollectorSpec) {
     for tp in spec.tracepoints {
-        if let Ok(program) = tracepoint_program(ebpf, tp.program) {
-            // Unloading a program that was never loaded fails harmlessly.
-            let _ = program.unload();
-        }
+        let Some(program) = ebpf.program_mut(tp.program) else { continue };
+        // Unloading a program that was never loaded fails harmlessly.
+        let _ = match tp.kind {
+            TracepointKind::Raw => <&mut RawTracePoint>::try_from(program).map(RawTracePoint::unload),
+            TracepointKind::Btf => <&mut BtfTracePoint>::try_from(program).map(BtfTracePoint::unload),
+        };
     }
-}
-
-fn tracepoint_program<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut RawTracePoint, CollectorError> {
-    ebpf.program_mut(program).and_then(|p| p.try_into().ok()).ok_or(CollectorError::MissingProgram { program })
 }
 
 /// How often map fill levels are recounted.

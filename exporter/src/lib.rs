@@ -19,7 +19,6 @@ mod batch;
 mod bpf;
 mod btf;
 mod cli;
-mod clock;
 mod collectors;
 mod connections;
 mod encode;

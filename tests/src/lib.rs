@@ -279,12 +279,25 @@ pub fn promtool_check_metrics(text: &str) -> Result<(), String> {
 pub const COLLECTOR_PROGRAMS: &[(&str, &[&str])] = &[
     ("sched", &["sched_switch", "sched_process_f", "sched_process_e", "sched_process_e", "sched_migrate_t"]),
     ("syscalls", &["sys_enter", "sys_exit"]),
-    ("mm", &["page_fault_user", "page_fault_kern", "mark_victim", "mm_vmscan_direc", "mm_vmscan_direc"]),
+    ("mm", &["mark_victim", "mm_vmscan_direc", "mm_vmscan_direc"]),
     ("irq", &["irq_handler_ent", "softirq_entry", "softirq_exit"]),
     ("signal", &["signal_generate"]),
     ("tcp", &["inet_sock_set_s", "tcp_retransmit_", "tcp_retransmit_", "tcp_send_reset", "tcp_receive_res"]),
     ("block", &["block_rq_issue", "block_rq_comple"]),
-    ("net", &["netif_receive_s", "net_dev_xmit", "kfree_skb"]),
+    ("net", &["kfree_skb"]),
+];
+
+/// Flags that turn on every collector of [`COLLECTOR_PROGRAMS`], those off
+/// by default included, for tests about all of them.
+pub const EVERY_COLLECTOR_ARGS: &[&str] = &[
+    "--collector.sched",
+    "--collector.syscalls",
+    "--collector.mm",
+    "--collector.irq",
+    "--collector.signal",
+    "--collector.tcp",
+    "--collector.block",
+    "--collector.net",
 ];
 
 /// Programs the daemon loads whatever collectors are enabled: the

@@ -62,7 +62,7 @@ const SYS_DEV_BLOCK: &str = "/sys/dev/block";
 
 const fn tracepoint(name: &'static str) -> Tracepoint {
     // Programs are named after the tracepoint they attach to.
-    Tracepoint { program: name, category: "block", name }
+    Tracepoint::raw(name, "block", name)
 }
 
 pub(super) const SPEC: CollectorSpec = CollectorSpec {

@@ -29,7 +29,7 @@ const VECTORS: [&str; NR_SOFTIRQS] =
 
 const fn tracepoint(name: &'static str) -> Tracepoint {
     // Programs are named after the tracepoint they attach to.
-    Tracepoint { program: name, category: "irq", name }
+    Tracepoint::raw(name, "irq", name)
 }
 
 pub(super) const SPEC: CollectorSpec = CollectorSpec {

@@ -1,6 +1,6 @@
-//! `mm`: page-fault exceptions, OOM kills and direct-reclaim latency,
-//! counted by the kernel programs in `exporter-ebpf/src/mm.rs` and summed
-//! over CPUs here.
+//! `mm`: page faults from the kernel's own counters (`/proc/vmstat`), and
+//! OOM kills and direct-reclaim latency, counted by the kernel programs in
+//! `exporter-ebpf/src/mm.rs` and summed over CPUs here.
 
 use aya::{Ebpf, maps::MapError};
 use exporter_common::{
@@ -8,16 +8,22 @@ use exporter_common::{
     mm::{DIRECT_RECLAIM_LATENCY_MAP, MM_COUNTERS_MAP, MmCounters},
 };
 
-use super::{Collector, CollectorError, CollectorOptions, CollectorSpec, PerCpuRead, Tracepoint};
+use super::{
+    Collector, CollectorError, CollectorOptions, CollectorSpec, PerCpuRead, Tracepoint,
+    procfs::{self, ProcFile},
+};
 use crate::{
-    encode::{Encoder, Family, Series},
+    encode::{Encoder, Family},
     histogram::HistogramSeries,
 };
 
 const PAGE_FAULTS: Family = Family::counter(
     "kernel_mm_page_faults_total",
-    "Page-fault exceptions by the CPU mode they interrupted (x86 exceptions:page_fault_user and \
-     exceptions:page_fault_kernel); pgfault in /proc/vmstat counts faults handled by the memory manager instead.",
+    "Page faults the memory manager handled, major ones included (pgfault in /proc/vmstat).",
+);
+const MAJOR_PAGE_FAULTS: Family = Family::counter(
+    "kernel_mm_major_page_faults_total",
+    "Page faults that had to wait for I/O to bring the page in (pgmajfault in /proc/vmstat).",
 );
 const OOM_KILLS: Family = Family::counter(
     "kernel_mm_oom_kills_total",
@@ -32,24 +38,22 @@ const DIRECT_RECLAIM_LATENCY: Family = Family::histogram(
 
 const fn tracepoint(category: &'static str, name: &'static str) -> Tracepoint {
     // Programs are named after the tracepoint they attach to.
-    Tracepoint { program: name, category, name }
+    Tracepoint::raw(name, category, name)
 }
 
 pub(super) const SPEC: CollectorSpec = CollectorSpec {
     name: "mm",
-    help: "page faults, OOM kills and direct-reclaim latency from exception, oom and vmscan tracepoints",
+    help: "page faults (from /proc/vmstat), OOM kills and direct-reclaim latency; its programs fire only under \
+           memory pressure",
     default_enabled: true,
     tracepoints: &[
-        // x86 only: other architectures report this collector down.
-        tracepoint("exceptions", "page_fault_user"),
-        tracepoint("exceptions", "page_fault_kernel"),
         tracepoint("oom", "mark_victim"),
         tracepoint("vmscan", "mm_vmscan_direct_reclaim_begin"),
         tracepoint("vmscan", "mm_vmscan_direct_reclaim_end"),
     ],
     offsets: &[],
     #[cfg(test)]
-    families: &[PAGE_FAULTS, OOM_KILLS, DIRECT_RECLAIM_LATENCY],
+    families: &[PAGE_FAULTS, MAJOR_PAGE_FAULTS, OOM_KILLS, DIRECT_RECLAIM_LATENCY],
     open,
 };
 
@@ -62,9 +66,7 @@ fn open(ebpf: &mut Ebpf, _options: &CollectorOptions) -> Result<Box<dyn Collecto
 struct Mm<C, R> {
     counters: C,
     reclaim: R,
-    /// `mode="user"` and `mode="kernel"`: the label's only two values.
-    user_faults: Series,
-    kernel_faults: Series,
+    vmstat: ProcFile,
     reclaim_series: HistogramSeries,
 }
 
@@ -73,11 +75,25 @@ impl<C, R> Mm<C, R> {
         Self {
             counters,
             reclaim,
-            user_faults: Series::new(&PAGE_FAULTS, &[("mode", "user")]),
-            kernel_faults: Series::new(&PAGE_FAULTS, &[("mode", "kernel")]),
+            vmstat: ProcFile::new("/proc/vmstat"),
             reclaim_series: HistogramSeries::new(&DIRECT_RECLAIM_LATENCY, &[]),
         }
     }
+}
+
+/// `pgfault` and `pgmajfault` of `/proc/vmstat`. Two counters rather than
+/// a minor/major split: the kernel bumps `pgfault` when a fault starts and
+/// `pgmajfault` later, so a difference of the two could step back.
+fn page_faults(vmstat: &[u8]) -> Result<(u64, u64), MapError> {
+    let value = |key: &str| {
+        procfs::keyed_value(vmstat, key.as_bytes()).ok_or_else(|| {
+            MapError::IoError(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("/proc/vmstat has no {key} line"),
+            ))
+        })
+    };
+    Ok((value("pgfault")?, value("pgmajfault")?))
 }
 
 impl<C, R> Collector for Mm<C, R>
@@ -88,9 +104,9 @@ where
     fn collect(&self, out: &mut Encoder<'_>) -> Result<(), MapError> {
         let mut total = MmCounters::default();
         self.counters.for_each_cpu(0, &mut |cpu| total = total.merged(*cpu))?;
-        out.family(&PAGE_FAULTS);
-        out.sample(&self.user_faults, total.page_faults_user);
-        out.sample(&self.kernel_faults, total.page_faults_kernel);
+        let (faults, major) = self.vmstat.read(page_faults).map_err(MapError::IoError)??;
+        out.single(&PAGE_FAULTS, faults);
+        out.single(&MAJOR_PAGE_FAULTS, major);
         out.single(&OOM_KILLS, total.oom_kills);
 
         let mut latency = Log2Histogram::default();
@@ -108,8 +124,8 @@ mod tests {
     use super::*;
     use crate::collectors::testing::{FakePerCpu, scrape};
 
-    fn counters(user: u64, kernel: u64, oom: u64) -> MmCounters {
-        MmCounters { page_faults_user: user, page_faults_kernel: kernel, oom_kills: oom }
+    fn counters(oom: u64) -> MmCounters {
+        MmCounters { oom_kills: oom }
     }
 
     #[test]
@@ -117,28 +133,25 @@ mod tests {
         let mut slow = Log2Histogram::default();
         slow.record(2_000_000);
         let mm = Mm::new(
-            FakePerCpu { cpus: vec![vec![counters(100, 7, 0)], vec![counters(23, 0, 1)], vec![counters(0, 5, 2)]] },
+            FakePerCpu { cpus: vec![vec![counters(0)], vec![counters(1)], vec![counters(2)]] },
             FakePerCpu { cpus: vec![vec![slow], vec![Log2Histogram::default()], vec![slow]] },
         );
         let text = scrape(&mm);
-        assert!(text.contains("\nkernel_mm_page_faults_total{mode=\"user\"} 123\n"), "{text}");
-        assert!(text.contains("\nkernel_mm_page_faults_total{mode=\"kernel\"} 12\n"), "{text}");
         assert!(text.contains("\nkernel_mm_oom_kills_total 3\n"), "{text}");
         assert!(text.contains("# TYPE kernel_mm_direct_reclaim_latency_seconds histogram\n"), "{text}");
         assert!(text.contains("\nkernel_mm_direct_reclaim_latency_seconds_count 2\n"), "{text}");
         assert!(text.contains("\nkernel_mm_direct_reclaim_latency_seconds_sum 0.004\n"), "{text}");
+        // This machine's own /proc/vmstat.
+        assert!(text.contains("\nkernel_mm_page_faults_total "), "{text}");
+        assert!(text.contains("\nkernel_mm_major_page_faults_total "), "{text}");
     }
 
     #[test]
-    fn mode_has_two_values_and_sums_wrap() {
-        let mm = Mm::new(
-            FakePerCpu { cpus: vec![vec![counters(u64::MAX, 1, 0)], vec![counters(2, 0, 0)]] },
-            FakePerCpu { cpus: vec![vec![Log2Histogram::default()]; 2] },
-        );
-        let text = scrape(&mm);
-        // Sums wrap like the kernel's own counters rather than panic.
-        assert!(text.contains("\nkernel_mm_page_faults_total{mode=\"user\"} 1\n"), "{text}");
-        assert_eq!(text.matches("kernel_mm_page_faults_total{").count(), 2, "{text}");
+    fn page_faults_are_the_kernels_two_counters() {
+        let vmstat = b"nr_free_pages 100\npgfault 123456\npgmajfault 78\noom_kill 0\n";
+        assert_eq!(page_faults(vmstat).expect("both"), (123_456, 78));
+        let error = page_faults(b"pgfault 1\n").expect_err("no pgmajfault");
+        assert!(error.to_string().contains("pgmajfault") || format!("{error:?}").contains("pgmajfault"), "{error:?}");
     }
 
     #[test]

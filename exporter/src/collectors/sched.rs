@@ -1,16 +1,19 @@
-//! `sched`: scheduler events, runqueue latency and per-CPU idle time,
-//! counted by the kernel programs in `exporter-ebpf/src/sched.rs` and summed
-//! over CPUs here.
+//! `sched`: scheduler events and runqueue latency, counted by the kernel
+//! programs in `exporter-ebpf/src/sched.rs` and summed over CPUs here, and
+//! per-CPU idle time from the kernel's own accounting in `/proc/stat`.
 
 use std::sync::{Mutex, PoisonError};
 
 use aya::{Ebpf, maps::MapError};
 use exporter_common::{
     histogram::Log2Histogram,
-    sched::{CPU_IDLE_MAP, CpuIdle, RUNQUEUE_LATENCY_MAP, SCHED_COUNTERS_MAP, SchedCounters, offsets},
+    sched::{RUNQUEUE_LATENCY_MAP, SCHED_COUNTERS_MAP, SchedCounters, offsets},
 };
 
-use super::{Collector, CollectorError, CollectorOptions, CollectorSpec, KernelOffset, PerCpuRead, Tracepoint};
+use super::{
+    Collector, CollectorError, CollectorOptions, CollectorSpec, KernelOffset, PerCpuRead, Tracepoint,
+    procfs::{self, ProcFile},
+};
 use crate::{
     encode::{Encoder, Family, Series},
     histogram::HistogramSeries,
@@ -37,20 +40,23 @@ const RUNQUEUE_LATENCY: Family = Family::histogram(
 );
 const CPU_IDLE: Family = Family::counter(
     "kernel_cpu_idle_seconds_total",
-    "Time each CPU spent running its idle task, from sched_switch timestamps.",
+    "Time each CPU spent idle, waiting for I/O included (idle + iowait in /proc/stat).",
 );
 
 const fn tracepoint(name: &'static str) -> Tracepoint {
     // Programs are named after the tracepoint they attach to.
-    Tracepoint { program: name, category: "sched", name }
+    Tracepoint::raw(name, "sched", name)
 }
 
 pub(super) const SPEC: CollectorSpec = CollectorSpec {
     name: "sched",
-    help: "scheduler events, runqueue latency and CPU idle time from scheduler tracepoints",
+    help: "scheduler events, runqueue latency and CPU idle time; costs each context switch about 10 ns \
+           above the kernel's floor for any program on sched_switch",
     default_enabled: true,
     tracepoints: &[
-        tracepoint("sched_switch"),
+        // The hot one: a BTF tracepoint reads task and runqueue fields with
+        // plain loads instead of probe-read calls.
+        Tracepoint::btf("sched_switch", "sched", "sched_switch"),
         tracepoint("sched_process_fork"),
         tracepoint("sched_process_exec"),
         tracepoint("sched_process_exit"),
@@ -75,75 +81,61 @@ pub(super) const SPEC: CollectorSpec = CollectorSpec {
 fn open(ebpf: &mut Ebpf, _options: &CollectorOptions) -> Result<Box<dyn Collector>, CollectorError> {
     let counters = super::take_per_cpu_array::<SchedCounters>(ebpf, SCHED_COUNTERS_MAP)?;
     let runqueue = super::take_per_cpu_array::<Log2Histogram>(ebpf, RUNQUEUE_LATENCY_MAP)?;
-    let idle = super::take_per_cpu_array::<CpuIdle>(ebpf, CPU_IDLE_MAP)?;
-    let cpus = aya::util::nr_cpus().map_err(|(_, source)| CollectorError::Map {
-        map: CPU_IDLE_MAP,
-        source: Box::new(MapError::IoError(source)),
+    let cpus = aya::util::nr_cpus().map_err(|(_, source)| CollectorError::Io {
+        what: "read the possible CPUs (/sys/devices/system/cpu/possible)",
+        source,
     })?;
-    prime_every_cpu(cpus);
-    Ok(Box::new(Sched::new(counters, runqueue, idle, cpus, crate::clock::monotonic_ns)))
+    Ok(Box::new(Sched::new(counters, runqueue, cpus)))
 }
 
-/// Makes every online CPU switch tasks once, now that the programs are
-/// attached. Until a CPU's first switch the daemon cannot tell whether it
-/// is idle (a tickless idle CPU may not switch for seconds), so its idle
-/// time would only appear, in one jump, at that first switch; a short-lived
-/// thread pinned to each CPU forces the switch in and out.
-fn prime_every_cpu(cpus: usize) {
-    let threads: Vec<_> = (0..cpus)
-        .map(|cpu| {
-            std::thread::spawn(move || {
-                // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET
-                // writes within it; sched_setaffinity(0, ...) pins the
-                // calling thread only.
-                let pinned = unsafe {
-                    let mut set: libc::cpu_set_t = std::mem::zeroed();
-                    libc::CPU_SET(cpu, &mut set);
-                    libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) == 0
-                };
-                // Offline CPUs refuse the affinity: nothing to prime there.
-                if pinned {
-                    std::thread::sleep(std::time::Duration::from_micros(100));
-                }
-            })
-        })
-        .collect();
-    for thread in threads {
-        let _ = thread.join();
-    }
-}
-
-struct Sched<C, R, I> {
+struct Sched<C, R> {
     counters: C,
     runqueue: R,
-    idle: I,
     runqueue_series: HistogramSeries,
+    stat: ProcFile,
+    ticks_per_second: f64,
     idle_series: Box<[Series]>,
-    /// The idle seconds last exposed per CPU: the kernel's two idle fields
-    /// are read without a lock, and a counter must never go backwards.
-    idle_exposed_ns: Mutex<Box<[u64]>>,
-    now_ns: fn() -> u64,
+    /// The idle ticks last exposed per CPU: the kernel's `iowait` of a CPU
+    /// can step back a little when a task's I/O wait is reassigned, and a
+    /// counter must never go backwards.
+    idle_exposed_ticks: Mutex<Box<[u64]>>,
 }
 
-impl<C, R, I> Sched<C, R, I> {
-    fn new(counters: C, runqueue: R, idle: I, cpus: usize, now_ns: fn() -> u64) -> Self {
+impl<C, R> Sched<C, R> {
+    fn new(counters: C, runqueue: R, cpus: usize) -> Self {
         Self {
             counters,
             runqueue,
-            idle,
             runqueue_series: HistogramSeries::new(&RUNQUEUE_LATENCY, &[]),
+            stat: ProcFile::new("/proc/stat"),
+            ticks_per_second: procfs::clock_ticks_per_second() as f64,
             idle_series: (0..cpus).map(|cpu| Series::new(&CPU_IDLE, &[("cpu", &cpu.to_string())])).collect(),
-            idle_exposed_ns: Mutex::new(vec![0; cpus].into_boxed_slice()),
-            now_ns,
+            idle_exposed_ticks: Mutex::new(vec![0; cpus].into_boxed_slice()),
         }
     }
 }
 
-impl<C, R, I> Collector for Sched<C, R, I>
+/// Calls `each` with the CPU number and `idle + iowait` ticks of every
+/// `cpuN` line of `/proc/stat` (online CPUs only).
+fn idle_ticks_per_cpu(stat: &[u8], mut each: impl FnMut(usize, u64)) {
+    for line in procfs::lines(stat) {
+        let mut fields = procfs::fields(line);
+        let Some(cpu) = fields.next().and_then(|name| name.strip_prefix(b"cpu")) else { continue };
+        // The `cpu` line (all CPUs) has no number; nothing after the cpu
+        // lines starts with "cpu".
+        let Some(cpu) = procfs::parse_u64(cpu).and_then(|n| usize::try_from(n).ok()) else { continue };
+        // user nice system idle iowait ...
+        let mut times = fields.skip(3).map(procfs::parse_u64);
+        if let (Some(Some(idle)), Some(Some(iowait))) = (times.next(), times.next()) {
+            each(cpu, idle.saturating_add(iowait));
+        }
+    }
+}
+
+impl<C, R> Collector for Sched<C, R>
 where
     C: PerCpuRead<SchedCounters>,
     R: PerCpuRead<Log2Histogram>,
-    I: PerCpuRead<CpuIdle>,
 {
     fn collect(&self, out: &mut Encoder<'_>) -> Result<(), MapError> {
         let mut total = SchedCounters::default();
@@ -159,23 +151,18 @@ where
         out.family(&RUNQUEUE_LATENCY);
         out.histogram(&self.runqueue_series, &latency);
 
-        let now = (self.now_ns)();
-        let mut exposed = self.idle_exposed_ns.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut cpu = 0;
+        let mut exposed = self.idle_exposed_ticks.lock().unwrap_or_else(PoisonError::into_inner);
         out.family(&CPU_IDLE);
-        self.idle.for_each_cpu(0, &mut |idle| {
-            // A CPU idle right now has an open period to add.
-            let open = if idle.running_idle != 0 && idle.idle_since_ns != 0 {
-                now.saturating_sub(idle.idle_since_ns)
-            } else {
-                0
-            };
-            if let (Some(series), Some(last)) = (self.idle_series.get(cpu), exposed.get_mut(cpu)) {
-                *last = (*last).max(idle.idle_ns.saturating_add(open));
-                out.sample_f64(series, *last as f64 / 1e9);
-            }
-            cpu += 1;
-        })?;
+        self.stat
+            .read(|stat| {
+                idle_ticks_per_cpu(stat, |cpu, ticks| {
+                    if let (Some(series), Some(last)) = (self.idle_series.get(cpu), exposed.get_mut(cpu)) {
+                        *last = (*last).max(ticks);
+                        out.sample_f64(series, *last as f64 / self.ticks_per_second);
+                    }
+                });
+            })
+            .map_err(MapError::IoError)?;
         Ok(())
     }
 }
@@ -198,9 +185,7 @@ mod tests {
         let sched = Sched::new(
             FakePerCpu { cpus: vec![vec![counters(10, 1)], vec![counters(32, 0)], vec![counters(u64::MAX - 41, 2)]] },
             FakePerCpu { cpus: vec![vec![slow], vec![slow], vec![Log2Histogram::default()]] },
-            FakePerCpu { cpus: vec![vec![CpuIdle::default()]; 3] },
             3,
-            || 0,
         );
         let text = scrape(&sched);
         // Sums wrap like the kernel's own counters rather than panic.
@@ -212,37 +197,31 @@ mod tests {
         assert!(text.contains("\nkernel_sched_runqueue_latency_seconds_count 2\n"), "{text}");
         assert!(text.contains("\nkernel_sched_runqueue_latency_seconds_sum 0.01\n"), "{text}");
         assert!(text.contains("# TYPE kernel_sched_runqueue_latency_seconds histogram\n"), "{text}");
+        // This machine's own /proc/stat: CPU 0 is always there.
+        assert!(text.contains("\nkernel_cpu_idle_seconds_total{cpu=\"0\"} "), "{text}");
     }
 
     #[test]
-    fn idle_time_counts_open_periods_and_never_goes_back() {
-        let sched = Sched::new(
-            FakePerCpu { cpus: vec![vec![counters(0, 0)]; 2] },
-            FakePerCpu { cpus: vec![vec![Log2Histogram::default()]; 2] },
-            FakePerCpu {
-                cpus: vec![
-                    // Busy now, 1.5 s idle so far.
-                    vec![CpuIdle { idle_since_ns: 9_500_000_000, idle_ns: 1_500_000_000, ..CpuIdle::default() }],
-                    // Idle since t=9 s, 2 s idle before.
-                    vec![CpuIdle {
-                        idle_since_ns: 9_000_000_000,
-                        idle_ns: 2_000_000_000,
-                        running_idle: 1,
-                        ..CpuIdle::default()
-                    }],
-                ],
-            },
-            2,
-            || 10_000_000_000,
-        );
-        let text = scrape(&sched);
-        assert!(text.contains("\nkernel_cpu_idle_seconds_total{cpu=\"0\"} 1.5\n"), "{text}");
-        assert!(text.contains("\nkernel_cpu_idle_seconds_total{cpu=\"1\"} 3.0\n"), "{text}");
+    fn idle_is_idle_plus_iowait_of_each_numbered_cpu() {
+        let stat = b"cpu  10 0 20 3000 40 0 0 0 0 0\ncpu0 5 0 10 1000 15 0 0 0 0 0\n\
+                     cpu2 5 0 10 2000 25 0 0 0 0 0\nintr 12 0 0\nctxt 99\n";
+        let mut seen = Vec::new();
+        idle_ticks_per_cpu(stat, |cpu, ticks| seen.push((cpu, ticks)));
+        assert_eq!(seen, [(0, 1015), (2, 2025)]);
+    }
 
-        // A torn read that looks smaller is not exposed.
-        *sched.idle_exposed_ns.lock().unwrap() = vec![1_600_000_000, 0].into_boxed_slice();
+    #[test]
+    fn idle_time_never_goes_back() {
+        let sched = Sched::new(
+            FakePerCpu { cpus: vec![vec![counters(0, 0)]] },
+            FakePerCpu { cpus: vec![vec![Log2Histogram::default()]] },
+            1,
+        );
+        // As if an earlier scrape had seen more idle time than there is now.
+        *sched.idle_exposed_ticks.lock().unwrap() = vec![u64::MAX / 2].into_boxed_slice();
         let text = scrape(&sched);
-        assert!(text.contains("\nkernel_cpu_idle_seconds_total{cpu=\"0\"} 1.6\n"), "{text}");
+        let expected = format!("\nkernel_cpu_idle_seconds_total{{cpu=\"0\"}} {:?}\n", (u64::MAX / 2) as f64 / 100.0);
+        assert!(text.contains(&expected), "{text}");
     }
 
     #[test]
@@ -250,9 +229,7 @@ mod tests {
         let sched = Sched::new(
             FakePerCpu::<SchedCounters> { cpus: vec![vec![]] },
             FakePerCpu::<Log2Histogram> { cpus: vec![] },
-            FakePerCpu::<CpuIdle> { cpus: vec![] },
             1,
-            || 0,
         );
         let mut buf = BytesMut::new();
         assert!(sched.collect(&mut Encoder::new(&mut buf)).is_err());

@@ -79,7 +79,7 @@ pub(super) const SPEC: CollectorSpec = CollectorSpec {
     name: "signal",
     help: "signals generated, per signal, from the signal_generate tracepoint",
     default_enabled: true,
-    tracepoints: &[Tracepoint { program: "signal_generate", category: "signal", name: "signal_generate" }],
+    tracepoints: &[Tracepoint::raw("signal_generate", "signal", "signal_generate")],
     offsets: &[],
     #[cfg(test)]
     families: &[GENERATED],

@@ -43,7 +43,7 @@ const RESETS: Family = Family::counter(
 
 const fn tracepoint(category: &'static str, name: &'static str) -> Tracepoint {
     // Programs are named after the tracepoint they attach to.
-    Tracepoint { program: name, category, name }
+    Tracepoint::raw(name, category, name)
 }
 
 pub(super) const SPEC: CollectorSpec = CollectorSpec {

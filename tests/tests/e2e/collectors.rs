@@ -56,7 +56,7 @@ fn a_collector_that_cannot_attach_is_down_and_the_others_serve() {
     command.env("KERNEL_EXPORTER_TEST_MISSING_TRACEPOINT", "syscalls");
     wait_until_no_exporter_programs();
     let before = loaded();
-    let exporter = Exporter::spawn_command(command, free_port(), &[]);
+    let exporter = Exporter::spawn_command(command, free_port(), &["--collector.syscalls"]);
     exporter.wait_until_listening();
 
     let metrics = exporter.scrape();

@@ -13,7 +13,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use kernel_exporter_tests::{COLLECTOR_PROGRAMS, Exporter, exporter_binary, free_port};
+use kernel_exporter_tests::{COLLECTOR_PROGRAMS, EVERY_COLLECTOR_ARGS, Exporter, exporter_binary, free_port};
 
 /// Names the issues give the exporter's own metrics that come with the
 /// front door (TLS, auth, reload) and the allowlist; the alert rules and
@@ -172,7 +172,8 @@ fn unit_privileges_are_enough_for_every_collector() {
         .map(|arg| arg.replace("/etc/kernel-exporter/web-config.yml", &config.display().to_string()))
         .collect();
     assert!(args.iter().any(|arg| arg.starts_with("--web.config.file=")), "{exec_start}");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // Every collector, the ones off by default too, must work as the user.
+    let args: Vec<&str> = args.iter().map(String::as_str).chain(EVERY_COLLECTOR_ARGS.iter().copied()).collect();
 
     // nobody stands in for the unit's user, which this machine lacks.
     let mut setpriv = Command::new("setpriv");

@@ -21,7 +21,8 @@ use std::{
 };
 
 use kernel_exporter_tests::{
-    ALWAYS_LOADED_PROGRAMS, COLLECTOR_PROGRAMS, Exporter, Metrics, exporter_binary, free_port, promtool_check_metrics,
+    ALWAYS_LOADED_PROGRAMS, COLLECTOR_PROGRAMS, EVERY_COLLECTOR_ARGS, Exporter, Metrics, exporter_binary, free_port,
+    promtool_check_metrics,
 };
 
 use crate::{
@@ -92,7 +93,7 @@ fn a_collector_the_verifier_rejects_is_down_and_the_others_serve() {
     // `syscalls`, sys_exit, ends in an endless loop. sys_enter is loaded
     // and attached first, so this is also the half-attached case.
     command.env("KERNEL_EXPORTER_TEST_VERIFIER_REJECTS", "syscalls");
-    let exporter = Exporter::spawn_command(command, free_port(), &[]);
+    let exporter = Exporter::spawn_command(command, free_port(), EVERY_COLLECTOR_ARGS);
     exporter.wait_until_listening();
 
     let metrics = exporter.scrape();
@@ -422,7 +423,7 @@ fn open_paths(pid: u32) -> (Vec<(String, &'static str)>, bool) {
 fn kill_9_and_an_immediate_restart_come_up_clean() {
     let on_disk_before = snapshot();
     let port = free_port();
-    let mut first = Exporter::spawn(port, &[]);
+    let mut first = Exporter::spawn(port, EVERY_COLLECTOR_ARGS);
     first.wait_until_listening();
     first.scrape();
     let first_held = held(first.pid());
@@ -446,7 +447,7 @@ fn kill_9_and_an_immediate_restart_come_up_clean() {
     use std::os::unix::process::ExitStatusExt as _;
     assert_eq!(status.signal(), Some(libc::SIGKILL));
     let killed = Instant::now();
-    let second = Exporter::spawn(port, &[]);
+    let second = Exporter::spawn(port, EVERY_COLLECTOR_ARGS);
     second.wait_until_listening();
     let restarted = killed.elapsed();
     // The kernel let go of the killed instance's links, programs and maps

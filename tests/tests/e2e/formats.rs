@@ -114,7 +114,7 @@ fn gzip_when_the_client_accepts_it() {
 
 #[test]
 fn collect_and_exclude_filter_collectors() {
-    let exporter = Exporter::start(&[]);
+    let exporter = Exporter::start(&["--collector.syscalls"]);
     let only_sched = exporter.request("GET", "/metrics?collect%5B%5D=sched");
     assert_eq!(only_sched.status, 200);
     assert!(only_sched.body.contains("kernel_sched_context_switches_total "));

@@ -100,7 +100,7 @@ fn softirq_counts(metrics: &Metrics, family: &str) -> [f64; 10] {
 
 #[test]
 fn softirqs_and_hardirqs_match_the_kernel() {
-    let exporter = Exporter::start(&[]);
+    let exporter = Exporter::start(&["--collector.irq"]);
 
     let softirqs_before = proc_softirqs();
     let (intr_before, device_before) = proc_stat_intr();

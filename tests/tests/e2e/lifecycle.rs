@@ -7,14 +7,14 @@ use std::{
 };
 
 use kernel_exporter_tests::{
-    ALWAYS_LOADED_PROGRAMS, COLLECTOR_PROGRAMS, Exporter, exporter_binary, exporter_programs_loaded, free_port,
-    wait_until_no_exporter_programs,
+    ALWAYS_LOADED_PROGRAMS, COLLECTOR_PROGRAMS, EVERY_COLLECTOR_ARGS, Exporter, exporter_binary,
+    exporter_programs_loaded, free_port, wait_until_no_exporter_programs,
 };
 
 fn assert_orderly_exit(signal: libc::c_int, name: &str) {
     wait_until_no_exporter_programs();
     let port = free_port();
-    let mut exporter = Exporter::spawn(port, &[]);
+    let mut exporter = Exporter::spawn(port, EVERY_COLLECTOR_ARGS);
     // Wait for it to serve, then stop it.
     let deadline = Instant::now() + Duration::from_secs(15);
     while exporter.request_ok().is_none() {

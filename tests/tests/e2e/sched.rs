@@ -88,8 +88,7 @@ fn proc_stat_idle_seconds() -> Vec<f64> {
 
 #[test]
 fn idle_seconds_match_proc_stat_per_cpu() {
-    // No warm-up: the daemon makes every CPU switch once at start-up, so
-    // even a CPU that stays idle throughout is accounted from the start.
+    // The exporter reads the kernel's own idle accounting: no warm-up.
     let exporter = Exporter::start(&[]);
 
     let kernel_before = proc_stat_idle_seconds();

@@ -11,7 +11,7 @@ fn sample(metrics: &kernel_exporter_tests::Metrics, family: &str, syscall: &str)
 
 #[test]
 fn counts_calls_and_errors_by_name() {
-    let exporter = Exporter::start(&[]);
+    let exporter = Exporter::start(&["--collector.syscalls"]);
     let before = exporter.scrape();
 
     for _ in 0..CALLS {
