@@ -90,7 +90,7 @@ pub(super) const SPEC: CollectorSpec = CollectorSpec {
     help: "packets and bytes per network device (from /proc/net/dev) and drops per reason; its program runs \
            once per dropped packet, never per packet delivered",
     default_enabled: true,
-    tracepoints: &[Tracepoint::raw("kfree_skb", "skb", "kfree_skb")],
+    tracepoints: &[Tracepoint::btf("kfree_skb", "skb", "kfree_skb")],
     offsets: &[
         offset(offsets::SK_BUFF_DEV, "sk_buff", "dev", 8),
         offset(offsets::SK_BUFF_SK, "sk_buff", "sk", 8),
