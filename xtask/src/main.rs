@@ -105,6 +105,11 @@ enum Command {
         /// Only this target (default: every one; `cargo fuzz list` names them).
         target: Option<String>,
     },
+    /// Internal to `bench --overhead`: one workload (page_faults,
+    /// context_switches, fork_exec) of SIZE events, run in a child process
+    /// of the bench so that its CPU time can be read with wait4.
+    #[command(hide = true)]
+    OverheadWorkload { workload: String, size: u64 },
     /// Run the unit tests, then the end-to-end tests against the real kernel.
     Test {
         /// Only run end-to-end tests whose name contains this.
@@ -129,6 +134,7 @@ fn main() -> ExitCode {
             overhead::overhead(quick, overhead_collectors.as_deref())
         }
         Command::Bench { quick, probes_only, .. } => bench::bench(quick, probes_only),
+        Command::OverheadWorkload { workload, size } => overhead::workload_child(&workload, size),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
