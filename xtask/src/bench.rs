@@ -40,12 +40,24 @@ const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
 /// What every benchmark needs: root, tracefs, the release daemon (built) and
 /// target/bench/ (created). Returns the toolchain, the daemon and the folder.
 pub(crate) fn prepare() -> anyhow::Result<(Toolchain, PathBuf, PathBuf)> {
+    prepare_with(None)
+}
+
+/// As [`prepare`], but with `binary` (an earlier build, to compare with)
+/// instead of a fresh release build when one is given.
+pub(crate) fn prepare_with(binary: Option<&Path>) -> anyhow::Result<(Toolchain, PathBuf, PathBuf)> {
     let toolchain = Toolchain::ensure()?;
     if !prereq::is_root() {
         bail!("the benchmark loads BPF programs and needs root; run `sudo -E env PATH=\"$PATH\" cargo xtask bench`");
     }
     prereq::ensure_tracefs()?;
-    let binary = toolchain.build(true)?;
+    let binary = match binary {
+        Some(binary) => {
+            say("bench", &format!("exporter under test: {} (not rebuilt)", binary.display()));
+            binary.to_owned()
+        }
+        None => toolchain.build(true)?,
+    };
     let report_dir = prereq::target_dir().join("bench");
     fs::create_dir_all(&report_dir).with_context(|| format!("cannot create {}", report_dir.display()))?;
     Ok((toolchain, binary, report_dir))

@@ -67,6 +67,10 @@ enum Command {
         /// collector the daemon offers); the default set is always timed.
         #[arg(long, value_name = "NAME,...", value_delimiter = ',', requires = "overhead")]
         overhead_collectors: Option<Vec<String>>,
+        /// With --overhead: measure this kernel-exporter binary instead of
+        /// a fresh release build (an earlier commit's, for a before/after).
+        #[arg(long, value_name = "PATH", requires = "overhead")]
+        exporter_binary: Option<std::path::PathBuf>,
     },
     /// Install the release binary, the systemd unit, the example web config
     /// and the system user, idempotently.
@@ -130,8 +134,8 @@ fn main() -> ExitCode {
         Command::Test { filter } => test::test(filter.as_deref()),
         Command::Soak { minutes } => soak::soak(minutes),
         Command::Fuzz { seconds, cmin, target } => fuzz::fuzz(seconds, target.as_deref(), cmin),
-        Command::Bench { quick, overhead: true, overhead_collectors, .. } => {
-            overhead::overhead(quick, overhead_collectors.as_deref())
+        Command::Bench { quick, overhead: true, overhead_collectors, exporter_binary, .. } => {
+            overhead::overhead(quick, overhead_collectors.as_deref(), exporter_binary.as_deref())
         }
         Command::Bench { quick, probes_only, .. } => bench::bench(quick, probes_only),
         Command::OverheadWorkload { workload, size } => overhead::workload_child(&workload, size),

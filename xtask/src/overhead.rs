@@ -288,8 +288,8 @@ struct Collector {
     default_enabled: bool,
 }
 
-pub(crate) fn overhead(quick: bool, only: Option<&[String]>) -> anyhow::Result<()> {
-    let (_toolchain, binary, report_dir) = bench::prepare()?;
+pub(crate) fn overhead(quick: bool, only: Option<&[String]>, exporter: Option<&Path>) -> anyhow::Result<()> {
+    let (_toolchain, binary, report_dir) = bench::prepare_with(exporter)?;
     prereq::ensure_debian_packages(&[("iperf3", "iperf3"), ("dd", "coreutils"), ("git", "git")])?;
     let sizes = if quick { QUICK } else { FULL };
     let rounds = if quick { QUICK_ROUNDS } else { ROUNDS };
