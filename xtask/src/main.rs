@@ -6,6 +6,7 @@
 //! one line naming what is missing and the command that fixes it.
 
 mod bench;
+mod codegen;
 mod floor;
 mod fuzz;
 mod install;
@@ -114,6 +115,13 @@ enum Command {
     /// of the bench so that its CPU time can be read with wait4.
     #[command(hide = true)]
     OverheadWorkload { workload: String, size: u64 },
+    /// Regenerate the generated sources (the syscall name tables) from
+    /// their inputs (the kernel headers of Debian's linux-libc-dev).
+    Codegen {
+        /// Change nothing; fail if regenerating would change a file.
+        #[arg(long)]
+        check: bool,
+    },
     /// Run the unit tests, then the end-to-end tests against the real kernel.
     Test {
         /// Only run end-to-end tests whose name contains this.
@@ -132,6 +140,7 @@ fn main() -> ExitCode {
             install::install(&install::Options { prefix, root, binary, dry_run })
         }
         Command::Test { filter } => test::test(filter.as_deref()),
+        Command::Codegen { check } => codegen::codegen(check),
         Command::Soak { minutes } => soak::soak(minutes),
         Command::Fuzz { seconds, cmin, target } => fuzz::fuzz(seconds, target.as_deref(), cmin),
         Command::Bench { quick, overhead: true, overhead_collectors, exporter_binary, .. } => {

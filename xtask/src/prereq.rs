@@ -288,7 +288,12 @@ pub(crate) fn ensure_debian_packages(needs: &[(&str, &str)]) -> anyhow::Result<(
         say("ok", &format!("{} present", commands.join(", ")));
         return Ok(());
     }
-    let list = missing.join(" ");
+    apt_install(&missing)
+}
+
+/// Installs Debian `packages` with apt-get (as root).
+pub(crate) fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    let list = packages.join(" ");
     if !is_root() || !on_path("apt-get") {
         bail!("missing Debian packages: {list}; install them with `sudo apt-get install {list}`");
     }
@@ -297,7 +302,7 @@ pub(crate) fn ensure_debian_packages(needs: &[(&str, &str)]) -> anyhow::Result<(
     run_checked(
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
+            .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive"),
         &format!("apt-get install {list}"),
     )

@@ -49,6 +49,10 @@ pub(crate) fn test(filter: Option<&str>) -> anyhow::Result<()> {
     prereq::ensure_python_modules(E2E_PYTHON_MODULES)?;
     let binary = toolchain.build(false)?;
 
+    // Generated files must be what their generator makes, before anything
+    // is built from them.
+    crate::codegen::codegen(true)?;
+
     let mut tally = Tally::default();
     say("test", "unit tests (cargo test)");
     tally.run(

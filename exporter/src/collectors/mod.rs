@@ -14,6 +14,7 @@ mod procfs;
 mod sched;
 mod signal;
 mod syscall_names;
+mod syscall_tables;
 mod syscalls;
 mod tcp;
 
