@@ -15,6 +15,7 @@ pub mod allowlist;
 pub mod block;
 pub mod histogram;
 pub mod irq;
+pub mod map_updates;
 pub mod mm;
 pub mod net;
 pub mod sched;

@@ -7,6 +7,7 @@
 //! On TCP sockets `skb->data` is the TCP header; the IP header is read
 //! relative to the network header.
 
+use crate::maps::{this_cpu, update_failed};
 use aya_ebpf::{
     bindings::bpf_hdr_start_off::BPF_HDR_START_NET,
     helpers::generated::bpf_skb_load_bytes_relative,
@@ -15,6 +16,7 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use exporter_common::allowlist::{ALLOWLIST_ENTRIES, SOURCES_DEFAULT_ENTRIES, SourceCounters};
+use exporter_common::map_updates;
 
 /// Bound: [`ALLOWLIST_ENTRIES`] ranges (the daemon refuses more). No label.
 #[map]
@@ -52,13 +54,11 @@ pub(crate) fn allowlist(ctx: SkBuffContext) -> i64 {
             counters.packets_dropped += 1;
         }
     };
-    if let Some(totals) = ALLOWLIST_TOTALS.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot of a per-CPU map; a socket filter does
-        // not nest in itself on one CPU (softirq context).
-        bump(unsafe { &mut *totals });
+    if let Some(totals) = this_cpu(&ALLOWLIST_TOTALS) {
+        bump(totals);
     }
     if let Some(addr) = source {
-        count_source(&addr, bump);
+        count_source(&ctx, &addr, bump);
     }
     if allowed { i64::from(ctx.len()) } else { 0 }
 }
@@ -66,12 +66,22 @@ pub(crate) fn allowlist(ctx: SkBuffContext) -> i64 {
 /// This CPU's counters of `addr`, created on first sight (evicting the
 /// least recently used source when the map is full).
 #[inline(always)]
-fn count_source(addr: &[u8; 16], bump: impl FnOnce(&mut SourceCounters)) {
+fn count_source(ctx: &SkBuffContext, addr: &[u8; 16], bump: impl FnOnce(&mut SourceCounters)) {
     let mut slot = ALLOWLIST_SOURCES.get_ptr_mut(addr);
     if slot.is_none() {
         // BPF_NOEXIST: another CPU may have created it meanwhile; its
         // entry (with this CPU's slot zero) is as good.
-        let _ = ALLOWLIST_SOURCES.insert(addr, SourceCounters::default(), 1);
+        if let Err(error) = ALLOWLIST_SOURCES.insert(addr, SourceCounters::default(), 1)
+            && i64::from(error) != -EEXIST
+        {
+            update_failed(
+                ctx,
+                map_updates::ALLOWLIST_SOURCES,
+                exporter_common::allowlist::SOURCES_MAP,
+                error,
+                "source address",
+            );
+        }
         slot = ALLOWLIST_SOURCES.get_ptr_mut(addr);
     }
     if let Some(counters) = slot {
@@ -111,3 +121,6 @@ fn load_net<const N: usize>(ctx: &SkBuffContext, offset: u32, dst: &mut [u8; N])
     };
     (rc == 0).then_some(())
 }
+
+/// What an insert with `BPF_NOEXIST` returns when the key is there.
+const EEXIST: i64 = 17;

@@ -7,6 +7,7 @@
 //! partition counts under its disk, as the disk's line in
 //! `/proc/diskstats` does.
 
+use crate::maps::update_failed;
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::{map, raw_tracepoint},
@@ -16,6 +17,7 @@ use aya_ebpf::{
 use exporter_common::block::{
     BLOCK_IO_ENTRIES, BlockIoKey, BlockIoStats, ISSUE_TIMES_ENTRIES, OP_FLUSH, make_dev, op_index,
 };
+use exporter_common::map_updates;
 
 use crate::kernel::{kernel_offset, read_member};
 
@@ -72,7 +74,15 @@ pub(crate) fn block_rq_issue(ctx: RawTracePointContext) -> i32 {
         let now = unsafe { bpf_ktime_get_ns() };
         // A requeued request is issued again: its latency then starts at
         // the last issue.
-        let _ = ISSUE_TIMES.insert(rq, now, 0);
+        if let Err(error) = ISSUE_TIMES.insert(rq, now, 0) {
+            update_failed(
+                &ctx,
+                map_updates::ISSUE_TIMES,
+                exporter_common::block::ISSUE_TIMES_MAP,
+                error,
+                "request in flight",
+            );
+        }
     }
     0
 }
@@ -116,7 +126,7 @@ pub(crate) fn block_rq_complete(ctx: RawTracePointContext) -> i32 {
     };
 
     let key = BlockIoKey { dev, op };
-    let Some(stats) = stats_of(&key) else { return 0 };
+    let Some(stats) = stats_of(&ctx, &key) else { return 0 };
     stats.bytes += u64::from(nr_bytes);
     if ends {
         stats.requests += 1;
@@ -140,12 +150,22 @@ fn disk_of(rq: u64) -> Option<u32> {
 
 /// This CPU's stats of `key`, created zeroed on first use.
 #[inline(always)]
-fn stats_of(key: &BlockIoKey) -> Option<&'static mut BlockIoStats> {
+fn stats_of(ctx: &RawTracePointContext, key: &BlockIoKey) -> Option<&'static mut BlockIoStats> {
     if BLOCK_IO.get_ptr_mut(key).is_none() {
         // NOEXIST: another CPU creating the same key at once is not an
         // error; the lookup below finds it. A full map fails here and the
-        // completion goes uncounted.
-        let _ = BLOCK_IO.insert(key, &BlockIoStats::default(), BPF_NOEXIST);
+        // completion goes uncounted, counted as a failure instead.
+        if let Err(error) = BLOCK_IO.insert(key, &BlockIoStats::default(), BPF_NOEXIST)
+            && i64::from(error) != -EEXIST
+        {
+            update_failed(
+                ctx,
+                map_updates::BLOCK_IO,
+                exporter_common::block::BLOCK_IO_MAP,
+                error,
+                "disk and operation",
+            );
+        }
     }
     // SAFETY: this CPU's copy of a per-CPU hash entry, valid for the
     // program's run; a program does not nest in itself on one CPU.
@@ -154,3 +174,5 @@ fn stats_of(key: &BlockIoKey) -> Option<&'static mut BlockIoStats> {
 
 /// `BPF_NOEXIST` from `linux/bpf.h`.
 const BPF_NOEXIST: u64 = 1;
+/// What an insert with [`BPF_NOEXIST`] returns when the key is there.
+const EEXIST: i64 = 17;

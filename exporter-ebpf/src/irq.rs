@@ -4,6 +4,7 @@
 //! Softirqs are counted at `softirq_entry`, right after the kernel bumps
 //! its own `/proc/softirqs` counter, so the two agree event for event.
 
+use crate::maps::this_cpu;
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::{map, raw_tracepoint},
@@ -27,7 +28,7 @@ fn counters() -> Option<&'static mut IrqCounters> {
     // SAFETY: this CPU's slot of a per-CPU map, valid for the program's run;
     // a raw tracepoint program does not nest in itself on one CPU (the kernel
     // skips a recursive run), so nothing else writes it.
-    IRQ_COUNTERS.get_ptr_mut(0).map(|counters| unsafe { &mut *counters })
+    this_cpu(&IRQ_COUNTERS)
 }
 
 #[raw_tracepoint(tracepoint = "irq_handler_entry")]
@@ -46,9 +47,7 @@ pub(crate) fn softirq_entry(ctx: RawTracePointContext) -> i32 {
     // ones is neither counted nor timed.
     let Some(count) = counters().and_then(|c| c.softirqs.get_mut(vec as usize)) else { return 0 };
     *count += 1;
-    if let Some(entered) = SOFTIRQ_ENTERED.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot of a per-CPU map; see `counters`.
-        let entered = unsafe { &mut *entered };
+    if let Some(entered) = this_cpu(&SOFTIRQ_ENTERED) {
         entered.since_ns = unsafe { bpf_ktime_get_ns() };
         entered.vec = vec;
     }
@@ -58,9 +57,7 @@ pub(crate) fn softirq_entry(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "softirq_exit")]
 pub(crate) fn softirq_exit(ctx: RawTracePointContext) -> i32 {
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some(entered) = SOFTIRQ_ENTERED.get_ptr_mut(0) else { return 0 };
-    // SAFETY: this CPU's slot of a per-CPU map; see `counters`.
-    let entered = unsafe { &mut *entered };
+    let Some(entered) = this_cpu(&SOFTIRQ_ENTERED) else { return 0 };
     let since = entered.since_ns;
     // Closed either way: a period is timed at most once.
     entered.since_ns = 0;

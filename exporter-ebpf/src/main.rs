@@ -16,6 +16,8 @@ mod irq;
 #[cfg(target_arch = "bpf")]
 mod kernel;
 #[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
 mod mm;
 #[cfg(target_arch = "bpf")]
 mod net;

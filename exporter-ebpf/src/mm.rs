@@ -3,12 +3,14 @@
 //! faults are the kernel's own counters (`/proc/vmstat`), read by the
 //! daemon: no program sits on the fault path.
 
+use crate::maps::{this_cpu, update_failed};
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, raw_tracepoint},
     maps::{LruHashMap, PerCpuArray},
     programs::RawTracePointContext,
 };
+use exporter_common::map_updates;
 use exporter_common::{
     histogram::Log2Histogram,
     mm::{DIRECT_RECLAIM_STARTS_ENTRIES, MM_COUNTERS_ENTRIES, MmCounters},
@@ -30,11 +32,8 @@ static DIRECT_RECLAIM_STARTS: LruHashMap<u32, u64> = LruHashMap::with_max_entrie
 /// Applies `bump` to this CPU's counters.
 #[inline(always)]
 fn count(bump: impl FnOnce(&mut MmCounters)) {
-    if let Some(counters) = MM_COUNTERS.get_ptr_mut(0) {
-        // SAFETY: the pointer is this CPU's slot of a per-CPU map, valid for
-        // the program's run; a program does not nest in itself on one CPU, and
-        // the programs sharing the slot bump different fields.
-        bump(unsafe { &mut *counters });
+    if let Some(counters) = this_cpu(&MM_COUNTERS) {
+        bump(counters);
     }
 }
 
@@ -55,11 +54,19 @@ pub(crate) fn mark_victim(_ctx: RawTracePointContext) -> i32 {
 }
 
 #[raw_tracepoint(tracepoint = "mm_vmscan_direct_reclaim_begin")]
-pub(crate) fn mm_vmscan_direct_reclaim_begin(_ctx: RawTracePointContext) -> i32 {
+pub(crate) fn mm_vmscan_direct_reclaim_begin(ctx: RawTracePointContext) -> i32 {
     let now = unsafe { bpf_ktime_get_ns() };
     // Direct reclaim does not nest (PF_MEMALLOC stops recursion), so a task
     // has at most one open start.
-    let _ = DIRECT_RECLAIM_STARTS.insert(current_task(), now, 0);
+    if let Err(error) = DIRECT_RECLAIM_STARTS.insert(current_task(), now, 0) {
+        update_failed(
+            &ctx,
+            map_updates::DIRECT_RECLAIM_STARTS,
+            exporter_common::mm::DIRECT_RECLAIM_STARTS_MAP,
+            error,
+            "task in direct reclaim",
+        );
+    }
     0
 }
 
@@ -71,9 +78,8 @@ pub(crate) fn mm_vmscan_direct_reclaim_end(_ctx: RawTracePointContext) -> i32 {
     let Some(&started) = (unsafe { DIRECT_RECLAIM_STARTS.get(task) }) else { return 0 };
     let _ = DIRECT_RECLAIM_STARTS.remove(task);
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(histogram) = DIRECT_RECLAIM_LATENCY.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot of a per-CPU map; see `count`.
-        unsafe { &mut *histogram }.record(now.saturating_sub(started));
+    if let Some(histogram) = this_cpu(&DIRECT_RECLAIM_LATENCY) {
+        histogram.record(now.saturating_sub(started));
     }
     0
 }

@@ -6,6 +6,7 @@
 //! runs per packet sent or received. Only sockets and devices of the
 //! exporter's network namespace count.
 
+use crate::maps::this_cpu;
 use aya_ebpf::{
     macros::{btf_tracepoint, map},
     maps::PerCpuArray,
@@ -78,10 +79,7 @@ pub(crate) fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
     if !in_exporter_netns(unsafe { drop_netns(skb) }) {
         return 0;
     }
-    let Some(drops) = NET_DROPS.get_ptr_mut(0) else { return 0 };
-    // SAFETY: this CPU's slot of a per-CPU map, valid for the program's run;
-    // a program does not nest in itself on one CPU.
-    let drops = unsafe { &mut *drops };
+    let Some(drops) = this_cpu(&NET_DROPS) else { return 0 };
     // The array index is the bound on the label; the rest count as other.
     match drops.reasons.get_mut(reason as usize) {
         Some(count) => *count += 1,

@@ -21,7 +21,10 @@ use exporter_common::{
     sched::{SCHED_COUNTERS_ENTRIES, SchedCounters},
 };
 
-use crate::kernel::{kernel_offset, load_member};
+use crate::{
+    kernel::{kernel_offset, load_member},
+    maps::this_cpu,
+};
 
 /// Bound: one entry per CPU; no labels.
 #[map]
@@ -51,11 +54,8 @@ kernel_offset!(
 /// Applies `bump` to this CPU's counters.
 #[inline(always)]
 fn count(bump: impl FnOnce(&mut SchedCounters)) {
-    if let Some(counters) = SCHED_COUNTERS.get_ptr_mut(0) {
-        // SAFETY: the pointer is this CPU's slot of a per-CPU map, valid for
-        // the program's run; a program does not nest in itself on one CPU, and
-        // the programs sharing the slot bump different fields.
-        bump(unsafe { &mut *counters });
+    if let Some(counters) = this_cpu(&SCHED_COUNTERS) {
+        bump(counters);
     }
 }
 
@@ -86,9 +86,8 @@ pub(crate) fn sched_switch(ctx: BtfTracePointContext) -> i32 {
         let rq: *const u8 = load_member(cfs_rq, &CFS_RQ_RQ);
         load_member(rq, &RQ_CLOCK)
     };
-    if let Some(histogram) = RUNQUEUE_LATENCY.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot of a per-CPU map; see `count`.
-        unsafe { &mut *histogram }.record(clock.saturating_sub(queued));
+    if let Some(histogram) = this_cpu(&RUNQUEUE_LATENCY) {
+        histogram.record(clock.saturating_sub(queued));
     }
     0
 }

@@ -4,6 +4,7 @@
 //! task, whatever became of it (delivered, ignored, already pending, queue
 //! full), so every attempt is counted; its `result` field is not read.
 
+use crate::maps::this_cpu;
 use aya_ebpf::{
     macros::{map, raw_tracepoint},
     maps::PerCpuArray,
@@ -28,10 +29,8 @@ pub(crate) fn signal_generate(ctx: RawTracePointContext) -> i32 {
     if sig == 0 {
         return 0;
     }
-    let Some(counts) = SIGNALS_GENERATED.get_ptr_mut(0) else { return 0 };
-    // SAFETY: this CPU's slot of a per-CPU map, valid for the program's run;
-    // a program does not nest in itself on one CPU, so nothing else writes it.
-    if let Some(count) = unsafe { &mut *counts }.generated.get_mut(sig as usize) {
+    let Some(counts) = this_cpu(&SIGNALS_GENERATED) else { return 0 };
+    if let Some(count) = counts.generated.get_mut(sig as usize) {
         *count += 1;
     }
     0

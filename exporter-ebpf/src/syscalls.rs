@@ -1,6 +1,7 @@
 //! `syscalls` collector: calls and errors per syscall number, from the
 //! `raw_syscalls` tracepoints (every syscall of every task passes there).
 
+use crate::maps::this_cpu;
 use aya_ebpf::{
     macros::{map, raw_tracepoint},
     maps::PerCpuArray,
@@ -37,7 +38,7 @@ fn syscall_nr(regs: u64) -> Option<i64> {
 fn counts() -> Option<&'static mut SyscallCounts> {
     // SAFETY: this CPU's slot of a per-CPU map, valid for the program's run;
     // a program does not nest in itself on one CPU.
-    SYSCALL_COUNTS.get_ptr_mut(0).map(|counts| unsafe { &mut *counts })
+    this_cpu(&SYSCALL_COUNTS)
 }
 
 #[raw_tracepoint(tracepoint = "sys_enter")]

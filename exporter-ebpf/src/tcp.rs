@@ -6,12 +6,14 @@
 //! `OutRsts`), so the two agree event for event; where they differ,
 //! `exporter_common::tcp::TcpCounters` says how.
 
+use crate::maps::{this_cpu, update_failed};
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::{map, raw_tracepoint},
     maps::{LruHashMap, PerCpuArray},
     programs::RawTracePointContext,
 };
+use exporter_common::map_updates;
 use exporter_common::{
     histogram::Log2Histogram,
     tcp::{CONNECT_STARTS_ENTRIES, TCP_COUNTERS_ENTRIES, TcpCounters},
@@ -73,11 +75,8 @@ const IPPROTO_TCP: u16 = 6;
 /// Applies `bump` to this CPU's counters.
 #[inline(always)]
 fn count(bump: impl FnOnce(&mut TcpCounters)) {
-    if let Some(counters) = TCP_COUNTERS.get_ptr_mut(0) {
-        // SAFETY: the pointer is this CPU's slot of a per-CPU map, valid for
-        // the program's run; a program does not nest in itself on one CPU,
-        // and the programs sharing the slot bump different fields.
-        bump(unsafe { &mut *counters });
+    if let Some(counters) = this_cpu(&TCP_COUNTERS) {
+        bump(counters);
     }
 }
 
@@ -110,17 +109,24 @@ pub(crate) fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
         if let Some(&started) = unsafe { TCP_CONNECT_STARTS.get(sk) } {
             let _ = TCP_CONNECT_STARTS.remove(sk);
             if new == TCP_ESTABLISHED
-                && let Some(histogram) = TCP_CONNECT_LATENCY.get_ptr_mut(0)
+                && let Some(histogram) = this_cpu(&TCP_CONNECT_LATENCY)
             {
                 let now = unsafe { bpf_ktime_get_ns() };
-                // SAFETY: this CPU's slot of a per-CPU map; see `count`.
-                unsafe { &mut *histogram }.record(now.saturating_sub(started));
+                histogram.record(now.saturating_sub(started));
             }
         }
     } else if new == TCP_SYN_SENT {
         count(|c| c.active_opens += 1);
         let now = unsafe { bpf_ktime_get_ns() };
-        let _ = TCP_CONNECT_STARTS.insert(sk, now, 0);
+        if let Err(error) = TCP_CONNECT_STARTS.insert(sk, now, 0) {
+            update_failed(
+                &ctx,
+                map_updates::TCP_CONNECT_STARTS,
+                exporter_common::tcp::CONNECT_STARTS_MAP,
+                error,
+                "connecting socket",
+            );
+        }
     } else {
         // LISTEN -> SYN_RECV happens only to the child socket a listener
         // clones for a new connection (inet_csk_clone_lock), which is where

@@ -11,6 +11,7 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{BtfTracePoint, ProgramError, RawTracePoint},
 };
+use exporter_common::map_updates::{MAP_UPDATE_FAILURES_MAP, MapUpdateFailures, UPDATED_MAPS};
 use tracing::{debug, error, info, warn};
 
 use crate::{
@@ -49,6 +50,10 @@ pub(crate) struct Kernel {
     /// Every hash-type map, by name, with its bound: their fill is
     /// `kernel_exporter_bpf_map_entries`.
     map_counters: std::sync::Mutex<MapCounters>,
+    /// Failed map updates per map, counted by the programs.
+    update_failures: Option<aya::maps::PerCpuArray<aya::maps::MapData, MapUpdateFailures>>,
+    /// The programs' log buffer, until the runtime takes it to forward it.
+    logger: std::sync::Mutex<Option<aya_log::EbpfLogger<crate::kernel_log::KernelLog>>>,
 }
 
 /// An enabled collector, working or not.
@@ -95,6 +100,31 @@ impl Kernel {
             for ((name, bound, _), entries) in counters.iter().zip(entries) {
                 each(name, *entries, *bound);
             }
+        }
+    }
+
+    /// The programs' log, for [`crate::kernel_log::forward`] to read; `None`
+    /// once taken or when the object logs nothing.
+    pub(crate) fn take_logger(&self) -> Option<aya_log::EbpfLogger<crate::kernel_log::KernelLog>> {
+        self.logger.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    }
+
+    /// Calls `each` with the name and the failed updates so far of every
+    /// map the programs create entries in.
+    pub(crate) fn map_update_failures(&self, mut each: impl FnMut(&'static str, u64)) {
+        let mut totals = MapUpdateFailures::default();
+        if let Some(map) = &self.update_failures {
+            match map.get(&0, 0) {
+                Ok(cpus) => cpus.iter().for_each(|cpu| {
+                    for (total, count) in totals.counts.iter_mut().zip(cpu.counts) {
+                        *total = total.wrapping_add(count);
+                    }
+                }),
+                Err(error) => debug!("cannot read {MAP_UPDATE_FAILURES_MAP}: {error}"),
+            }
+        }
+        for map in UPDATED_MAPS {
+            each(map.name, totals.counts.get(map.index as usize).copied().unwrap_or(0));
         }
     }
 
@@ -154,11 +184,24 @@ impl Kernel {
             }
         }
         loader.map_max_entries(exporter_common::allowlist::SOURCES_MAP, sources_tracked);
+        let test_bound = crate::test_hooks::map_max_entries();
+        if let Some((map, entries)) = &test_bound {
+            loader.map_max_entries(map, *entries);
+        }
         let object = crate::test_hooks::bpf_object(BPF_OBJECT, specs);
         let mut ebpf = loader.load(object.bytes()).map_err(LoadError)?;
         drop(object);
         // Before the collectors take their maps out of the object.
         let map_counters = hash_map_counters(&ebpf);
+        let update_failures =
+            ebpf.take_map(MAP_UPDATE_FAILURES_MAP).and_then(|map| aya::maps::PerCpuArray::try_from(map).ok());
+        let logger = match aya_log::EbpfLogger::init_with_logger(&mut ebpf, crate::kernel_log::KernelLog::new()) {
+            Ok(logger) => Some(logger),
+            Err(error) => {
+                warn!("the BPF programs' messages will not be logged: {error}");
+                None
+            }
+        };
 
         let collectors = specs
             .iter()
@@ -184,6 +227,8 @@ impl Kernel {
                 ebpf,
                 _run_stats: if options.bpf_run_stats { enable_run_stats() } else { None },
                 map_counters: std::sync::Mutex::new(MapCounters { counters: map_counters, counted: None }),
+                update_failures,
+                logger: std::sync::Mutex::new(logger),
             },
             collectors,
         ))

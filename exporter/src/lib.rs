@@ -23,6 +23,7 @@ mod collectors;
 mod connections;
 mod encode;
 mod histogram;
+mod kernel_log;
 mod logging;
 mod privileges;
 mod program_stats;
@@ -158,6 +159,7 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
         let in_flight = self_metrics.requests_in_flight();
         let connection_metrics = self_metrics.connections();
         let reloader = tokio::spawn(reload::watch(Arc::clone(&front_door), front_door_metrics.clone(), hangup));
+        let kernel_log = kernel.take_logger().map(|logger| tokio::spawn(kernel_log::forward(logger)));
         let kernel = Arc::new(kernel);
         let requests = allowlist::Requests::new(config.sources_tracked);
         let scraper = scrape::Scraper::new(collectors, self_metrics)
@@ -169,6 +171,9 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
 
         server::serve(listeners, app, shutdown).await;
         reloader.abort();
+        if let Some(kernel_log) = kernel_log {
+            kernel_log.abort();
+        }
         info!("shutting down: detaching BPF programs");
         drop(kernel);
         anyhow::Ok(())

@@ -32,6 +32,12 @@ const MAP_MAX_ENTRIES: Family = Family::gauge(
     "The bound of each of the exporter's BPF hash maps (LRU maps evict beyond it, others stop counting new keys).",
 );
 
+const MAP_UPDATE_FAILURES: Family = Family::counter(
+    "kernel_exporter_bpf_map_update_failures_total",
+    "Events the exporter's BPF programs could not count because a map refused a new entry (full, or out of \
+     memory), by map; each is also logged, rate-limited.",
+);
+
 /// Bound: one series per program in the object (a few dozen), only those
 /// loaded.
 pub(crate) struct ProgramStats {
@@ -40,6 +46,8 @@ pub(crate) struct ProgramStats {
     map_series: HashMap<String, (Series, Series)>,
     /// (name, seconds, runs) of the last scrape, kept for its capacity.
     scratch: Mutex<Vec<(String, f64, u64)>>,
+    /// By map name; bound: the maps programs create entries in.
+    failure_series: HashMap<&'static str, Series>,
 }
 
 impl ProgramStats {
@@ -58,7 +66,11 @@ impl ProgramStats {
                 (Series::new(&MAP_ENTRIES, &[("map", name)]), Series::new(&MAP_MAX_ENTRIES, &[("map", name)])),
             );
         });
-        Self { kernel, series, map_series, scratch: Mutex::new(Vec::new()) }
+        let mut failure_series = HashMap::new();
+        kernel.map_update_failures(|name, _| {
+            failure_series.insert(name, Series::new(&MAP_UPDATE_FAILURES, &[("map", name)]));
+        });
+        Self { kernel, series, map_series, scratch: Mutex::new(Vec::new()), failure_series }
     }
 }
 
@@ -130,6 +142,12 @@ impl Collector for ProgramStats {
                 out.sample(series, *bound as u64);
             }
         }
+        out.family(&MAP_UPDATE_FAILURES);
+        self.kernel.map_update_failures(|name, failures| {
+            if let Some(series) = self.failure_series.get(name) {
+                out.sample(series, failures);
+            }
+        });
         Ok(())
     }
 }
@@ -144,5 +162,6 @@ mod tests {
         assert!(RUNS.is_valid());
         assert!(MAP_ENTRIES.is_valid());
         assert!(MAP_MAX_ENTRIES.is_valid());
+        assert!(MAP_UPDATE_FAILURES.is_valid());
     }
 }

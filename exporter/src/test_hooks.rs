@@ -19,6 +19,22 @@ use crate::collectors::CollectorSpec;
 /// which is the case where a half-attached collector must be unloaded.
 pub(crate) const VERIFIER_REJECTS_ENV: &str = "KERNEL_EXPORTER_TEST_VERIFIER_REJECTS";
 
+/// `KERNEL_EXPORTER_TEST_MAP_MAX_ENTRIES=<map>=<n>`: the object's map is
+/// created with room for `n` entries, so a test can fill it and watch the
+/// programs report the updates that fail.
+pub(crate) const MAP_MAX_ENTRIES_ENV: &str = "KERNEL_EXPORTER_TEST_MAP_MAX_ENTRIES";
+
+/// The map and bound [`MAP_MAX_ENTRIES_ENV`] asks for, if any.
+pub(crate) fn map_max_entries() -> Option<(String, u32)> {
+    let value = std::env::var(MAP_MAX_ENTRIES_ENV).ok()?;
+    let parsed = value.split_once('=').and_then(|(map, n)| Some((map.to_owned(), n.parse().ok()?)));
+    match &parsed {
+        Some((map, n)) => warn!("{MAP_MAX_ENTRIES_ENV}: map {map} gets room for {n} entries, for a test"),
+        None => warn!("{MAP_MAX_ENTRIES_ENV}={value}: not MAP=N; ignored"),
+    }
+    parsed
+}
+
 /// `BPF_JMP | BPF_EXIT`.
 const EXIT: u8 = 0x95;
 /// `BPF_JMP | BPF_JA` with offset -1: jump to this very instruction.

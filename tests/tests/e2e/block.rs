@@ -336,3 +336,39 @@ fn diskstat_flushes(name: &str) -> u64 {
         })
         .unwrap_or_else(|| panic!("no flush count for {name} in /proc/diskstats"))
 }
+
+#[test]
+fn a_full_map_counts_and_logs_the_updates_it_refuses() {
+    // BLOCK_IO gets room for one (disk, operation) key: the loop device's
+    // writes and reads need two, so the second kind is refused by the
+    // kernel, and the program must say so rather than lose it silently.
+    let mut command = Command::new(kernel_exporter_tests::exporter_binary());
+    command.env("KERNEL_EXPORTER_TEST_MAP_MAX_ENTRIES", "BLOCK_IO=1");
+    let exporter = Exporter::spawn_command(
+        command,
+        kernel_exporter_tests::free_port(),
+        &["--collector.disable-defaults", "--collector.block"],
+    );
+    exporter.wait_until_listening();
+    let device = LoopDevice::create();
+    direct_io(&device.device);
+    let failures = "kernel_exporter_bpf_map_update_failures_total{map=\"BLOCK_IO\"}";
+    let mut metrics = exporter.scrape();
+    for _ in 0..50 {
+        if metrics.get(failures) > 0.0 && exporter.log().contains("BPF map BLOCK_IO") {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+        metrics = exporter.scrape();
+    }
+    assert!(metrics.get(failures) >= 1.0, "no failed update counted:\n{}", metrics.text);
+    // Every other map the programs add to is reported, at zero.
+    assert_eq!(metrics.get("kernel_exporter_bpf_map_update_failures_total{map=\"TCP_CONNECT_STARTS\"}"), 0.0);
+    let log = exporter.log();
+    let lines: Vec<&str> = log.lines().filter(|line| line.contains("BPF map BLOCK_IO")).collect();
+    assert!(!lines.is_empty(), "no log line for the refused update:\n{log}");
+    assert!(lines[0].contains("cannot add a disk and operation to BPF map BLOCK_IO: error -7"), "{}", lines[0]);
+    assert!(lines[0].contains("level=warn"), "{}", lines[0]);
+    // Rate-limited: hundreds of refused completions, a handful of lines.
+    assert!(lines.len() <= 12, "{} lines for one full map:\n{log}", lines.len());
+}
