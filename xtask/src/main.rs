@@ -72,6 +72,10 @@ enum Command {
         /// a fresh release build (an earlier commit's, for a before/after).
         #[arg(long, value_name = "PATH", requires = "overhead")]
         exporter_binary: Option<std::path::PathBuf>,
+        /// With --overhead: alternating rounds (default 5, 3 with --quick);
+        /// more rounds narrow the medians on a noisy machine.
+        #[arg(long, value_name = "N", requires = "overhead")]
+        rounds: Option<usize>,
     },
     /// Install the release binary, the systemd unit, the example web config
     /// and the system user, idempotently.
@@ -143,8 +147,8 @@ fn main() -> ExitCode {
         Command::Codegen { check } => codegen::codegen(check),
         Command::Soak { minutes } => soak::soak(minutes),
         Command::Fuzz { seconds, cmin, target } => fuzz::fuzz(seconds, target.as_deref(), cmin),
-        Command::Bench { quick, overhead: true, overhead_collectors, exporter_binary, .. } => {
-            overhead::overhead(quick, overhead_collectors.as_deref(), exporter_binary.as_deref())
+        Command::Bench { quick, overhead: true, overhead_collectors, exporter_binary, rounds, .. } => {
+            overhead::overhead(quick, overhead_collectors.as_deref(), exporter_binary.as_deref(), rounds)
         }
         Command::Bench { quick, probes_only, .. } => bench::bench(quick, probes_only),
         Command::OverheadWorkload { workload, size } => overhead::workload_child(&workload, size),

@@ -288,11 +288,16 @@ struct Collector {
     default_enabled: bool,
 }
 
-pub(crate) fn overhead(quick: bool, only: Option<&[String]>, exporter: Option<&Path>) -> anyhow::Result<()> {
+pub(crate) fn overhead(
+    quick: bool,
+    only: Option<&[String]>,
+    exporter: Option<&Path>,
+    rounds: Option<usize>,
+) -> anyhow::Result<()> {
     let (_toolchain, binary, report_dir) = bench::prepare_with(exporter)?;
     prereq::ensure_debian_packages(&[("iperf3", "iperf3"), ("dd", "coreutils"), ("git", "git")])?;
     let sizes = if quick { QUICK } else { FULL };
-    let rounds = if quick { QUICK_ROUNDS } else { ROUNDS };
+    let rounds = rounds.unwrap_or(if quick { QUICK_ROUNDS } else { ROUNDS }).max(1);
 
     let collectors = daemon_collectors(&binary)?;
     let names: Vec<&str> = collectors.iter().map(|c| c.name.as_str()).collect();
