@@ -67,7 +67,8 @@ const fn tracepoint(name: &'static str) -> Tracepoint {
 
 pub(super) const SPEC: CollectorSpec = CollectorSpec {
     name: "block",
-    help: "block requests, bytes and issue-to-completion latency per disk and operation from block tracepoints",
+    help: "block requests, bytes and issue-to-completion latency per disk and operation from block tracepoints; \
+           fires twice per disk request (issue, completion), about 1 µs per request on a virtual machine",
     default_enabled: true,
     tracepoints: &[tracepoint("block_rq_issue"), tracepoint("block_rq_complete")],
     offsets: &[

@@ -50,8 +50,9 @@ const fn tracepoint(name: &'static str) -> Tracepoint {
 
 pub(super) const SPEC: CollectorSpec = CollectorSpec {
     name: "sched",
-    help: "scheduler events, runqueue latency and CPU idle time; costs each context switch about 10 ns \
-           above the kernel's floor for any program on sched_switch",
+    help: "scheduler events, runqueue latency and CPU idle time (from /proc/stat); fires on every context switch, \
+           about 30 ns above the kernel's floor for any program on sched_switch, and on forks, execs, exits and \
+           migrations",
     default_enabled: true,
     tracepoints: &[
         // The hot one: a BTF tracepoint reads task and runqueue fields with

@@ -77,7 +77,8 @@ fn signal_name(sig: usize) -> String {
 
 pub(super) const SPEC: CollectorSpec = CollectorSpec {
     name: "signal",
-    help: "signals generated, per signal, from the signal_generate tracepoint",
+    help: "signals generated, per signal, from the signal_generate tracepoint; fires once per signal sent, a few \
+           ns above the kernel's floor",
     default_enabled: true,
     tracepoints: &[Tracepoint::raw("signal_generate", "signal", "signal_generate")],
     offsets: &[],

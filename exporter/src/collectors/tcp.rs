@@ -48,7 +48,9 @@ const fn tracepoint(category: &'static str, name: &'static str) -> Tracepoint {
 
 pub(super) const SPEC: CollectorSpec = CollectorSpec {
     name: "tcp",
-    help: "TCP connections opened, connect latency, retransmits and resets from sock and tcp tracepoints",
+    help: "TCP connections opened, connect latency, retransmits and resets from sock and tcp tracepoints; fires \
+           per socket state change, retransmit and reset (a few per connection), about 0.3 µs each on a virtual \
+           machine",
     default_enabled: true,
     tracepoints: &[
         tracepoint("sock", "inet_sock_set_state"),
