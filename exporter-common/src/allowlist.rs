@@ -11,7 +11,16 @@
 /// Bound: [`ALLOWLIST_ENTRIES`] ranges; a config with more is refused.
 pub const ALLOWLIST_MAP: &str = "ALLOWLIST";
 
-/// Number of entries in [`ALLOWLIST_MAP`].
+/// The second trie, of the same layout and bound as [`ALLOWLIST_MAP`]: a
+/// reload fills whichever of the two is not in force and then switches
+/// [`ACTIVE_MAP`] to it.
+pub const ALLOWLIST_NEXT_MAP: &str = "ALLOWLIST_NEXT";
+
+/// Array of one `u32`: 0 when [`ALLOWLIST_MAP`] is in force, 1 for
+/// [`ALLOWLIST_NEXT_MAP`]. The filter reads it once per packet.
+pub const ACTIVE_MAP: &str = "ALLOWLIST_ACTIVE";
+
+/// Number of entries in each of [`ALLOWLIST_MAP`] and [`ALLOWLIST_NEXT_MAP`].
 pub const ALLOWLIST_ENTRIES: u32 = 1024;
 
 /// LRU per-CPU hash: source address → [`SourceCounters`]. The `source`

@@ -1,8 +1,14 @@
 //! The allowlist: a socket filter attached to every listening socket before
 //! `listen()` (accepted sockets inherit it). It drops packets whose source
-//! is outside the LPM trie [`ALLOWLIST`] — for a listener that means the
+//! is outside the active allowlist trie — for a listener that means the
 //! SYN, so no connection, TLS handshake or line of userspace code is spent
 //! on the source — and counts what it saw per source and in total.
+//!
+//! There are two tries, [`ALLOWLIST`] and [`ALLOWLIST_NEXT`], and
+//! [`ALLOWLIST_ACTIVE`] says which one is in force: the daemon builds a new
+//! policy in the other one, reads it back, and flips the index, so a reload
+//! is one atomic switch whatever the sizes of the old and new lists, and a
+//! failed one leaves the policy in force untouched.
 //!
 //! On TCP sockets `skb->data` is the TCP header; the IP header is read
 //! relative to the network header.
@@ -11,14 +17,22 @@ use aya_ebpf::{
     bindings::bpf_hdr_start_off::BPF_HDR_START_NET,
     helpers::generated::bpf_skb_load_bytes_relative,
     macros::{map, socket_filter},
-    maps::{LpmTrie, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
     programs::SkBuffContext,
 };
 use exporter_common::allowlist::{ALLOWLIST_ENTRIES, SOURCES_DEFAULT_ENTRIES, SourceCounters};
 
-/// Bound: [`ALLOWLIST_ENTRIES`] ranges (the daemon refuses more). No label.
+/// Trie 0. Bound: [`ALLOWLIST_ENTRIES`] ranges (the daemon refuses more). No label.
 #[map]
 static ALLOWLIST: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(ALLOWLIST_ENTRIES, 0);
+
+/// Trie 1, the same bound as [`ALLOWLIST`].
+#[map]
+static ALLOWLIST_NEXT: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(ALLOWLIST_ENTRIES, 0);
+
+/// Bound: one entry, the index (0 or 1) of the trie in force.
+#[map]
+static ALLOWLIST_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Bound: [`SOURCES_DEFAULT_ENTRIES`] sources, or
 /// `--web.allowlist-sources-tracked` (set before load); LRU eviction
@@ -42,7 +56,15 @@ pub(crate) fn allowlist(ctx: SkBuffContext) -> i64 {
     let syn = u64::from(flags & (TCP_SYN | TCP_ACK) == TCP_SYN);
     let source = source_address(&ctx);
     // Fail closed: a packet whose source cannot be read is not allowed.
-    let allowed = source.is_some_and(|addr| ALLOWLIST.get(Key::new(128, addr)).is_some());
+    let allowed = source.is_some_and(|addr| {
+        let key = Key::new(128, addr);
+        // A missing slot cannot happen (an array's entries always exist);
+        // trie 0 is what the daemon fills before attaching.
+        match ALLOWLIST_ACTIVE.get(0).copied().unwrap_or(0) {
+            1 => ALLOWLIST_NEXT.get(key).is_some(),
+            _ => ALLOWLIST.get(key).is_some(),
+        }
+    });
     let bump = |counters: &mut SourceCounters| {
         if allowed {
             counters.syns_allowed += syn;

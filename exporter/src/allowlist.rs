@@ -5,12 +5,13 @@
 //! [`open`] loads the filter (it is not a tracepoint collector: it attaches
 //! to sockets) and splits what the daemon needs into three owners:
 //! [`Filter`], whose program descriptor `server::bind` attaches to every
-//! listening socket before `listen()`; [`Trie`], which the reloader updates
-//! in place; and [`Counters`], which a scrape reads. [`Requests`] counts
+//! listening socket before `listen()`; [`Trie`], the two kernel tries the
+//! reloader builds a new policy in and switches between; and [`Counters`],
+//! which a scrape reads. [`Requests`] counts
 //! HTTP outcomes per source in userspace.
 //!
 //! An absent allowlist is the single range `::/0` in the trie, so going
-//! from "everyone" to a list and back is an in-place update like any other.
+//! from "everyone" to a list and back is a switch like any other.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -25,12 +26,14 @@ use std::{
 use aya::{
     Ebpf,
     maps::{
-        MapData, MapError,
+        Array, MapData, MapError,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{ProgramError, SocketFilter},
 };
-use exporter_common::allowlist::{ALLOWLIST_MAP, PROGRAM, SOURCES_MAP, SourceCounters, TOTALS_MAP};
+use exporter_common::allowlist::{
+    ACTIVE_MAP, ALLOWLIST_MAP, ALLOWLIST_NEXT_MAP, PROGRAM, SOURCES_MAP, SourceCounters, TOTALS_MAP,
+};
 use tracing::debug;
 
 use crate::{
@@ -49,7 +52,7 @@ const PACKETS: Family = Family::counter(
 );
 const ENTRIES: Family = Family::gauge(
     "kernel_exporter_allowlist_entries",
-    "Ranges in the kernel's allowlist trie (1, the range ::/0, when no allowlist is configured).",
+    "Ranges in the kernel's allowlist trie in force, as read back from the kernel (1, the range ::/0, when no allowlist is configured).",
 );
 const REQUESTS: Family = Family::counter(
     "kernel_exporter_requests_total",
@@ -69,13 +72,22 @@ pub(crate) enum AllowlistError {
     Descriptor(#[source] std::io::Error),
     #[error(transparent)]
     Map(#[from] CollectorError),
-    #[error("cannot {action} {range} in the kernel's allowlist: {source}")]
+    #[error("cannot {action} {range} in the kernel's allowlist ({map}): {source}")]
     Update {
         action: &'static str,
         range: String,
+        map: &'static str,
         #[source]
         source: Box<MapError>,
     },
+    #[error("cannot read the kernel's allowlist ({map}): {source}")]
+    Read {
+        map: &'static str,
+        #[source]
+        source: Box<MapError>,
+    },
+    #[error("the kernel's allowlist {map} holds {found} ranges after writing {wanted}")]
+    Mismatch { map: &'static str, wanted: usize, found: usize },
 }
 
 /// Loads the socket filter and takes its maps out of the object.
@@ -94,11 +106,12 @@ pub(crate) fn open(ebpf: &mut Ebpf) -> Result<(Filter, Trie, Counters), Allowlis
         .as_fd()
         .try_clone_to_owned()
         .map_err(AllowlistError::Descriptor)?;
-    let raw = ebpf.take_map(ALLOWLIST_MAP).ok_or(CollectorError::MissingMap { map: ALLOWLIST_MAP })?;
-    let map = LpmTrie::try_from(raw)
-        .map_err(|source| CollectorError::Map { map: ALLOWLIST_MAP, source: Box::new(source) })?;
+    let tries = [take_trie(ebpf, ALLOWLIST_MAP)?, take_trie(ebpf, ALLOWLIST_NEXT_MAP)?];
+    let raw = ebpf.take_map(ACTIVE_MAP).ok_or(CollectorError::MissingMap { map: ACTIVE_MAP })?;
+    let active_map =
+        Array::try_from(raw).map_err(|source| CollectorError::Map { map: ACTIVE_MAP, source: Box::new(source) })?;
     let entries = Arc::new(AtomicU64::new(0));
-    let trie = Trie { state: Mutex::new(TrieState { map, ranges: BTreeSet::new() }), entries: Arc::clone(&entries) };
+    let trie = Trie::new(tries, active_map, Arc::clone(&entries))?;
     let counters = Counters {
         sources: Box::new(take_per_cpu_hash::<[u8; 16], SourceCounters>(ebpf, SOURCES_MAP)?),
         totals: Box::new(take_per_cpu_array::<SourceCounters>(ebpf, TOTALS_MAP)?),
@@ -110,6 +123,11 @@ pub(crate) fn open(ebpf: &mut Ebpf) -> Result<(Filter, Trie, Counters), Allowlis
         ],
     };
     Ok((Filter { program: fd }, trie, counters))
+}
+
+fn take_trie(ebpf: &mut Ebpf, map: &'static str) -> Result<TrieMap, CollectorError> {
+    let raw = ebpf.take_map(map).ok_or(CollectorError::MissingMap { map })?;
+    LpmTrie::try_from(raw).map_err(|source| CollectorError::Map { map, source: Box::new(source) })
 }
 
 /// The loaded socket filter, for attaching to listening sockets.
@@ -126,14 +144,21 @@ impl Filter {
 /// A trie entry: prefix length over the 16-byte (IPv4-mapped) address.
 type Range = (u32, [u8; 16]);
 
-/// The kernel's allowlist and the ranges in it.
+type TrieMap = LpmTrie<MapData, [u8; 16], u8>;
+
+/// The kernel's two allowlist tries, the switch between them, and the
+/// ranges in the one in force.
 pub(crate) struct Trie {
     state: Mutex<TrieState>,
     entries: Arc<AtomicU64>,
 }
 
 struct TrieState {
-    map: LpmTrie<MapData, [u8; 16], u8>,
+    tries: [TrieMap; 2],
+    active_map: Array<MapData, u32>,
+    /// The index in `active_map`, as last written there (or read at start).
+    active: usize,
+    /// The ranges of `tries[active]`, as read back from the kernel.
     ranges: BTreeSet<Range>,
 }
 
@@ -149,45 +174,90 @@ fn describe(range: &Range) -> String {
     format!("{}/{}", Ipv6Addr::from(range.1), range.0)
 }
 
+const TRIE_NAMES: [&str; 2] = [ALLOWLIST_MAP, ALLOWLIST_NEXT_MAP];
+
+/// Every range in `map`, as the kernel has it.
+fn read_back(map: &TrieMap, name: &'static str) -> Result<BTreeSet<Range>, AllowlistError> {
+    map.keys()
+        .map(|key| key.map(|key| (key.prefix_len(), key.data())))
+        .collect::<Result<_, _>>()
+        .map_err(|source| AllowlistError::Read { map: name, source: Box::new(source) })
+}
+
 impl Trie {
-    /// Makes the trie hold exactly `sources` without a moment where a
-    /// source allowed before and after is refused: new ranges go in first,
-    /// then `between` runs (the caller swaps its policy), then stale ranges
-    /// come out. If an insert fails, the ranges inserted so far come out
-    /// again and `between` does not run.
-    pub(crate) fn replace(&self, sources: Option<&[Cidr]>, between: impl FnOnce()) -> Result<(), AllowlistError> {
+    fn new(
+        tries: [TrieMap; 2],
+        active_map: Array<MapData, u32>,
+        entries: Arc<AtomicU64>,
+    ) -> Result<Self, AllowlistError> {
+        let active = match active_map.get(&0, 0) {
+            Ok(1) => 1,
+            Ok(_) => 0,
+            Err(source) => return Err(AllowlistError::Read { map: ACTIVE_MAP, source: Box::new(source) }),
+        };
+        let ranges = read_back(&tries[active], TRIE_NAMES[active])?;
+        entries.store(ranges.len() as u64, Ordering::Relaxed);
+        Ok(Self { state: Mutex::new(TrieState { tries, active_map, active, ranges }), entries })
+    }
+
+    /// Makes the kernel enforce exactly `sources`, then runs `after` (the
+    /// caller swaps its policy). The new ranges go into the trie not in
+    /// force, which is emptied first and read back after; only when it
+    /// holds exactly the new ranges does the filter switch to it, in one
+    /// write. Any failure before that leaves the trie in force, and the
+    /// filter's verdicts, as they were, and `after` does not run.
+    pub(crate) fn replace(&self, sources: Option<&[Cidr]>, after: impl FnOnce()) -> Result<(), AllowlistError> {
         let wanted = ranges(sources);
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let TrieState { map, ranges } = &mut *state;
-        let new: Vec<Range> = wanted.difference(ranges).copied().collect();
-        for (i, range) in new.iter().enumerate() {
-            if let Err(source) = map.insert(&Key::new(range.0, range.1), 1, 0) {
-                for inserted in &new[..i] {
-                    let _ = map.remove(&Key::new(inserted.0, inserted.1));
-                }
-                return Err(AllowlistError::Update { action: "add", range: describe(range), source: Box::new(source) });
-            }
-            ranges.insert(*range);
+        if state.ranges == wanted {
+            after();
+            return Ok(());
         }
-        between();
-        let stale: Vec<Range> = ranges.difference(&wanted).copied().collect();
-        let mut failed = None;
-        for range in stale {
+        let spare = 1 - state.active;
+        let name = TRIE_NAMES[spare];
+        let map = &mut state.tries[spare];
+        // Left over from the policy before the one in force.
+        for range in read_back(map, name)? {
             match map.remove(&Key::new(range.0, range.1)) {
-                Ok(()) | Err(MapError::KeyNotFound) => {
-                    ranges.remove(&range);
-                }
+                Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(source) => {
-                    failed.get_or_insert(AllowlistError::Update {
-                        action: "remove",
+                    return Err(AllowlistError::Update {
+                        action: "clear",
                         range: describe(&range),
+                        map: name,
                         source: Box::new(source),
                     });
                 }
             }
         }
-        self.entries.store(ranges.len() as u64, Ordering::Relaxed);
-        failed.map_or(Ok(()), Err)
+        for range in &wanted {
+            map.insert(&Key::new(range.0, range.1), 1, 0).map_err(|source| AllowlistError::Update {
+                action: "add",
+                range: describe(range),
+                map: name,
+                source: Box::new(source),
+            })?;
+        }
+        let found = read_back(map, name)?;
+        if found != wanted {
+            return Err(AllowlistError::Mismatch { map: name, wanted: wanted.len(), found: found.len() });
+        }
+        state.active_map.set(0, spare as u32, 0).map_err(|source| AllowlistError::Update {
+            action: "switch to",
+            range: format!("trie {spare}"),
+            map: ACTIVE_MAP,
+            source: Box::new(source),
+        })?;
+        state.active = spare;
+        state.ranges = found;
+        self.entries.store(state.ranges.len() as u64, Ordering::Relaxed);
+        after();
+        Ok(())
+    }
+
+    /// How many ranges the trie in force holds.
+    pub(crate) fn in_force(&self) -> usize {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).ranges.len()
     }
 }
 

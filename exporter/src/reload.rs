@@ -6,12 +6,12 @@
 //!
 //! A reload builds a whole new [`Policy`] off the async workers and swaps it
 //! in; connections already open keep the TLS config they started with, but
-//! their requests are checked against the allowlist in force. The kernel's
-//! allowlist trie is updated in place around the swap: new ranges before,
-//! stale ranges after, so a source allowed by both policies is never
-//! refused. A
-//! reload that fails keeps the old policy serving, logs one line and sets
-//! `kernel_exporter_config_last_reload_successful` to 0.
+//! their requests are checked against the allowlist in force. The new
+//! allowlist is built and checked in the kernel's spare trie, and the
+//! filter switches to it in one write just before the swap, so a source
+//! allowed by both policies is never refused. A reload that fails keeps the
+//! old policy serving, in the daemon and in the kernel alike, logs one line
+//! and sets `kernel_exporter_config_last_reload_successful` to 0.
 
 use std::{
     fmt,
@@ -265,6 +265,12 @@ impl FrontDoor {
         Ok(())
     }
 
+    /// Ranges in the kernel's allowlist trie in force (`None` before
+    /// [`Self::enforce`]).
+    fn allowlist_in_force(&self) -> Option<usize> {
+        self.trie.get().map(Trie::in_force)
+    }
+
     pub(crate) fn current(&self) -> Arc<Policy> {
         Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
     }
@@ -279,8 +285,10 @@ impl FrontDoor {
         }
         self.exposure.check(&policy)?;
         let policy = Arc::new(policy);
-        // Connections of removed sources are told before their packets
-        // start being dropped, so they close while the peer can answer.
+        // Runs once the kernel enforces the new allowlist, never before:
+        // if the kernel cannot, the old policy stays whole on both sides.
+        // Connections of removed sources are reset, which needs no answer
+        // from the peer whose packets the filter now drops.
         let swap = || {
             *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&policy);
             self.changed.send_replace(());
@@ -339,7 +347,14 @@ pub(crate) async fn watch(front_door: Arc<FrontDoor>, metrics: FrontDoorMetrics,
             }
             Ok(Err(error)) => {
                 metrics.reload_failed();
-                warn!(trigger, "cannot reload: {error}; still serving the previous configuration");
+                match front_door.allowlist_in_force() {
+                    Some(ranges) => warn!(
+                        trigger,
+                        "cannot reload: {error}; still serving the previous configuration \
+                         ({ranges} allowlist range(s) in the kernel)"
+                    ),
+                    None => warn!(trigger, "cannot reload: {error}; still serving the previous configuration"),
+                }
             }
             Err(join) => {
                 metrics.reload_failed();

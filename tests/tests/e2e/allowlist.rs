@@ -310,6 +310,119 @@ fn reload_changes_the_allowlist_in_place() {
     }
 }
 
+/// An allowlist of `hosts` /32 ranges in 10.`second`.0.0/16, plus `first`.
+fn many_ranges(first: &str, second: u8, hosts: usize) -> String {
+    let mut text = format!("allowed_sources:\n  - {first}\n");
+    for host in 0..hosts {
+        text += &format!("  - 10.{second}.{}.{}/32\n", host / 256, host % 256);
+    }
+    text
+}
+
+/// SIGHUP, then the reload line it caused (success or failure).
+fn reload_and_wait(exporter: &Exporter) -> String {
+    let lines_before = exporter.log().lines().count();
+    hangup(exporter);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = exporter.log();
+        let line = log.lines().skip(lines_before).find(|line| {
+            line.contains("trigger=SIGHUP") && (line.contains("reloaded web config") || line.contains("cannot reload"))
+        });
+        if let Some(line) = line {
+            return line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no reload line after SIGHUP; log:\n{log}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The ids of the BPF maps `pid` holds, by name (as the kernel truncates
+/// it, 15 bytes), from its descriptors' fdinfo and `bpftool map show`.
+fn maps_of(pid: u32) -> std::collections::HashMap<String, u32> {
+    let mut maps = std::collections::HashMap::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("read fdinfo") {
+        let Ok(info) = fs::read_to_string(entry.expect("fdinfo entry").path()) else { continue };
+        let Some(id) = info.lines().find_map(|line| line.strip_prefix("map_id:")) else { continue };
+        let id: u32 = id.trim().parse().expect("map id");
+        let show = bpftool(&["map", "show", "id", &id.to_string()]);
+        if let Some(name) = show["name"].as_str() {
+            maps.insert(name.to_owned(), id);
+        }
+    }
+    maps
+}
+
+fn bpftool(args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new("bpftool")
+        .arg("-j")
+        .args(args)
+        .output()
+        .expect("bpftool is installed (cargo xtask test installs the Debian package bpftool)");
+    assert!(out.status.success(), "bpftool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("bpftool prints JSON")
+}
+
+/// The entries of the allowlist trie the filter consults now, counted by
+/// `bpftool map dump` (the daemon's own view plays no part).
+fn kernel_trie_entries(pid: u32) -> usize {
+    let maps = maps_of(pid);
+    let dump = |name: &str| {
+        let id = maps.get(name).unwrap_or_else(|| panic!("the exporter holds no map {name}: {maps:?}"));
+        bpftool(&["map", "dump", "id", &id.to_string()])
+    };
+    let active = dump("ALLOWLIST_ACTIV");
+    let index = active[0]["value"]
+        .as_array()
+        .and_then(|bytes| bytes.first())
+        .and_then(|byte| byte.as_str())
+        .and_then(|byte| u8::from_str_radix(byte.trim_start_matches("0x"), 16).ok())
+        .or_else(|| active[0]["formatted"]["value"].as_u64().and_then(|v| u8::try_from(v).ok()))
+        .unwrap_or_else(|| panic!("cannot read the active index from {active}"));
+    let trie = if index == 1 { "ALLOWLIST_NEXT" } else { "ALLOWLIST" };
+    dump(trie).as_array().expect("a dump is a list").len()
+}
+
+/// Regression: a reload from 701 ranges to 701 others used to fail half-way
+/// (the trie held 1,024) and leave the daemon's record of the trie wrong,
+/// so the next, smaller reload emptied the kernel's trie while reporting
+/// success. Every reload here succeeds and the kernel, the gauge and the
+/// filter's verdicts agree after each.
+#[test]
+fn allowlist_reload_between_full_lists_keeps_kernel_and_daemon_in_step() {
+    let config = config_file("full-lists", &many_ranges("127.0.0.1/32", 1, 700));
+    let exporter = start(&[&format!("--web.config.file={}", config.display())]);
+    let localhost = IpAddr::from(Ipv4Addr::LOCALHOST);
+    let check = |expected: usize| {
+        let metrics = scrape_from(localhost, exporter.addr);
+        let kernel = kernel_trie_entries(exporter.pid());
+        println!(
+            "expected {expected}: kernel trie {kernel}, gauge {}",
+            metrics.get("kernel_exporter_allowlist_entries")
+        );
+        assert_eq!(metrics.get("kernel_exporter_config_last_reload_successful"), 1.0, "{}", exporter.log());
+        assert_eq!(kernel, expected, "entries of the trie in force, by bpftool");
+        assert_eq!(metrics.get("kernel_exporter_allowlist_entries"), expected as f64, "the gauge");
+        assert_dropped(SECOND.into(), exporter.addr);
+    };
+    check(701);
+
+    // 127.0.0.0/31 sorts before the /32 hosts, so the old code inserted it
+    // (and then rolled it back) before the trie filled.
+    fs::write(&config, many_ranges("127.0.0.0/31", 2, 700)).expect("rewrite");
+    let line = reload_and_wait(&exporter);
+    assert!(line.contains("reloaded web config"), "{line}");
+    check(701);
+
+    let subset: String =
+        many_ranges("127.0.0.0/31", 2, 700).lines().take(2 + 300).map(|line| format!("{line}\n")).collect();
+    fs::write(&config, subset).expect("rewrite");
+    let line = reload_and_wait(&exporter);
+    assert!(line.contains("reloaded web config"), "{line}");
+    // 127.0.0.1 is still served (scrape_from in `check` connects from it).
+    check(301);
+}
+
 fn hangup(exporter: &Exporter) {
     let pid = libc::pid_t::try_from(exporter.pid()).expect("pid");
     // SAFETY: kill(2) on our own child.
