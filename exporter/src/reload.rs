@@ -29,11 +29,11 @@ use tracing::{info, warn};
 
 use crate::{
     allowlist::{AllowlistError, Trie},
-    auth::Users,
+    auth::{Users, UsersError},
     cli::ListenAddress,
     self_metrics::FrontDoorMetrics,
     tls::{self, TlsError},
-    web_config::{Cidr, ConfigError, WebConfig},
+    web_config::{Cidr, ConfigError, RateLimit, WebConfig},
 };
 
 /// How often the watched files are looked at.
@@ -105,6 +105,8 @@ pub(crate) enum PolicyError {
     AllowlistTwice { path: PathBuf },
     #[error(transparent)]
     Allowlist(#[from] AllowlistError),
+    #[error("web config {}: {source}", path.display())]
+    Users { path: PathBuf, source: UsersError },
 }
 
 /// Listening beyond loopback with neither TLS nor basic auth.
@@ -155,7 +157,9 @@ impl Policy {
             .map(|settings| tls::server_config(settings, config.http2))
             .transpose()
             .map_err(|source| PolicyError::Tls { path: path.to_owned(), source })?;
-        let users = Users::new(&config.users).map(Arc::new);
+        let users = Users::new(&config.users)
+            .map_err(|source| PolicyError::Users { path: path.to_owned(), source })?
+            .map(Arc::new);
         Ok(Self {
             tls,
             users,
@@ -183,6 +187,11 @@ impl Policy {
     pub(crate) fn allows(&self, source: IpAddr) -> bool {
         let source = source.to_canonical();
         self.allowed_sources.as_ref().is_none_or(|sources| sources.iter().any(|cidr| cidr.contains(source)))
+    }
+
+    /// The web config's `rate_limit`; `None`: no limit.
+    pub(crate) fn rate_limit(&self) -> Option<RateLimit> {
+        self.config.as_ref().and_then(|config| config.rate_limit)
     }
 
     /// `None`: every source is allowed.

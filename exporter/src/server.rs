@@ -68,6 +68,7 @@ use crate::{
     scrape::Scraper,
     self_metrics::{ConnectionMetrics, FrontDoorMetrics},
     tls,
+    web_config::RateLimit,
 };
 
 /// How long a client may take to send its request headers; slow-loris
@@ -250,6 +251,37 @@ pub(crate) struct App {
     requests: Requests,
     connections: Arc<Connections>,
     connection_metrics: ConnectionMetrics,
+    /// The web config's `rate_limit`, over every request of every client.
+    rate_limiter: std::sync::Mutex<TokenBucket>,
+}
+
+/// exporter-toolkit's `rate_limit` (Go's `rate.Limiter`): a bucket of
+/// `burst` requests refilled at one per `interval`, shared by all clients.
+struct TokenBucket {
+    tokens: f64,
+    refilled: std::time::Instant,
+}
+
+impl TokenBucket {
+    fn new(now: std::time::Instant) -> Self {
+        // Full once a limit is first set; clamped to its burst below.
+        Self { tokens: f64::MAX, refilled: now }
+    }
+
+    /// Whether a request may be served now under `limit` (taken from the
+    /// policy in force, so a reload changes it without losing the state).
+    fn allow(&mut self, limit: RateLimit, now: std::time::Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled);
+        let burst = f64::from(limit.burst);
+        self.tokens = (self.tokens.min(burst) + elapsed.as_secs_f64() / limit.interval.as_secs_f64()).min(burst);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Counts a request in flight until dropped.
@@ -291,6 +323,7 @@ impl App {
             requests,
             connections: Arc::new(Connections::new(config.max_connections, IDLE_TIMEOUT, connection_metrics.clone())),
             connection_metrics,
+            rate_limiter: std::sync::Mutex::new(TokenBucket::new(std::time::Instant::now())),
         }
     }
 
@@ -300,7 +333,15 @@ impl App {
         let _in_flight = InFlight::start(&self.in_flight);
         let started = std::time::Instant::now();
         let policy = self.front_door.current();
-        let mut response = if policy.allows(connection.source.ip()) {
+        let limited = policy.rate_limit().is_some_and(|limit| {
+            let mut bucket = self.rate_limiter.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            !bucket.allow(limit, started)
+        });
+        let mut response = if !policy.allows(connection.source.ip()) {
+            source_removed()
+        } else if limited {
+            rate_limited()
+        } else {
             let allowed = match &policy.users {
                 None => Ok(()),
                 Some(users) => self.authenticator.check(users, request.headers().get(header::AUTHORIZATION)).await,
@@ -312,8 +353,6 @@ impl App {
                     refused(failure)
                 }
             }
-        } else {
-            source_removed()
         };
         self.requests.record(connection.source.ip(), response.status().as_u16());
         let headers = response.headers_mut();
@@ -482,6 +521,17 @@ fn refused(failure: AuthFailure) -> Response<Full<Bytes>> {
     let mut response =
         response(StatusCode::UNAUTHORIZED, "text/plain; charset=utf-8", Bytes::from_static(b"Unauthorized\n"));
     response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(auth::CHALLENGE));
+    response
+}
+
+/// Over the web config's `rate_limit`, worded as exporter-toolkit does.
+fn rate_limited() -> Response<Full<Bytes>> {
+    let mut response = response(
+        StatusCode::TOO_MANY_REQUESTS,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(b"Too Many Requests\n"),
+    );
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     response
 }
 
@@ -656,8 +706,9 @@ async fn serve_http(
             async move {
                 let response = app.respond(request, &connection).await;
                 drop(busy);
-                // Only refusals by basic auth are 401 and 429. Held, the
-                // connection counts as idle: evicting it costs nobody.
+                // Only refusals by basic auth (and the rate limit) are 401
+                // and 429. Held, the connection counts as idle: evicting it
+                // costs nobody.
                 if matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS) {
                     tokio::time::sleep_until(arrived + AUTH_REFUSAL_DELAY).await;
                 }
@@ -765,6 +816,21 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rate_limit_is_a_token_bucket() {
+        let start = std::time::Instant::now();
+        let limit = RateLimit { interval: Duration::from_millis(100), burst: 3 };
+        let mut bucket = TokenBucket::new(start);
+        let allowed = (0..10).filter(|_| bucket.allow(limit, start)).count();
+        assert_eq!(allowed, 3, "the burst");
+        assert!(!bucket.allow(limit, start + Duration::from_millis(50)));
+        assert!(bucket.allow(limit, start + Duration::from_millis(100)), "one per interval");
+        assert!(!bucket.allow(limit, start + Duration::from_millis(100)));
+        // A long quiet spell refills no more than the burst.
+        let later = start + Duration::from_secs(60);
+        assert_eq!((0..10).filter(|_| bucket.allow(limit, later)).count(), 3);
+    }
 
     #[test]
     fn gzip_negotiation() {

@@ -634,3 +634,22 @@ fn prometheus_scrapes_over_mutual_tls_with_basic_auth() {
     assert!(metrics.get("kernel_exporter_tls_handshake_failures_total{reason=\"bad_client_certificate\"}") > 0.0);
     assert!(metrics.get("kernel_exporter_auth_failures_total{reason=\"wrong_password\"}") > 0.0);
 }
+
+/// exporter-toolkit's `rate_limit` (once refused as unsupported): a
+/// node_exporter web-config.yml with it starts unchanged, and requests
+/// beyond the bucket, from any client, get 429 as exporter-toolkit answers.
+#[test]
+fn rate_limit_from_exporter_toolkit_is_enforced() {
+    let dir = std::env::temp_dir().join(format!("kernel-exporter-e2e-rate-limit-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("create the config directory");
+    let config = dir.join("web.yml");
+    // One request a minute refills: nothing refills during the test.
+    fs::write(&config, "rate_limit:\n  interval: 1m\n  burst: 3\n").expect("write the web config");
+    let exporter = start(&config.display().to_string(), &[]);
+    let statuses: Vec<u16> = (0..5).map(|_| http_request(exporter.addr, "GET", "/metrics").status).collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429], "log:\n{}", exporter.log());
+    let refused = http_request(exporter.addr, "GET", "/");
+    assert_eq!(refused.status, 429, "every path, as exporter-toolkit");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+}

@@ -945,3 +945,63 @@ fn plain_http_port_answers_a_tls_client_hello_with_400() {
     assert_eq!((status, closed), (400, true), "{text:?}");
     assert_eq!(http_request(exporter.addr, "GET", "/metrics").status, 200);
 }
+
+/// A YAML "billion laughs" of about 25 KB under `key`: a string of 24 KB,
+/// then nine levels of aliases, each ten times the one before (10^9 copies
+/// of the string once expanded).
+fn alias_bomb(key: &str) -> String {
+    let mut text = format!("{key}:\n  l0: &l0 \"{}\"\n", "lol".repeat(8_000));
+    for level in 1..10 {
+        let previous: Vec<String> = (0..10).map(|_| format!("*l{}", level - 1)).collect();
+        text += &format!("  l{level}: &l{level} [{}]\n", previous.join(", "));
+    }
+    text
+}
+
+/// `check-config` on `text`: (exit status, stderr, wall time, peak RSS in KiB).
+fn check_config_measured(name: &str, text: &str) -> (std::process::ExitStatus, String, Duration, i64) {
+    let dir = std::env::temp_dir().join(format!("kernel-exporter-e2e-bomb-{name}-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("create the config directory");
+    let path = dir.join("web.yml");
+    fs::write(&path, text).expect("write the web config");
+    let started = Instant::now();
+    #[expect(clippy::zombie_processes, reason = "reaped by wait4 below, which also reports its peak RSS")]
+    let child = Command::new(exporter_binary())
+        .args(["check-config", &format!("--web.config.file={}", path.display())])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start check-config");
+    let pid = libc::pid_t::try_from(child.id()).expect("pid");
+    let mut stderr = String::new();
+    child.stderr.expect("piped").read_to_string(&mut stderr).expect("read stderr");
+    let mut status = 0;
+    // SAFETY: all-zero is a valid rusage; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child with valid out-pointers.
+    let waited = unsafe { libc::wait4(pid, &raw mut status, 0, &raw mut usage) };
+    assert_eq!(waited, pid, "wait4: {}", io::Error::last_os_error());
+    let took = started.elapsed();
+    (std::os::unix::process::ExitStatusExt::from_raw(status), stderr, took, usage.ru_maxrss)
+}
+
+/// Regression: a 25 KB alias bomb under `rate_limit` was parsed into a
+/// generic YAML value first (1.7 GB, 5 s). Now refused under any key in
+/// under a second and 64 MiB, by `check-config` as by a reload.
+#[test]
+fn yaml_alias_bomb_is_refused_cheaply() {
+    for key in ["rate_limit", "allowed_sources", "basic_auth_users", "tls_server_config"] {
+        let text = alias_bomb(key);
+        assert!(text.len() < 30_000, "{}", text.len());
+        let (status, stderr, took, peak_kib) = check_config_measured(key, &text);
+        println!("bomb under {key} ({} bytes): refused in {took:?}, peak RSS {peak_kib} KiB", text.len());
+        assert!(!status.success(), "{key}: {stderr}");
+        assert!(stderr.contains("web config"), "{key}: {stderr}");
+        assert!(took < Duration::from_secs(1), "{key}: {took:?}");
+        assert!(peak_kib < 64 * 1024, "{key}: {peak_kib} KiB");
+    }
+    // Over the 1 MiB cap: refused without being parsed.
+    let (status, stderr, _, _) = check_config_measured("large", &"# padding\n".repeat(110_000));
+    assert!(!status.success());
+    assert!(stderr.contains("larger than 1048576 bytes"), "{stderr}");
+}
