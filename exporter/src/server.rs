@@ -62,7 +62,7 @@ use crate::{
     allowlist::Requests,
     auth::{self, AuthFailure, Authenticator},
     cli::{Config, ListenAddress},
-    connections::{Admission, CloseReason, Connections, Slot},
+    connections::{Activity, Admission, CloseReason, Connections, Slot},
     encode::Format,
     reload::FrontDoor,
     scrape::Scraper,
@@ -329,7 +329,14 @@ impl App {
 
     /// Auth, then the route; the policy's headers on whatever comes out;
     /// one access-log line.
-    async fn respond(&self, request: Request<Incoming>, connection: &Connection) -> Response<Full<Bytes>> {
+    /// The connection counts as busy (not evictable) from when the request
+    /// passes basic auth until its answer is built.
+    async fn respond(
+        &self,
+        request: Request<Incoming>,
+        connection: &Connection,
+        activity: &Activity,
+    ) -> Response<Full<Bytes>> {
         let _in_flight = InFlight::start(&self.in_flight);
         let started = std::time::Instant::now();
         let policy = self.front_door.current();
@@ -347,7 +354,10 @@ impl App {
                 Some(users) => self.authenticator.check(users, request.headers().get(header::AUTHORIZATION)).await,
             };
             match allowed {
-                Ok(()) => self.handle(&request),
+                Ok(()) => {
+                    let _busy = activity.request();
+                    self.handle(&request)
+                }
                 Err(failure) => {
                     self.metrics.auth_failed(failure);
                     refused(failure)
@@ -699,17 +709,18 @@ async fn serve_http(
         service_fn(move |request| {
             let app = Arc::clone(&app);
             let connection = Arc::clone(&connection);
-            // Taken when the request's headers are in: from here until the
-            // answer is built the connection is not idle.
-            let busy = activity.request();
+            activity.arrived();
+            let activity = activity.clone();
             let arrived = tokio::time::Instant::now();
             async move {
-                let response = app.respond(request, &connection).await;
-                drop(busy);
+                let response = app.respond(request, &connection, &activity).await;
                 // Only refusals by basic auth (and the rate limit) are 401
-                // and 429. Held, the connection counts as idle: evicting it
-                // costs nobody.
-                if matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS) {
+                // and 429. Held, the connection counts as idle, and it is
+                // the first to give way until it sends something that is
+                // not refused: evicting it costs nobody.
+                let refused = matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS);
+                activity.answered(refused);
+                if refused {
                     tokio::time::sleep_until(arrived + AUTH_REFUSAL_DELAY).await;
                 }
                 Ok::<_, std::convert::Infallible>(response)

@@ -1005,3 +1005,91 @@ fn yaml_alias_bomb_is_refused_cheaply() {
     assert!(!status.success());
     assert!(stderr.contains("larger than 1048576 bytes"), "{stderr}");
 }
+
+/// Regression: connections repeating one wrong password could not be
+/// evicted while their requests waited on the one bcrypt they shared, so a
+/// handful of them, all waiting, filled the table and the scraper's new
+/// connection was reset. Now a request waiting on basic auth protects its
+/// connection from nothing, and a connection whose last request was
+/// refused gives way first: with the table (8) full of such connections
+/// from 127.0.0.2, whose common wrong password changes every round (one
+/// shared bcrypt per round), a scraper on 127.0.0.1 opening a fresh
+/// connection every 250 ms is served every time.
+#[test]
+fn connections_refused_by_basic_auth_give_way_to_the_scraper() {
+    const TABLE: usize = 8;
+    const SCRAPES: usize = 20;
+    let dir = std::env::temp_dir().join(format!("kernel-exporter-e2e-refused-evict-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("create the config directory");
+    let config = dir.join("web.yml");
+    fs::write(&config, format!("basic_auth_users:\n  {USER}: {HASH}\n")).expect("write the web config");
+    let exporter = Exporter::start(
+        &[
+            &COLLECTOR_ARGS[..],
+            &[&format!("--web.config.file={}", config.display()), &format!("--web.max-connections={TABLE}")],
+        ]
+        .concat(),
+    );
+    let addr = exporter.addr;
+    let good = basic(USER, PASSWORD);
+    // The right password's bcrypt, once, before the table is full.
+    assert_eq!(scrape(addr, Some(&good)).map(|(status, _)| status), Ok(200));
+    let stop = Arc::new(AtomicBool::new(false));
+    let attacker = std::net::IpAddr::from([127, 0, 0, 2]);
+    let attackers: Vec<_> = (0..TABLE)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let mut requests = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(mut stream) = crate::allowlist::connect_from(attacker, addr, Duration::from_secs(2)) else {
+                        thread::sleep(Duration::from_millis(10));
+                        continue;
+                    };
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                    // Keep-alive: the next request as soon as the refusal
+                    // is in, until the daemon closes the socket. Every
+                    // connection sends the same password in its n-th
+                    // request, and they keep pace (one refusal per 0.5 s).
+                    loop {
+                        let wrong = basic(USER, &format!("wrong-{requests}"));
+                        let request =
+                            format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {wrong}\r\n\r\n");
+                        if stop.load(Ordering::Relaxed) || stream.write_all(request.as_bytes()).is_err() {
+                            break;
+                        }
+                        let mut head = Vec::new();
+                        let mut byte = [0u8; 1];
+                        while !head.ends_with(b"\r\n\r\n") && matches!(stream.read(&mut byte), Ok(1)) {
+                            head.push(byte[0]);
+                        }
+                        let Ok((_, length)) = parse_head(&String::from_utf8_lossy(&head).to_ascii_lowercase()) else {
+                            break;
+                        };
+                        let mut body = vec![0u8; length.unwrap_or(0)];
+                        if stream.read_exact(&mut body).is_err() {
+                            break;
+                        }
+                        requests += 1;
+                    }
+                }
+                requests
+            })
+        })
+        .collect();
+    // Every slot taken by an attacker before the scraper starts.
+    thread::sleep(Duration::from_secs(1));
+    let mut outcomes = Vec::new();
+    for _ in 0..SCRAPES {
+        outcomes.push(scrape(addr, Some(&good)).map(|(status, took)| (status, took.as_millis())));
+        thread::sleep(Duration::from_millis(250));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let refused: usize = attackers.into_iter().map(|attacker| attacker.join().expect("an attacker")).sum();
+    let metrics = Metrics::parse(&http_request_with(addr, &good));
+    let failures = metrics.get("kernel_exporter_auth_failures_total{reason=\"wrong_password\"}");
+    println!("{refused} wrong-password requests on {TABLE} connections; scrapes: {outcomes:?}");
+    assert!(failures >= TABLE as f64, "the attack was under way: {failures} refusals");
+    let served = outcomes.iter().filter(|outcome| matches!(outcome, Ok((200, _)))).count();
+    assert_eq!(served, SCRAPES, "{outcomes:?}\nlog:\n{}", exporter.log());
+}
