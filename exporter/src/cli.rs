@@ -95,6 +95,12 @@ struct RawArgs {
     #[arg(long = "web.max-connections", value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=1_000_000), help_heading = "Web")]
     max_connections: u32,
 
+    /// Password checks (bcrypt) one source address may start per second,
+    /// over all its connections and HTTP/2 streams; beyond, 429 without a
+    /// check. Answers already cached do not count. 0 means no limit.
+    #[arg(long = "web.max-auth-checks-per-source", value_name = "N", default_value_t = 10, help_heading = "Web")]
+    max_auth_checks_per_source: u32,
+
     /// Only log messages with this severity or above.
     #[arg(long = "log.level", value_name = "LEVEL", default_value = "info", help_heading = "Logging")]
     log_level: LogLevel,
@@ -175,6 +181,8 @@ pub(crate) struct Config {
     pub(crate) max_requests: Option<usize>,
     /// `--web.max-connections`.
     pub(crate) max_connections: usize,
+    /// `--web.max-auth-checks-per-source`; `None` means no limit.
+    pub(crate) max_auth_checks_per_source: Option<u32>,
     pub(crate) log_level: LogLevel,
     pub(crate) log_format: LogFormat,
     /// Enabled collectors, in registry order.
@@ -270,6 +278,7 @@ impl Config {
             runtime_user: raw.runtime_user,
             max_requests: (raw.max_requests != 0).then_some(raw.max_requests),
             max_connections: raw.max_connections as usize,
+            max_auth_checks_per_source: (raw.max_auth_checks_per_source != 0).then_some(raw.max_auth_checks_per_source),
             log_level: raw.log_level,
             log_format: raw.log_format,
             collectors,
@@ -385,6 +394,7 @@ mod tests {
         assert_eq!(config.telemetry_path, "/metrics");
         assert_eq!(config.max_requests, Some(40));
         assert_eq!(config.max_connections, 512);
+        assert_eq!(config.max_auth_checks_per_source, Some(10));
         let defaults: Vec<&str> =
             collectors::REGISTRY.iter().filter(|spec| spec.default_enabled).map(|spec| spec.name).collect();
         assert!(defaults.contains(&"sched"));

@@ -316,7 +316,7 @@ impl App {
             landing_page: landing_page(&config.telemetry_path),
             scrape_slots: config.max_requests.map(Semaphore::new),
             front_door,
-            authenticator: Authenticator::for_this_host(),
+            authenticator: Authenticator::for_this_host(config.max_auth_checks_per_source, metrics.password_checks()),
             metrics,
             in_flight,
             access_log: AccessLog::new(),
@@ -351,7 +351,10 @@ impl App {
         } else {
             let allowed = match &policy.users {
                 None => Ok(()),
-                Some(users) => self.authenticator.check(users, request.headers().get(header::AUTHORIZATION)).await,
+                Some(users) => {
+                    let authorization = request.headers().get(header::AUTHORIZATION);
+                    self.authenticator.check(users, authorization, connection.source.ip()).await
+                }
             };
             match allowed {
                 Ok(()) => {
@@ -517,9 +520,10 @@ fn response(status: StatusCode, content_type: &'static str, body: Bytes) -> Resp
     response
 }
 
-/// 401 with the challenge, or 429 when too many checks are waiting.
+/// 401 with the challenge, or 429 when too many checks are waiting or
+/// the source started too many.
 fn refused(failure: AuthFailure) -> Response<Full<Bytes>> {
-    if failure == AuthFailure::Overloaded {
+    if matches!(failure, AuthFailure::Overloaded | AuthFailure::RateLimited) {
         let mut response = response(
             StatusCode::TOO_MANY_REQUESTS,
             "text/plain; charset=utf-8",

@@ -887,11 +887,12 @@ fn wrong_password_bursts_cost_bounded_cpu_while_scrapes_stay_fast() {
     // alongside take about one second.
     assert!(same.cpu_seconds < 5.0, "a burst of one wrong password cost {:.2} s of CPU", same.cpu_seconds);
     // Distinct ones: a bcrypt for those that found one of the 8 places
-    // while the CPU budget lasted, 429 at once for the rest.
+    // while the CPU budget and the source's 10 checks a second lasted, 429
+    // at once for the rest.
     assert_eq!(checked + refused, BURST_REQUESTS, "{:?}", distinct.statuses);
     assert!(refused > BURST_REQUESTS / 2, "only {refused} got 429: the concurrency bound did not hold");
     assert_eq!(failures("wrong_password"), (BURST_REQUESTS + checked) as f64);
-    assert_eq!(failures("overloaded"), refused as f64);
+    assert_eq!(failures("overloaded") + failures("rate_limited"), refused as f64);
     // bcrypt's CPU budget: one second at once, then a tenth of a second per
     // second; besides, the scrapes and a second for the refusals themselves.
     let bound = 1.0 + 0.1 * distinct.took.as_secs_f64() + per_scrape * distinct.scrapes.latencies.len() as f64 + 1.0;
@@ -1092,4 +1093,95 @@ fn connections_refused_by_basic_auth_give_way_to_the_scraper() {
     assert!(failures >= TABLE as f64, "the attack was under way: {failures} refusals");
     let served = outcomes.iter().filter(|outcome| matches!(outcome, Ok((200, _)))).count();
     assert_eq!(served, SCRAPES, "{outcomes:?}\nlog:\n{}", exporter.log());
+}
+
+/// Opens an HTTP/2 connection over TLS from `source` and, until
+/// `duration` is over, sends requests for /metrics each with a wrong
+/// password of its own and resets each stream (RST_STREAM) as soon as it
+/// is sent, reconnecting whenever the daemon ends the connection. Returns
+/// the requests sent.
+fn http2_reset_flood(pki: &Pki, addr: SocketAddr, source: std::net::IpAddr, duration: Duration) -> usize {
+    use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject as _};
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = CertificateDer::from_pem_file(pki.path("ca.crt")).expect("read the test CA");
+    roots.add(ca).expect("trust the test CA");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+    runtime.block_on(async {
+        let deadline = tokio::time::Instant::now() + duration;
+        let mut sent = 0;
+        while tokio::time::Instant::now() < deadline {
+            let Ok(stream) = crate::allowlist::connect_from(source, addr, Duration::from_secs(2)) else { continue };
+            stream.set_nonblocking(true).expect("non-blocking");
+            let stream = tokio::net::TcpStream::from_std(stream).expect("a tokio stream");
+            let server_name = ServerName::IpAddress(addr.ip().into());
+            let Ok(tls) = connector.connect(server_name, stream).await else { continue };
+            let Ok((mut client, connection)) = h2::client::handshake(tls).await else { continue };
+            let driver = tokio::spawn(connection);
+            while tokio::time::Instant::now() < deadline {
+                let Ok(ready) = client.ready().await else { break };
+                client = ready;
+                let request = http::Request::get(format!("https://{addr}/metrics"))
+                    .header("authorization", basic(USER, &format!("wrong-{sent}")))
+                    .body(())
+                    .expect("a request");
+                let Ok((response, _)) = client.send_request(request, true) else { break };
+                // Dropped unanswered: the client resets the stream.
+                drop(response);
+                sent += 1;
+                tokio::task::yield_now().await;
+            }
+            driver.abort();
+        }
+        sent
+    })
+}
+
+/// Regression: over HTTP/2 the refusal delay is per stream and a reset
+/// stream cancels it, so one connection got a password check for every
+/// stream it opened and reset, as many as the global bcrypt CPU budget
+/// allowed (67 in 3 s at cost 4 on the test machine, with the bound off),
+/// which it then took from everyone else. Password checks that miss the
+/// cache are now bounded per source address, however many streams or
+/// connections: 10 a second by default, beyond that 429 without a check,
+/// counted as auth_failures_total{reason="rate_limited"}.
+#[test]
+fn password_checks_per_source_are_bounded_over_http2_with_stream_resets() {
+    const FLOOD: Duration = Duration::from_secs(3);
+    const PER_SECOND: f64 = 10.0;
+    let pki = Pki::new("h2-resets");
+    // Cost 4: cheap enough that the CPU budget (0.1 s a second) would allow
+    // hundreds of checks a second, so the per-source bound is what binds.
+    let hash = bcrypt::hash(PASSWORD, 4).expect("a bcrypt hash");
+    let config = pki.web_config("", &format!("basic_auth_users:\n  {USER}: '{hash}'\n"));
+    let exporter = Exporter::start(&[&COLLECTOR_ARGS[..], &[&format!("--web.config.file={config}")]].concat());
+    let auth = front_door::with_password(USER, PASSWORD);
+    let scrape = || {
+        let result = front_door::curl(&pki, exporter.addr, None, &[&auth[0], &auth[1]]);
+        assert_eq!(result.status, 200, "{}\nlog:\n{}", result.stderr, exporter.log());
+        Metrics::parse(&result.body)
+    };
+    let before = scrape();
+    let started = Instant::now();
+    let sent = http2_reset_flood(&pki, exporter.addr, [127, 0, 0, 2].into(), FLOOD);
+    let took = started.elapsed().as_secs_f64();
+    // Checks under way when the flood stopped finish and are counted.
+    thread::sleep(Duration::from_millis(500));
+    let after = scrape();
+    let delta = |key: &str| after.get(key) - before.get(key);
+    let checks = delta("kernel_exporter_password_checks_total");
+    let limited = delta("kernel_exporter_auth_failures_total{reason=\"rate_limited\"}");
+    println!(
+        "{sent} HTTP/2 requests, each stream reset, in {took:.2} s from 127.0.0.2: {checks} bcrypt checks, {limited} refused as rate_limited"
+    );
+    assert!(sent as f64 > 10.0 * PER_SECOND * took, "the flood was too slow to test anything: {sent} in {took} s");
+    // A full bucket, then the rate.
+    assert!(checks <= PER_SECOND * (1.0 + took) + 1.0, "{checks} checks in {took:.2} s");
+    assert!(limited > 0.0, "nothing was refused as rate_limited");
 }
