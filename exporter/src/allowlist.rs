@@ -14,7 +14,7 @@
 //! from "everyone" to a list and back is a switch like any other.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     net::{IpAddr, Ipv6Addr},
     os::fd::{AsFd as _, BorrowedFd, OwnedFd},
     sync::{
@@ -44,7 +44,7 @@ use crate::{
 
 const CONNECTIONS: Family = Family::counter(
     "kernel_exporter_connections_total",
-    "Connection attempts (TCP SYNs) the allowlist socket filter saw per source address, allowed or dropped in the kernel (the most recently seen sources, up to --web.allowlist-sources-tracked).",
+    "Connection attempts (TCP SYNs) the allowlist socket filter allowed or dropped in the kernel, per source address for the sources the daemon accepted a connection from and for the 10 sources with the most dropped SYNs; all others under source=\"other\" (the sum over sources is exact).",
 );
 const PACKETS: Family = Family::counter(
     "kernel_exporter_packets_total",
@@ -91,7 +91,9 @@ pub(crate) enum AllowlistError {
 }
 
 /// Loads the socket filter and takes its maps out of the object.
-pub(crate) fn open(ebpf: &mut Ebpf) -> Result<(Filter, Trie, Counters), AllowlistError> {
+/// `sources_tracked` (`--web.allowlist-sources-tracked`) bounds the
+/// sources remembered as having completed a handshake.
+pub(crate) fn open(ebpf: &mut Ebpf, sources_tracked: u32) -> Result<(Filter, Trie, Counters), AllowlistError> {
     let program: &mut SocketFilter =
         ebpf.program_mut(PROGRAM).and_then(|p| p.try_into().ok()).ok_or(AllowlistError::MissingProgram)?;
     program.load().map_err(|source| {
@@ -116,7 +118,10 @@ pub(crate) fn open(ebpf: &mut Ebpf) -> Result<(Filter, Trie, Counters), Allowlis
         sources: Box::new(take_per_cpu_hash::<[u8; 16], SourceCounters>(ebpf, SOURCES_MAP)?),
         totals: Box::new(take_per_cpu_array::<SourceCounters>(ebpf, TOTALS_MAP)?),
         entries,
+        handshakes: Handshakes::new(sources_tracked),
         series: Mutex::new(HashMap::new()),
+        dropped_shown: Mutex::new(Vec::new()),
+        other_series: other_series(),
         totals_series: [
             Series::new(&PACKETS, &[("verdict", "allowed")]),
             Series::new(&PACKETS, &[("verdict", "dropped")]),
@@ -266,28 +271,141 @@ fn source_label(addr: [u8; 16]) -> String {
     Ipv6Addr::from(addr).to_canonical().to_string()
 }
 
+/// Sources shown with a `verdict="dropped"` series of their own although
+/// the daemon never accepted a connection from them.
+const DROPPED_SOURCES_SHOWN: usize = 10;
+
+/// A source takes the place of the shown one with the fewest drops (`n`)
+/// only with at least `2n + TAKEOVER_MARGIN` of its own: random forged
+/// sources hit an address a few times at most, so they cannot make the
+/// shown sources churn, while a real, persistent one still gets its place.
+const TAKEOVER_MARGIN: u64 = 8;
+
+fn other_series() -> [Series; 2] {
+    [
+        Series::new(&CONNECTIONS, &[("source", "other"), ("verdict", "allowed")]),
+        Series::new(&CONNECTIONS, &[("source", "other"), ("verdict", "dropped")]),
+    ]
+}
+
+/// The 16-byte key the filter counts `ip` under.
+fn source_key(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// Sources the daemon accepted a connection from: they completed a TCP
+/// handshake, so their address is not forged, and only they get series of
+/// their own for what the filter allowed. Bound: `bound` sources
+/// (`--web.allowlist-sources-tracked`), the least recently accepted one
+/// forgotten beyond. Cloned handles share the set.
+#[derive(Clone)]
+pub(crate) struct Handshakes {
+    bound: usize,
+    state: Arc<Mutex<HandshakeState>>,
+}
+
+/// (tick, source → tick of its last accepted connection).
+type HandshakeState = (u64, HashMap<[u8; 16], u64>);
+
+impl Handshakes {
+    fn new(bound: u32) -> Self {
+        Self { bound: (bound as usize).max(1), state: Arc::new(Mutex::new((0, HashMap::new()))) }
+    }
+
+    /// `source` completed a handshake (the daemon accepted its connection).
+    pub(crate) fn completed(&self, source: IpAddr) {
+        let key = source_key(source);
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (tick, sources) = &mut *guard;
+        *tick += 1;
+        if !sources.contains_key(&key)
+            && sources.len() >= self.bound
+            && let Some(oldest) = sources.iter().min_by_key(|(_, seen)| **seen).map(|(key, _)| *key)
+        {
+            sources.remove(&oldest);
+        }
+        sources.insert(key, *tick);
+    }
+
+    fn snapshot(&self) -> HashSet<[u8; 16]> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).1.keys().copied().collect()
+    }
+}
+
+/// A source shown with its own dropped series. Its count outlives the
+/// kernel map's entry: `base` is what earlier entries (evicted by the LRU
+/// map, then created afresh) counted, `last` what the current one counted
+/// at the last scrape, so the series never goes back.
+struct Shown {
+    source: [u8; 16],
+    base: u64,
+    last: u64,
+    series: Series,
+}
+
+impl Shown {
+    fn count(&self) -> u64 {
+        self.base.wrapping_add(self.last)
+    }
+}
+
 /// `kernel_exporter_connections_total`, `kernel_exporter_packets_total`
 /// and `kernel_exporter_allowlist_entries`, from the filter's maps.
+///
+/// The filter counts every packet's source before any handshake, so
+/// sources can be forged at will: series of their own go only to sources
+/// that completed a handshake ([`Handshakes`]) and to the
+/// [`DROPPED_SOURCES_SHOWN`] sources with the most dropped SYNs (a place
+/// among those is taken over only by a source with clearly more, see
+/// [`TAKEOVER_MARGIN`], so a flood of forged sources cannot make them
+/// churn);
+/// everything else is `source="other"`, computed from the exact totals.
 pub(crate) struct Counters {
     /// Bound: the LRU map's max_entries (`--web.allowlist-sources-tracked`).
     sources: Box<dyn PerCpuHashRead<[u8; 16], SourceCounters>>,
     totals: Box<dyn PerCpuRead<SourceCounters>>,
     entries: Arc<AtomicU64>,
-    /// Series per source seen in the last scrape (allowed, dropped):
-    /// bounded by the LRU map, pruned of evicted sources every scrape.
+    handshakes: Handshakes,
+    /// Series (allowed, dropped) per handshake source in the kernel map:
+    /// bounded by [`Handshakes`], pruned every scrape.
     series: Mutex<HashMap<[u8; 16], [Series; 2]>>,
+    /// Bound: [`DROPPED_SOURCES_SHOWN`].
+    dropped_shown: Mutex<Vec<Shown>>,
+    other_series: [Series; 2],
     totals_series: [Series; 2],
+}
+
+impl Counters {
+    /// The set the HTTP server records accepted sources in.
+    pub(crate) fn handshakes(&self) -> Handshakes {
+        self.handshakes.clone()
+    }
 }
 
 impl Collector for Counters {
     fn collect(&self, out: &mut Encoder<'_>) -> Result<(), MapError> {
         let keys = self.sources.keys()?;
-        let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
-        series.retain(|key, _| keys.contains(key));
-        out.family(&CONNECTIONS);
+        let mut sums = HashMap::with_capacity(keys.len());
         for key in &keys {
             let mut sum = SourceCounters::default();
             self.sources.for_each_cpu(key, &mut |cpu| sum = sum.merged(*cpu))?;
+            sums.insert(*key, sum);
+        }
+        let mut totals = SourceCounters::default();
+        self.totals.for_each_cpu(0, &mut |cpu| totals = totals.merged(*cpu))?;
+        let handshakes = self.handshakes.snapshot();
+        let (mut shown_allowed, mut shown_dropped) = (0u64, 0u64);
+
+        out.family(&CONNECTIONS);
+        let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        series.retain(|key, _| sums.contains_key(key) && handshakes.contains(key));
+        for (key, sum) in &sums {
+            if !handshakes.contains(key) {
+                continue;
+            }
             let [allowed, dropped] = series.entry(*key).or_insert_with(|| {
                 let source = source_label(*key);
                 [
@@ -297,9 +415,57 @@ impl Collector for Counters {
             });
             out.sample(allowed, sum.syns_allowed);
             out.sample(dropped, sum.syns_dropped);
+            shown_allowed = shown_allowed.wrapping_add(sum.syns_allowed);
+            shown_dropped = shown_dropped.wrapping_add(sum.syns_dropped);
         }
-        let mut totals = SourceCounters::default();
-        self.totals.for_each_cpu(0, &mut |cpu| totals = totals.merged(*cpu))?;
+        drop(series);
+
+        let mut shown = self.dropped_shown.lock().unwrap_or_else(PoisonError::into_inner);
+        // A source accepted since it was placed here has its own pair now.
+        shown.retain(|entry| !handshakes.contains(&entry.source));
+        for entry in shown.iter_mut() {
+            let now = sums.get(&entry.source).map_or(0, |sum| sum.syns_dropped);
+            if now < entry.last {
+                // The kernel's entry was evicted (and perhaps created anew).
+                entry.base = entry.base.wrapping_add(entry.last);
+            }
+            entry.last = now;
+        }
+        let mut candidates: Vec<([u8; 16], u64)> = sums
+            .iter()
+            .filter(|(key, sum)| {
+                sum.syns_dropped > 0 && !handshakes.contains(*key) && !shown.iter().any(|entry| entry.source == **key)
+            })
+            .map(|(key, sum)| (*key, sum.syns_dropped))
+            .collect();
+        // Most dropped first; among equals, the lowest address (stable).
+        candidates.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        for (source, dropped) in candidates {
+            let make = || Shown {
+                source,
+                base: 0,
+                last: dropped,
+                series: Series::new(&CONNECTIONS, &[("source", &source_label(source)), ("verdict", "dropped")]),
+            };
+            if shown.len() < DROPPED_SOURCES_SHOWN {
+                shown.push(make());
+                continue;
+            }
+            let Some(weakest) = shown.iter_mut().min_by_key(|entry| entry.count()) else { break };
+            if dropped < weakest.count().saturating_mul(2).saturating_add(TAKEOVER_MARGIN) {
+                // The rest have no more.
+                break;
+            }
+            *weakest = make();
+        }
+        for entry in shown.iter() {
+            out.sample(&entry.series, entry.count());
+            shown_dropped = shown_dropped.wrapping_add(entry.count());
+        }
+        drop(shown);
+        out.sample(&self.other_series[0], totals.syns_allowed.saturating_sub(shown_allowed));
+        out.sample(&self.other_series[1], totals.syns_dropped.saturating_sub(shown_dropped));
+
         out.family(&PACKETS);
         out.sample(&self.totals_series[0], totals.packets_allowed);
         out.sample(&self.totals_series[1], totals.packets_dropped);
@@ -318,6 +484,7 @@ impl Collector for Counters {
 pub(crate) struct Requests {
     bound: usize,
     state: Arc<Mutex<RequestsState>>,
+    handshakes: Handshakes,
 }
 
 #[derive(Default)]
@@ -334,8 +501,15 @@ struct SourceRequests {
 }
 
 impl Requests {
-    pub(crate) fn new(bound: u32) -> Self {
-        Self { bound: (bound as usize).max(1), state: Arc::new(Mutex::new(RequestsState::default())) }
+    /// `handshakes`: where [`Self::accepted`] records sources (see
+    /// [`Counters::handshakes`]).
+    pub(crate) fn new(bound: u32, handshakes: Handshakes) -> Self {
+        Self { bound: (bound as usize).max(1), state: Arc::new(Mutex::new(RequestsState::default())), handshakes }
+    }
+
+    /// A connection from `source` was accepted: its handshake completed.
+    pub(crate) fn accepted(&self, source: IpAddr) {
+        self.handshakes.completed(source);
     }
 
     /// Counts one response with `code` to `source`.
@@ -405,37 +579,100 @@ mod tests {
         assert_eq!(source_label(Ipv6Addr::LOCALHOST.octets()), "::1");
     }
 
-    #[test]
-    fn counters_sum_cpus_per_source() {
-        let source = std::net::Ipv4Addr::new(127, 0, 0, 2).to_ipv6_mapped().octets();
-        let per_cpu =
-            |syns_dropped| SourceCounters { syns_dropped, packets_dropped: syns_dropped, ..Default::default() };
-        let counters = Counters {
-            sources: Box::new(FakePerCpuHash { entries: [(source, vec![per_cpu(2), per_cpu(3)])].into() }),
-            totals: Box::new(FakePerCpu { cpus: vec![vec![per_cpu(7)], vec![per_cpu(1)]] }),
+    fn counters(entries: Vec<([u8; 16], Vec<SourceCounters>)>, totals: SourceCounters) -> Counters {
+        Counters {
+            sources: Box::new(FakePerCpuHash { entries: entries.into_iter().collect() }),
+            totals: Box::new(FakePerCpu { cpus: vec![vec![totals]] }),
             entries: Arc::new(AtomicU64::new(3)),
+            handshakes: Handshakes::new(16),
             series: Mutex::new(HashMap::new()),
+            dropped_shown: Mutex::new(Vec::new()),
+            other_series: other_series(),
             totals_series: [
                 Series::new(&PACKETS, &[("verdict", "allowed")]),
                 Series::new(&PACKETS, &[("verdict", "dropped")]),
             ],
+        }
+    }
+
+    fn v4(last: u8) -> [u8; 16] {
+        std::net::Ipv4Addr::new(127, 0, 0, last).to_ipv6_mapped().octets()
+    }
+
+    #[test]
+    fn counters_sum_cpus_per_source() {
+        let per_cpu = |syns_allowed, syns_dropped| SourceCounters {
+            syns_allowed,
+            syns_dropped,
+            packets_dropped: syns_dropped,
+            packets_allowed: syns_allowed,
         };
+        let counters = counters(
+            vec![(v4(2), vec![per_cpu(0, 2), per_cpu(0, 3)]), (v4(1), vec![per_cpu(4, 0), per_cpu(1, 0)])],
+            per_cpu(7, 8),
+        );
+        counters.handshakes().completed(IpAddr::from([127, 0, 0, 1]));
         let text = encode(&counters);
+        for line in [
+            "kernel_exporter_connections_total{source=\"127.0.0.2\",verdict=\"dropped\"} 5\n",
+            "kernel_exporter_connections_total{source=\"127.0.0.1\",verdict=\"allowed\"} 5\n",
+            "kernel_exporter_connections_total{source=\"127.0.0.1\",verdict=\"dropped\"} 0\n",
+            // The rest of the exact totals.
+            "kernel_exporter_connections_total{source=\"other\",verdict=\"allowed\"} 2\n",
+            "kernel_exporter_connections_total{source=\"other\",verdict=\"dropped\"} 3\n",
+            "kernel_exporter_packets_total{verdict=\"dropped\"} 8\n",
+            "kernel_exporter_allowlist_entries 3\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        // Never accepted: no allowed series of its own.
+        assert!(!text.contains("source=\"127.0.0.2\",verdict=\"allowed\""), "{text}");
+    }
+
+    #[test]
+    fn dropped_sources_shown_are_the_top_ten_and_forged_floods_cannot_churn_them() {
+        let dropped = |n| vec![SourceCounters { syns_dropped: n, packets_dropped: n, ..Default::default() }];
+        let mut entries: Vec<([u8; 16], Vec<SourceCounters>)> = (1..=12).map(|last| (v4(last), dropped(1))).collect();
+        entries.push((v4(100), dropped(50)));
+        let counters = counters(entries, SourceCounters { syns_dropped: 62, ..Default::default() });
+        let shown = |text: &str| -> BTreeSet<String> {
+            text.lines()
+                .filter(|line| line.starts_with("kernel_exporter_connections_total{"))
+                .filter_map(|line| line.split('"').nth(1).map(str::to_owned))
+                .collect()
+        };
+        let first = encode(&counters);
+        let values = shown(&first);
+        assert_eq!(values.len(), DROPPED_SOURCES_SHOWN + 1, "{first}");
+        assert!(values.contains("127.0.0.100") && values.contains("other"), "{values:?}");
         assert!(
-            text.contains("kernel_exporter_connections_total{source=\"127.0.0.2\",verdict=\"dropped\"} 5\n"),
-            "{text}"
+            first.contains("kernel_exporter_connections_total{source=\"other\",verdict=\"dropped\"} 3\n"),
+            "{first}"
         );
-        assert!(
-            text.contains("kernel_exporter_connections_total{source=\"127.0.0.2\",verdict=\"allowed\"} 0\n"),
-            "{text}"
+        // A flood of other sources with one SYN each: same ten sources.
+        let mut entries: Vec<([u8; 16], Vec<SourceCounters>)> = (1..=12).map(|last| (v4(last), dropped(1))).collect();
+        entries.push((v4(100), dropped(50)));
+        entries.extend(
+            (0..1000u32).map(|i| (std::net::Ipv4Addr::from(0x0a00_0000 + i).to_ipv6_mapped().octets(), dropped(1))),
         );
-        assert!(text.contains("kernel_exporter_packets_total{verdict=\"dropped\"} 8\n"), "{text}");
-        assert!(text.contains("kernel_exporter_allowlist_entries 3\n"), "{text}");
+        let flooded =
+            Counters { sources: Box::new(FakePerCpuHash { entries: entries.into_iter().collect() }), ..counters };
+        let second = encode(&flooded);
+        assert_eq!(shown(&second), values, "{second}");
+        // A persistent source with clearly more drops takes a place.
+        let mut entries: Vec<([u8; 16], Vec<SourceCounters>)> = (1..=12).map(|last| (v4(last), dropped(1))).collect();
+        entries.push((v4(100), dropped(50)));
+        entries.push((v4(200), dropped(10)));
+        let persistent =
+            Counters { sources: Box::new(FakePerCpuHash { entries: entries.into_iter().collect() }), ..flooded };
+        let third = encode(&persistent);
+        assert!(shown(&third).contains("127.0.0.200"), "{third}");
+        assert_eq!(shown(&third).len(), DROPPED_SOURCES_SHOWN + 1, "{third}");
     }
 
     #[test]
     fn requests_evict_the_least_recently_seen_source() {
-        let requests = Requests::new(2);
+        let requests = Requests::new(2, Handshakes::new(2));
         let ip = |last: u8| IpAddr::from([192, 0, 2, last]);
         requests.record(ip(1), 200);
         requests.record(ip(2), 200);

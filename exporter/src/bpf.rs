@@ -112,11 +112,12 @@ impl Kernel {
     /// tracepoint, so it is no collector) and takes its maps.
     pub(crate) fn open_allowlist(
         &mut self,
+        sources_tracked: u32,
     ) -> Result<
         (crate::allowlist::Filter, crate::allowlist::Trie, crate::allowlist::Counters),
         crate::allowlist::AllowlistError,
     > {
-        crate::allowlist::open(&mut self.ebpf)
+        crate::allowlist::open(&mut self.ebpf, sources_tracked)
     }
 
     /// Calls `each` with the name, total run time and run count of every

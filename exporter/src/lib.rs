@@ -127,7 +127,7 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
     // runtime starts its threads (capabilities are per thread).
     let (mut kernel, collectors) =
         bpf::Kernel::load(&config.collectors, &config.collector_options, config.sources_tracked)?;
-    let (filter, trie, allowlist_counters) = kernel.open_allowlist()?;
+    let (filter, trie, allowlist_counters) = kernel.open_allowlist(config.sources_tracked)?;
     front_door.enforce(trie)?;
     let listeners = server::bind_all(&config.listen_addresses, filter.program())?;
     // Each listener holds the program now.
@@ -160,7 +160,7 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
         let connection_metrics = self_metrics.connections();
         let reloader = tokio::spawn(reload::watch(Arc::clone(&front_door), front_door_metrics.clone(), hangup));
         let kernel = Arc::new(kernel);
-        let requests = allowlist::Requests::new(config.sources_tracked);
+        let requests = allowlist::Requests::new(config.sources_tracked, allowlist_counters.handshakes());
         let scraper = scrape::Scraper::new(collectors, self_metrics)
             .with_internal(Box::new(program_stats::ProgramStats::new(Arc::clone(&kernel))))
             .with_internal(Box::new(allowlist_counters))

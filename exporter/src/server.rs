@@ -632,25 +632,30 @@ async fn accept_loop(listener: TcpListener, app: Arc<App>, mut stopped: watch::R
         tokio::select! {
             _ = stopped.changed() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => match app.connections.admit() {
-                    Admission::Fits(slot) => {
-                        connections.spawn(serve_connection(stream, peer, Arc::clone(&app), stopped.clone(), slot));
+                Ok((stream, peer)) => {
+                    // Only a completed handshake gets a source its own
+                    // series (see `allowlist::Counters`).
+                    app.requests.accepted(peer.ip());
+                    match app.connections.admit() {
+                        Admission::Fits(slot) => {
+                            connections.spawn(serve_connection(stream, peer, Arc::clone(&app), stopped.clone(), slot));
+                        }
+                        Admission::Evicted(slot) => {
+                            connections.spawn(serve_connection(stream, peer, Arc::clone(&app), stopped.clone(), slot));
+                            // Let the evicted connection's task close its socket
+                            // before accepting more: a flood of connections
+                            // would otherwise outrun the closing, and hold
+                            // descriptors beyond the bound.
+                            tokio::task::yield_now().await;
+                        }
+                        Admission::Refused => {
+                            // Every connection held is serving a request: this
+                            // one waits for nothing, so the reset frees it now.
+                            debug!(peer = %peer, "refusing a connection: --web.max-connections reached");
+                            reset_on_close(stream.as_raw_fd());
+                        }
                     }
-                    Admission::Evicted(slot) => {
-                        connections.spawn(serve_connection(stream, peer, Arc::clone(&app), stopped.clone(), slot));
-                        // Let the evicted connection's task close its socket
-                        // before accepting more: a flood of connections
-                        // would otherwise outrun the closing, and hold
-                        // descriptors beyond the bound.
-                        tokio::task::yield_now().await;
-                    }
-                    Admission::Refused => {
-                        // Every connection held is serving a request: this
-                        // one waits for nothing, so the reset frees it now.
-                        debug!(peer = %peer, "refusing a connection: --web.max-connections reached");
-                        reset_on_close(stream.as_raw_fd());
-                    }
-                },
+                }
                 Err(error) => {
                     // EMFILE and friends: back off instead of spinning.
                     warn!("cannot accept a connection: {error}");
