@@ -43,6 +43,8 @@ const POLL_INTERVAL: Duration = Duration::from_secs(2);
 pub(crate) struct Policy {
     /// `None`: plain HTTP.
     pub(crate) tls: Option<Arc<ServerConfig>>,
+    /// [`tls::client_policy`] of the TLS settings; `None`: plain HTTP.
+    client_policy: Option<[u8; 32]>,
     /// `None`: no basic auth.
     pub(crate) users: Option<Arc<Users>>,
     pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
@@ -144,7 +146,7 @@ impl Exposure {
 impl Policy {
     /// No web config: plain HTTP, no auth.
     fn open() -> Self {
-        Self { tls: None, users: None, headers: Vec::new(), allowed_sources: None, config: None }
+        Self { tls: None, client_policy: None, users: None, headers: Vec::new(), allowed_sources: None, config: None }
     }
 
     /// Reads and validates `path` and everything it names. Slow (file
@@ -157,11 +159,18 @@ impl Policy {
             .map(|settings| tls::server_config(settings, config.http2))
             .transpose()
             .map_err(|source| PolicyError::Tls { path: path.to_owned(), source })?;
+        let client_policy = config
+            .tls
+            .as_ref()
+            .map(tls::client_policy)
+            .transpose()
+            .map_err(|source| PolicyError::Tls { path: path.to_owned(), source })?;
         let users = Users::new(&config.users)
             .map_err(|source| PolicyError::Users { path: path.to_owned(), source })?
             .map(Arc::new);
         Ok(Self {
             tls,
+            client_policy,
             users,
             headers: config.headers.clone(),
             allowed_sources: config.allowed_sources.clone(),
@@ -221,6 +230,9 @@ pub(crate) struct FrontDoor {
     /// Tells open connections that the policy changed, so those from a
     /// source it no longer allows close.
     changed: tokio::sync::watch::Sender<()>,
+    /// Tells open TLS connections that a reload changed which clients may
+    /// connect, so they close after their requests in flight.
+    clients_changed: tokio::sync::watch::Sender<()>,
 }
 
 impl FrontDoor {
@@ -244,6 +256,7 @@ impl FrontDoor {
             current: RwLock::new(Arc::new(policy)),
             trie: OnceLock::new(),
             changed: tokio::sync::watch::Sender::new(()),
+            clients_changed: tokio::sync::watch::Sender::new(()),
         })
     }
 
@@ -280,6 +293,20 @@ impl FrontDoor {
         self.trie.get().map(Trie::in_force)
     }
 
+    /// Resolves at the next reload that changes which clients may complete
+    /// a TLS handshake (client CA, `client_auth_type`, `client_allowed_sans`,
+    /// TLS versions); a connection calls this before it takes the TLS
+    /// config it is served with. A reload that only rotates the server
+    /// certificate never resolves it.
+    pub(crate) fn clients_changed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut changed = self.clients_changed.subscribe();
+        async move {
+            if changed.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     pub(crate) fn current(&self) -> Arc<Policy> {
         Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
     }
@@ -298,9 +325,13 @@ impl FrontDoor {
         // if the kernel cannot, the old policy stays whole on both sides.
         // Connections of removed sources are reset, which needs no answer
         // from the peer whose packets the filter now drops.
+        let revokes = policy.client_policy != old.client_policy;
         let swap = || {
             *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&policy);
             self.changed.send_replace(());
+            if revokes {
+                self.clients_changed.send_replace(());
+            }
         };
         match self.trie.get() {
             Some(trie) => trie.replace(policy.allowed_sources(), swap)?,

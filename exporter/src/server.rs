@@ -708,6 +708,9 @@ async fn serve_http(
     slot: &Slot,
     fd: RawFd,
 ) {
+    // Subscribed first: a reload between the two closes this connection
+    // (harmless), never misses it.
+    let clients_changed = app.front_door.clients_changed();
     // The TLS config of this moment serves the whole connection.
     let tls_config = app.front_door.current().tls.clone();
     let activity = slot.activity();
@@ -748,7 +751,8 @@ async fn serve_http(
     let Some(tls_config) = tls_config else {
         let service = service(Connection { source: peer, tls: "none", client: None });
         let connection = http1().serve_connection(TokioIo::new(stream), service);
-        return drive(connection, peer, stopped, &app, slot, fd).await;
+        // Plain HTTP: there is no client policy to change.
+        return drive(connection, peer, stopped, &app, slot, fd, std::future::pending()).await;
     };
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls::accept(stream, tls_config)).await {
         Ok(Ok(stream)) => stream,
@@ -783,17 +787,28 @@ async fn serve_http(
             .max_concurrent_streams(HTTP2_MAX_STREAMS)
             .max_header_list_size(MAX_HEADER_BYTES as u32)
             .serve_connection(TokioIo::new(stream), service);
-        drive(connection, peer, stopped, &app, slot, fd).await;
+        drive(connection, peer, stopped, &app, slot, fd, clients_changed).await;
     } else {
-        drive(http1().serve_connection(TokioIo::new(stream), service), peer, stopped, &app, slot, fd).await;
+        let connection = http1().serve_connection(TokioIo::new(stream), service);
+        drive(connection, peer, stopped, &app, slot, fd, clients_changed).await;
     }
 }
 
 /// Serves one HTTP connection until it ends or shutdown starts, then lets
 /// it finish gracefully; closes it at once when its source is removed from
-/// the allowlist, and when it has been idle for [`IDLE_TIMEOUT`].
-async fn drive<C>(connection: C, peer: SocketAddr, mut stopped: watch::Receiver<()>, app: &App, slot: &Slot, fd: RawFd)
-where
+/// the allowlist, and when it has been idle for [`IDLE_TIMEOUT`]; closes it
+/// after its requests in flight (HTTP/1.1 `Connection: close`, HTTP/2
+/// GOAWAY) when `clients_changed` resolves: it was admitted under a client
+/// policy no longer in force.
+async fn drive<C>(
+    connection: C,
+    peer: SocketAddr,
+    mut stopped: watch::Receiver<()>,
+    app: &App,
+    slot: &Slot,
+    fd: RawFd,
+    clients_changed: impl Future<Output = ()>,
+) where
     C: GracefulConnection<Error = hyper::Error>,
 {
     let mut connection = std::pin::pin!(connection);
@@ -816,6 +831,14 @@ where
             return;
         }
         _ = stopped.changed() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+        () = clients_changed => {
+            info!(
+                peer = %peer,
+                "closing the connection after its requests in flight: a reload changed which clients may connect"
+            );
             connection.as_mut().graceful_shutdown();
             connection.await
         }

@@ -320,7 +320,7 @@ fn many_ranges(first: &str, second: u8, hosts: usize) -> String {
 }
 
 /// SIGHUP, then the reload line it caused (success or failure).
-fn reload_and_wait(exporter: &Exporter) -> String {
+pub(crate) fn reload_and_wait(exporter: &Exporter) -> String {
     let lines_before = exporter.log().lines().count();
     hangup(exporter);
     let deadline = Instant::now() + Duration::from_secs(10);
