@@ -15,12 +15,13 @@
 
 use aya_ebpf::{
     bindings::bpf_hdr_start_off::BPF_HDR_START_NET,
+    helpers::bpf_ktime_get_ns,
     helpers::generated::bpf_skb_load_bytes_relative,
     macros::{map, socket_filter},
-    maps::{Array, LpmTrie, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
     programs::SkBuffContext,
 };
-use exporter_common::allowlist::{ALLOWLIST_ENTRIES, SOURCES_DEFAULT_ENTRIES, SourceCounters};
+use exporter_common::allowlist::{ALLOWLIST_ENTRIES, BANNED_ENTRIES, SOURCES_DEFAULT_ENTRIES, SourceCounters};
 
 /// Trie 0. Bound: [`ALLOWLIST_ENTRIES`] ranges (the daemon refuses more). No label.
 #[map]
@@ -40,6 +41,11 @@ static ALLOWLIST_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static ALLOWLIST_SOURCES: LruPerCpuHashMap<[u8; 16], SourceCounters> =
     LruPerCpuHashMap::with_max_entries(SOURCES_DEFAULT_ENTRIES, 0);
+
+/// Bound: [`BANNED_ENTRIES`] sources (LRU). Source → end of its ban
+/// (`bpf_ktime_get_ns`); written by the daemon only.
+#[map]
+static ALLOWLIST_BANNED: LruHashMap<[u8; 16], u64> = LruHashMap::with_max_entries(BANNED_ENTRIES, 0);
 
 /// Bound: one entry per CPU; feeds `kernel_exporter_packets_total{verdict}`.
 #[map]
@@ -65,6 +71,13 @@ pub(crate) fn allowlist(ctx: SkBuffContext) -> i64 {
             _ => ALLOWLIST.get(key).is_some(),
         }
     });
+    // SAFETY: the value is a plain u64 the daemon writes whole.
+    let banned = allowed
+        && source.is_some_and(|addr| {
+            unsafe { ALLOWLIST_BANNED.get(&addr) }.is_some_and(|&until| unsafe { bpf_ktime_get_ns() } < until)
+        });
+    let allowed = allowed && !banned;
+    let banned = u64::from(banned);
     let bump = |counters: &mut SourceCounters| {
         if allowed {
             counters.syns_allowed += syn;
@@ -72,6 +85,8 @@ pub(crate) fn allowlist(ctx: SkBuffContext) -> i64 {
         } else {
             counters.syns_dropped += syn;
             counters.packets_dropped += 1;
+            counters.syns_banned += syn * banned;
+            counters.packets_banned += banned;
         }
     };
     if let Some(totals) = ALLOWLIST_TOTALS.get_ptr_mut(0) {

@@ -32,9 +32,9 @@ use aya::{
     programs::{ProgramError, SocketFilter},
 };
 use exporter_common::allowlist::{
-    ACTIVE_MAP, ALLOWLIST_MAP, ALLOWLIST_NEXT_MAP, PROGRAM, SOURCES_MAP, SourceCounters, TOTALS_MAP,
+    ACTIVE_MAP, ALLOWLIST_MAP, ALLOWLIST_NEXT_MAP, BANNED_MAP, PROGRAM, SOURCES_MAP, SourceCounters, TOTALS_MAP,
 };
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::{
     collectors::{Collector, CollectorError, PerCpuHashRead, PerCpuRead, take_per_cpu_array, take_per_cpu_hash},
@@ -44,7 +44,7 @@ use crate::{
 
 const CONNECTIONS: Family = Family::counter(
     "kernel_exporter_connections_total",
-    "Connection attempts (TCP SYNs) the allowlist socket filter allowed or dropped in the kernel, per source address for the sources the daemon accepted a connection from and for the 10 sources with the most dropped SYNs; all others under source=\"other\" (the sum over sources is exact).",
+    "Connection attempts (TCP SYNs) the allowlist socket filter allowed or dropped in the kernel (banned: dropped because the source is banned, also counted as dropped), per source address for the sources the daemon accepted a connection from and for the 10 sources with the most dropped SYNs; all others under source=\"other\" (the sum over sources is exact).",
 );
 const PACKETS: Family = Family::counter(
     "kernel_exporter_packets_total",
@@ -93,7 +93,7 @@ pub(crate) enum AllowlistError {
 /// Loads the socket filter and takes its maps out of the object.
 /// `sources_tracked` (`--web.allowlist-sources-tracked`) bounds the
 /// sources remembered as having completed a handshake.
-pub(crate) fn open(ebpf: &mut Ebpf, sources_tracked: u32) -> Result<(Filter, Trie, Counters), AllowlistError> {
+pub(crate) fn open(ebpf: &mut Ebpf, sources_tracked: u32) -> Result<(Filter, Trie, Counters, BanMap), AllowlistError> {
     let program: &mut SocketFilter =
         ebpf.program_mut(PROGRAM).and_then(|p| p.try_into().ok()).ok_or(AllowlistError::MissingProgram)?;
     program.load().map_err(|source| {
@@ -127,7 +127,10 @@ pub(crate) fn open(ebpf: &mut Ebpf, sources_tracked: u32) -> Result<(Filter, Tri
             Series::new(&PACKETS, &[("verdict", "dropped")]),
         ],
     };
-    Ok((Filter { program: fd }, trie, counters))
+    let raw = ebpf.take_map(BANNED_MAP).ok_or(CollectorError::MissingMap { map: BANNED_MAP })?;
+    let banned = aya::maps::HashMap::try_from(raw)
+        .map_err(|source| CollectorError::Map { map: BANNED_MAP, source: Box::new(source) })?;
+    Ok((Filter { program: fd }, trie, counters, BanMap { map: banned }))
 }
 
 fn take_trie(ebpf: &mut Ebpf, map: &'static str) -> Result<TrieMap, CollectorError> {
@@ -266,6 +269,117 @@ impl Trie {
     }
 }
 
+/// The kernel's ban map ([`BANNED_MAP`]), written by [`Bans`].
+pub(crate) struct BanMap {
+    map: aya::maps::HashMap<MapData, [u8; 16], u64>,
+}
+
+/// How far back failures (and successes) count towards a ban.
+const BAN_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Sources whose failures are remembered. They come from completed TCP
+/// handshakes (failed TLS handshakes and logins happen after accept), so
+/// they are real; beyond the bound, sources without a failure or success
+/// in the window are forgotten, and new ones are not tracked until then.
+const BAN_SOURCES_TRACKED: usize = 4096;
+
+/// Bans sources that keep failing: `after` failed client-certificate
+/// handshakes or wrong credentials within [`BAN_WINDOW`] put the source in
+/// the kernel's ban map for `duration`, and the socket filter drops its
+/// packets from then on. A source that authenticated successfully within
+/// the window is never banned: one Prometheus server with a misconfigured
+/// job beside its good ones keeps scraping.
+pub(crate) struct Bans {
+    after: usize,
+    duration: std::time::Duration,
+    state: Mutex<(BanMap, HashMap<[u8; 16], BanRecord>)>,
+}
+
+#[derive(Default)]
+struct BanRecord {
+    /// Failures within the window, oldest first; at most `after`.
+    failures: std::collections::VecDeque<std::time::Instant>,
+    last_success: Option<std::time::Instant>,
+}
+
+impl Bans {
+    /// `None` when `ban` is (bans are off).
+    pub(crate) fn new(map: BanMap, ban: Option<(u32, std::time::Duration)>) -> Option<Self> {
+        let (after, duration) = ban?;
+        Some(Self { after: after as usize, duration, state: Mutex::new((map, HashMap::new())) })
+    }
+
+    /// `source` authenticated successfully (right credentials, or a client
+    /// certificate that passed verification).
+    pub(crate) fn succeeded(&self, source: IpAddr) {
+        let now = std::time::Instant::now();
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(record) = Self::record(&mut guard.1, source_key(source), now) {
+            record.last_success = Some(now);
+        }
+    }
+
+    /// `source` failed: `what` (a TLS handshake or auth failure reason).
+    pub(crate) fn failed(&self, source: IpAddr, what: &'static str) {
+        let now = std::time::Instant::now();
+        let key = source_key(source);
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (map, sources) = &mut *guard;
+        let Some(record) = Self::record(sources, key, now) else { return };
+        let in_window = |at: &std::time::Instant| now.saturating_duration_since(*at) < BAN_WINDOW;
+        while record.failures.front().is_some_and(|at| !in_window(at)) {
+            record.failures.pop_front();
+        }
+        record.failures.push_back(now);
+        if record.last_success.as_ref().is_some_and(in_window) || record.failures.len() < self.after {
+            record.failures.truncate(self.after);
+            return;
+        }
+        record.failures.clear();
+        let until = monotonic_ns().saturating_add(u64::try_from(self.duration.as_nanos()).unwrap_or(u64::MAX));
+        let source = source.to_canonical();
+        match map.map.insert(key, until, 0) {
+            Ok(()) => warn!(
+                %source,
+                "banning {source} for {:?}: {} failures within {BAN_WINDOW:?} (the last: {what}); the kernel drops its packets until then",
+                self.duration, self.after
+            ),
+            Err(error) => warn!(%source, "cannot ban {source} in the kernel's ban map: {error}"),
+        }
+    }
+
+    /// The record of `key`, made room for if need be; `None` when the
+    /// table is full of sources active within the window.
+    fn record(
+        sources: &mut HashMap<[u8; 16], BanRecord>,
+        key: [u8; 16],
+        now: std::time::Instant,
+    ) -> Option<&mut BanRecord> {
+        if !sources.contains_key(&key) && sources.len() >= BAN_SOURCES_TRACKED {
+            let active = |at: &std::time::Instant| now.saturating_duration_since(*at) < BAN_WINDOW;
+            sources.retain(|_, record| {
+                record.failures.back().is_some_and(active) || record.last_success.as_ref().is_some_and(active)
+            });
+            if sources.len() >= BAN_SOURCES_TRACKED {
+                return None;
+            }
+        }
+        Some(sources.entry(key).or_default())
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec; CLOCK_MONOTONIC always
+    // exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+    u64::try_from(now.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(now.tv_nsec).unwrap_or(0))
+}
+
 /// The source label: IPv4 (also IPv4-mapped IPv6) printed as IPv4.
 fn source_label(addr: [u8; 16]) -> String {
     Ipv6Addr::from(addr).to_canonical().to_string()
@@ -281,11 +395,14 @@ const DROPPED_SOURCES_SHOWN: usize = 10;
 /// shown sources churn, while a real, persistent one still gets its place.
 const TAKEOVER_MARGIN: u64 = 8;
 
-fn other_series() -> [Series; 2] {
-    [
-        Series::new(&CONNECTIONS, &[("source", "other"), ("verdict", "allowed")]),
-        Series::new(&CONNECTIONS, &[("source", "other"), ("verdict", "dropped")]),
-    ]
+/// (allowed, dropped, banned) of one source.
+fn source_series(source: &str) -> [Series; 3] {
+    ["allowed", "dropped", "banned"]
+        .map(|verdict| Series::new(&CONNECTIONS, &[("source", source), ("verdict", verdict)]))
+}
+
+fn other_series() -> [Series; 3] {
+    source_series("other")
 }
 
 /// The 16-byte key the filter counts `ip` under.
@@ -371,10 +488,10 @@ pub(crate) struct Counters {
     handshakes: Handshakes,
     /// Series (allowed, dropped) per handshake source in the kernel map:
     /// bounded by [`Handshakes`], pruned every scrape.
-    series: Mutex<HashMap<[u8; 16], [Series; 2]>>,
+    series: Mutex<HashMap<[u8; 16], [Series; 3]>>,
     /// Bound: [`DROPPED_SOURCES_SHOWN`].
     dropped_shown: Mutex<Vec<Shown>>,
-    other_series: [Series; 2],
+    other_series: [Series; 3],
     totals_series: [Series; 2],
 }
 
@@ -397,7 +514,7 @@ impl Collector for Counters {
         let mut totals = SourceCounters::default();
         self.totals.for_each_cpu(0, &mut |cpu| totals = totals.merged(*cpu))?;
         let handshakes = self.handshakes.snapshot();
-        let (mut shown_allowed, mut shown_dropped) = (0u64, 0u64);
+        let (mut shown_allowed, mut shown_dropped, mut shown_banned) = (0u64, 0u64, 0u64);
 
         out.family(&CONNECTIONS);
         let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
@@ -406,17 +523,13 @@ impl Collector for Counters {
             if !handshakes.contains(key) {
                 continue;
             }
-            let [allowed, dropped] = series.entry(*key).or_insert_with(|| {
-                let source = source_label(*key);
-                [
-                    Series::new(&CONNECTIONS, &[("source", &source), ("verdict", "allowed")]),
-                    Series::new(&CONNECTIONS, &[("source", &source), ("verdict", "dropped")]),
-                ]
-            });
+            let [allowed, dropped, banned] = series.entry(*key).or_insert_with(|| source_series(&source_label(*key)));
             out.sample(allowed, sum.syns_allowed);
             out.sample(dropped, sum.syns_dropped);
+            out.sample(banned, sum.syns_banned);
             shown_allowed = shown_allowed.wrapping_add(sum.syns_allowed);
             shown_dropped = shown_dropped.wrapping_add(sum.syns_dropped);
+            shown_banned = shown_banned.wrapping_add(sum.syns_banned);
         }
         drop(series);
 
@@ -465,6 +578,7 @@ impl Collector for Counters {
         drop(shown);
         out.sample(&self.other_series[0], totals.syns_allowed.saturating_sub(shown_allowed));
         out.sample(&self.other_series[1], totals.syns_dropped.saturating_sub(shown_dropped));
+        out.sample(&self.other_series[2], totals.syns_banned.saturating_sub(shown_banned));
 
         out.family(&PACKETS);
         out.sample(&self.totals_series[0], totals.packets_allowed);
@@ -606,6 +720,7 @@ mod tests {
             syns_dropped,
             packets_dropped: syns_dropped,
             packets_allowed: syns_allowed,
+            ..Default::default()
         };
         let counters = counters(
             vec![(v4(2), vec![per_cpu(0, 2), per_cpu(0, 3)]), (v4(1), vec![per_cpu(4, 0), per_cpu(1, 0)])],

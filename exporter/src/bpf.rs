@@ -114,7 +114,7 @@ impl Kernel {
         &mut self,
         sources_tracked: u32,
     ) -> Result<
-        (crate::allowlist::Filter, crate::allowlist::Trie, crate::allowlist::Counters),
+        (crate::allowlist::Filter, crate::allowlist::Trie, crate::allowlist::Counters, crate::allowlist::BanMap),
         crate::allowlist::AllowlistError,
     > {
         crate::allowlist::open(&mut self.ebpf, sources_tracked)

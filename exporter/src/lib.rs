@@ -127,7 +127,8 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
     // runtime starts its threads (capabilities are per thread).
     let (mut kernel, collectors) =
         bpf::Kernel::load(&config.collectors, &config.collector_options, config.sources_tracked)?;
-    let (filter, trie, allowlist_counters) = kernel.open_allowlist(config.sources_tracked)?;
+    let (filter, trie, allowlist_counters, ban_map) = kernel.open_allowlist(config.sources_tracked)?;
+    let bans = allowlist::Bans::new(ban_map, config.ban).map(Arc::new);
     front_door.enforce(trie)?;
     let listeners = server::bind_all(&config.listen_addresses, filter.program())?;
     // Each listener holds the program now.
@@ -166,7 +167,8 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
             .with_internal(Box::new(allowlist_counters))
             .with_internal(Box::new(requests.clone()));
         let app =
-            server::App::new(scraper, &config, front_door, front_door_metrics, in_flight, requests, connection_metrics);
+            server::App::new(scraper, &config, front_door, front_door_metrics, in_flight, requests, connection_metrics)
+                .with_bans(bans);
 
         server::serve(listeners, app, shutdown).await;
         reloader.abort();

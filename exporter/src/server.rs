@@ -59,7 +59,7 @@ use tracing::{debug, error, info, warn};
 use crate::access_log::{self, AccessLog, Connection};
 
 use crate::{
-    allowlist::Requests,
+    allowlist::{Bans, Requests},
     auth::{self, AuthFailure, Authenticator},
     cli::{Config, ListenAddress},
     connections::{Activity, Admission, CloseReason, Connections, Slot},
@@ -253,6 +253,8 @@ pub(crate) struct App {
     connection_metrics: ConnectionMetrics,
     /// The web config's `rate_limit`, over every request of every client.
     rate_limiter: std::sync::Mutex<TokenBucket>,
+    /// `None`: bans are off (`--web.ban-after-failures=0`).
+    bans: Option<Arc<Bans>>,
 }
 
 /// exporter-toolkit's `rate_limit` (Go's `rate.Limiter`): a bucket of
@@ -324,7 +326,14 @@ impl App {
             connections: Arc::new(Connections::new(config.max_connections, IDLE_TIMEOUT, connection_metrics.clone())),
             connection_metrics,
             rate_limiter: std::sync::Mutex::new(TokenBucket::new(std::time::Instant::now())),
+            bans: None,
         }
+    }
+
+    /// Bans sources that keep failing (see [`Bans`]).
+    pub(crate) fn with_bans(mut self, bans: Option<Arc<Bans>>) -> Self {
+        self.bans = bans;
+        self
     }
 
     /// Auth, then the route; the policy's headers on whatever comes out;
@@ -358,11 +367,21 @@ impl App {
             };
             match allowed {
                 Ok(()) => {
+                    if let Some(bans) = &self.bans
+                        && (policy.users.is_some() || connection.client.is_some())
+                    {
+                        bans.succeeded(connection.source.ip());
+                    }
                     let _busy = activity.request();
                     self.handle(&request)
                 }
                 Err(failure) => {
                     self.metrics.auth_failed(failure);
+                    if let Some(bans) = &self.bans
+                        && matches!(failure, AuthFailure::UnknownUser | AuthFailure::WrongPassword)
+                    {
+                        bans.failed(connection.source.ip(), failure.as_str());
+                    }
                     refused(failure)
                 }
             }
@@ -758,6 +777,16 @@ async fn serve_http(
         Ok(Ok(stream)) => stream,
         Ok(Err(failure)) => {
             app.metrics.tls_handshake_failed(failure);
+            if let Some(bans) = &app.bans
+                && matches!(
+                    failure,
+                    tls::HandshakeFailure::NoClientCertificate
+                        | tls::HandshakeFailure::BadClientCertificate
+                        | tls::HandshakeFailure::ClientSanNotAllowed
+                )
+            {
+                bans.failed(peer.ip(), failure.as_str());
+            }
             app.access_log.refused(peer, failure.as_str());
             return;
         }

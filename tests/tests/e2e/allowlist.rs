@@ -117,7 +117,7 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 
 /// Connects from `source`; panics unless the connection is refused by
 /// silence (a dropped SYN: no SYN-ACK, no RST).
-fn assert_dropped(source: IpAddr, to: SocketAddr) {
+pub(crate) fn assert_dropped(source: IpAddr, to: SocketAddr) {
     match connect_from(source, to, PROBE_TIMEOUT) {
         Err(error) if error.kind() == io::ErrorKind::TimedOut => {}
         Err(error) => panic!("{source} → {to}: expected a timeout (dropped SYN), got {error}"),

@@ -797,3 +797,52 @@ fn reloads_that_change_who_may_connect_close_open_connections() {
     // The new policy in force: the old client certificate is refused.
     assert_eq!(curl(&pki, addr, Some("client"), &[]).status, 0);
 }
+
+/// A source that keeps failing (client certificates the server refuses,
+/// wrong passwords) is banned in the kernel: its SYNs are dropped before
+/// any handshake. A Prometheus server with misconfigured jobs (an old
+/// password, a certificate from the wrong CA) beside a good one keeps
+/// scraping with the good one, however many failures the bad ones pile up.
+#[test]
+fn sources_that_keep_failing_are_banned_but_not_a_scraper_that_also_succeeds() {
+    const AFTER: usize = 5;
+    let pki = Pki::new("ban");
+    let config = pki.web_config(
+        "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n",
+        &format!("basic_auth_users:\n  {USER}: {HASH}\n"),
+    );
+    let exporter = start(&config, &[&format!("--web.ban-after-failures={AFTER}"), "--web.ban-duration=10m"]);
+    let addr = exporter.addr;
+    let good = with_password(USER, PASSWORD);
+    let old = with_password(USER, "last-years-password");
+    let status = |client: &str, auth: &[String; 2], extra: &[&str]| {
+        let args: Vec<&str> = [&[auth[0].as_str(), auth[1].as_str()][..], extra].concat();
+        curl(&pki, addr, Some(client), &args).status
+    };
+
+    // 127.0.0.1: one good job and two misconfigured ones, scraped in turn,
+    // three times the ban threshold of failures.
+    let mut good_statuses = Vec::new();
+    for _ in 0..(3 * AFTER).div_ceil(2) {
+        good_statuses.push(status("client", &good, &[]));
+        assert_eq!(status("client", &old, &[]), 401, "the old password's job");
+        assert_eq!(status("stranger", &good, &[]), 0, "the wrong certificate's job: no TLS session");
+    }
+    good_statuses.push(status("client", &good, &[]));
+    assert!(good_statuses.iter().all(|&status| status == 200), "the good job: {good_statuses:?}");
+
+    // 127.0.0.2 only fails: banned after AFTER failures.
+    let away = ["--interface", "127.0.0.2"];
+    for _ in 0..AFTER {
+        assert_eq!(status("stranger", &good, &away), 0);
+    }
+    let second = std::net::IpAddr::from([127, 0, 0, 2]);
+    crate::allowlist::assert_dropped(second, addr);
+    crate::allowlist::assert_dropped(second, addr);
+    let metrics = self_metrics(&pki, &exporter);
+    assert_eq!(metrics.get("kernel_exporter_connections_total{source=\"127.0.0.2\",verdict=\"banned\"}"), 2.0);
+    assert_eq!(metrics.get("kernel_exporter_connections_total{source=\"127.0.0.1\",verdict=\"banned\"}"), 0.0);
+    let log = exporter.log();
+    assert_eq!(log.matches("banning").count(), 1, "{log}");
+    assert!(log.contains("banning 127.0.0.2 for 600s: 5 failures"), "{log}");
+}
