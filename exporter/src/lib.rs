@@ -133,10 +133,16 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
     let listeners = server::bind_all(&config.listen_addresses, filter.program())?;
     // Each listener holds the program now.
     drop(filter);
-    privileges::drop_privileges(runtime_user.as_ref())?;
-    match &runtime_user {
-        Some(user) => info!(user = user.name, uid = user.uid, "dropped every capability and switched user"),
-        None => info!("dropped every capability"),
+    let keep_bpf = privileges::maps_need_cap_bpf();
+    privileges::drop_privileges(runtime_user.as_ref(), keep_bpf.is_some())?;
+    match (&runtime_user, &keep_bpf) {
+        (Some(user), None) => info!(user = user.name, uid = user.uid, "dropped every capability and switched user"),
+        (None, None) => info!("dropped every capability"),
+        (user, Some(reason)) => warn!(
+            user = user.as_ref().map(|user| user.name.as_str()),
+            "dropped every capability but CAP_BPF{}: {reason}",
+            if user.is_some() { " and switched user" } else { "" }
+        ),
     }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
