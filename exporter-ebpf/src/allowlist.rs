@@ -64,16 +64,17 @@ pub(crate) fn allowlist(ctx: SkBuffContext) -> i64 {
     // Fail closed: a packet whose source cannot be read is not allowed.
     let allowed = source.is_some_and(|addr| {
         let key = Key::new(128, addr);
-        // A missing slot cannot happen (an array's entries always exist);
-        // trie 0 is what the daemon fills before attaching.
+        // An array's one entry always exists; anything but 1 means trie 0.
         match ALLOWLIST_ACTIVE.get(0).copied().unwrap_or(0) {
             1 => ALLOWLIST_NEXT.get(key).is_some(),
             _ => ALLOWLIST.get(key).is_some(),
         }
     });
-    // SAFETY: the value is a plain u64 the daemon writes whole.
+    // Only an allowed source can be banned: the others are dropped anyway.
     let banned = allowed
         && source.is_some_and(|addr| {
+            // SAFETY: the value, a u64 the daemon writes whole, is read once
+            // in place; bpf_ktime_get_ns takes no argument.
             unsafe { ALLOWLIST_BANNED.get(&addr) }.is_some_and(|&until| unsafe { bpf_ktime_get_ns() } < until)
         });
     let allowed = allowed && !banned;

@@ -303,7 +303,7 @@ struct BanRecord {
 }
 
 impl Bans {
-    /// `None` when `ban` is (bans are off).
+    /// `None` when `ban` is `None` (bans are off).
     pub(crate) fn new(map: BanMap, ban: Option<(u32, std::time::Duration)>) -> Option<Self> {
         let (after, duration) = ban?;
         Some(Self { after: after as usize, duration, state: Mutex::new((map, HashMap::new())) })

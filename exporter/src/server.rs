@@ -338,6 +338,7 @@ impl App {
 
     /// Auth, then the route; the policy's headers on whatever comes out;
     /// one access-log line.
+    ///
     /// The connection counts as busy (not evictable) from when the request
     /// passes basic auth until its answer is built.
     async fn respond(
