@@ -11,7 +11,16 @@
 /// Bound: [`ALLOWLIST_ENTRIES`] ranges; a config with more is refused.
 pub const ALLOWLIST_MAP: &str = "ALLOWLIST";
 
-/// Number of entries in [`ALLOWLIST_MAP`].
+/// The second trie, of the same layout and bound as [`ALLOWLIST_MAP`]: a
+/// reload fills whichever of the two is not in force and then switches
+/// [`ACTIVE_MAP`] to it.
+pub const ALLOWLIST_NEXT_MAP: &str = "ALLOWLIST_NEXT";
+
+/// Array of one `u32`: 0 when [`ALLOWLIST_MAP`] is in force, 1 for
+/// [`ALLOWLIST_NEXT_MAP`]. The filter reads it once per packet.
+pub const ACTIVE_MAP: &str = "ALLOWLIST_ACTIVE";
+
+/// Number of entries in each of [`ALLOWLIST_MAP`] and [`ALLOWLIST_NEXT_MAP`].
 pub const ALLOWLIST_ENTRIES: u32 = 1024;
 
 /// LRU per-CPU hash: source address → [`SourceCounters`]. The `source`
@@ -29,6 +38,20 @@ pub const SOURCES_DEFAULT_ENTRIES: u32 = 4096;
 /// Per-CPU array of [`SourceCounters`], one entry: every packet the filter
 /// saw, never evicted, so the totals stay exact whatever the LRU does.
 pub const TOTALS_MAP: &str = "ALLOWLIST_TOTALS";
+
+/// LRU hash: banned source address → end of the ban, in
+/// `CLOCK_MONOTONIC` nanoseconds (`bpf_ktime_get_ns`). The filter drops a
+/// banned source's packets until then, as if it were outside the
+/// allowlist, and counts them apart. The daemon adds a source after
+/// `--web.ban-after-failures` failed handshakes or logins of a source that
+/// completed a TCP handshake (so never a forged one).
+///
+/// Bound: [`BANNED_ENTRIES`] sources; beyond, the least recently seen ban
+/// is forgotten early.
+pub const BANNED_MAP: &str = "ALLOWLIST_BANNED";
+
+/// Number of entries in [`BANNED_MAP`].
+pub const BANNED_ENTRIES: u32 = 4096;
 
 /// The socket filter program's name.
 pub const PROGRAM: &str = "allowlist";
@@ -48,9 +71,14 @@ pub struct SourceCounters {
     pub packets_allowed: u64,
     /// Packets dropped, SYNs included.
     pub packets_dropped: u64,
+    /// SYNs dropped because the source is banned (also in `syns_dropped`).
+    pub syns_banned: u64,
+    /// Packets dropped because the source is banned (also in
+    /// `packets_dropped`).
+    pub packets_banned: u64,
 }
 
-const _: () = assert!(size_of::<SourceCounters>() == 32);
+const _: () = assert!(size_of::<SourceCounters>() == 48);
 
 impl SourceCounters {
     /// Adds another CPU's counters to these.
@@ -61,6 +89,8 @@ impl SourceCounters {
             syns_dropped: self.syns_dropped.wrapping_add(other.syns_dropped),
             packets_allowed: self.packets_allowed.wrapping_add(other.packets_allowed),
             packets_dropped: self.packets_dropped.wrapping_add(other.packets_dropped),
+            syns_banned: self.syns_banned.wrapping_add(other.syns_banned),
+            packets_banned: self.packets_banned.wrapping_add(other.packets_banned),
         }
     }
 }

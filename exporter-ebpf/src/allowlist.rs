@@ -1,8 +1,14 @@
 //! The allowlist: a socket filter attached to every listening socket before
 //! `listen()` (accepted sockets inherit it). It drops packets whose source
-//! is outside the LPM trie [`ALLOWLIST`] — for a listener that means the
+//! is outside the active allowlist trie — for a listener that means the
 //! SYN, so no connection, TLS handshake or line of userspace code is spent
 //! on the source — and counts what it saw per source and in total.
+//!
+//! There are two tries, [`ALLOWLIST`] and [`ALLOWLIST_NEXT`], and
+//! [`ALLOWLIST_ACTIVE`] says which one is in force: the daemon builds a new
+//! policy in the other one, reads it back, and flips the index, so a reload
+//! is one atomic switch whatever the sizes of the old and new lists, and a
+//! failed one leaves the policy in force untouched.
 //!
 //! On TCP sockets `skb->data` is the TCP header; the IP header is read
 //! relative to the network header.
@@ -10,17 +16,26 @@
 use crate::maps::{this_cpu, update_failed};
 use aya_ebpf::{
     bindings::bpf_hdr_start_off::BPF_HDR_START_NET,
+    helpers::bpf_ktime_get_ns,
     helpers::generated::bpf_skb_load_bytes_relative,
     macros::{map, socket_filter},
-    maps::{LpmTrie, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
     programs::SkBuffContext,
 };
-use exporter_common::allowlist::{ALLOWLIST_ENTRIES, SOURCES_DEFAULT_ENTRIES, SourceCounters};
+use exporter_common::allowlist::{ALLOWLIST_ENTRIES, BANNED_ENTRIES, SOURCES_DEFAULT_ENTRIES, SourceCounters};
 use exporter_common::map_updates;
 
-/// Bound: [`ALLOWLIST_ENTRIES`] ranges (the daemon refuses more). No label.
+/// Trie 0. Bound: [`ALLOWLIST_ENTRIES`] ranges (the daemon refuses more). No label.
 #[map]
 static ALLOWLIST: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(ALLOWLIST_ENTRIES, 0);
+
+/// Trie 1, the same bound as [`ALLOWLIST`].
+#[map]
+static ALLOWLIST_NEXT: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(ALLOWLIST_ENTRIES, 0);
+
+/// Bound: one entry, the index (0 or 1) of the trie in force.
+#[map]
+static ALLOWLIST_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Bound: [`SOURCES_DEFAULT_ENTRIES`] sources, or
 /// `--web.allowlist-sources-tracked` (set before load); LRU eviction
@@ -28,6 +43,11 @@ static ALLOWLIST: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(ALLOWLIST_EN
 #[map]
 static ALLOWLIST_SOURCES: LruPerCpuHashMap<[u8; 16], SourceCounters> =
     LruPerCpuHashMap::with_max_entries(SOURCES_DEFAULT_ENTRIES, 0);
+
+/// Bound: [`BANNED_ENTRIES`] sources (LRU). Source → end of its ban
+/// (`bpf_ktime_get_ns`); written by the daemon only.
+#[map]
+static ALLOWLIST_BANNED: LruHashMap<[u8; 16], u64> = LruHashMap::with_max_entries(BANNED_ENTRIES, 0);
 
 /// Bound: one entry per CPU; feeds `kernel_exporter_packets_total{verdict}`.
 #[map]
@@ -44,7 +64,23 @@ pub(crate) fn allowlist(ctx: SkBuffContext) -> i64 {
     let syn = u64::from(flags & (TCP_SYN | TCP_ACK) == TCP_SYN);
     let source = source_address(&ctx);
     // Fail closed: a packet whose source cannot be read is not allowed.
-    let allowed = source.is_some_and(|addr| ALLOWLIST.get(Key::new(128, addr)).is_some());
+    let allowed = source.is_some_and(|addr| {
+        let key = Key::new(128, addr);
+        // An array's one entry always exists; anything but 1 means trie 0.
+        match ALLOWLIST_ACTIVE.get(0).copied().unwrap_or(0) {
+            1 => ALLOWLIST_NEXT.get(key).is_some(),
+            _ => ALLOWLIST.get(key).is_some(),
+        }
+    });
+    // Only an allowed source can be banned: the others are dropped anyway.
+    let banned = allowed
+        && source.is_some_and(|addr| {
+            // SAFETY: the value, a u64 the daemon writes whole, is read once
+            // in place; bpf_ktime_get_ns takes no argument.
+            unsafe { ALLOWLIST_BANNED.get(&addr) }.is_some_and(|&until| unsafe { bpf_ktime_get_ns() } < until)
+        });
+    let allowed = allowed && !banned;
+    let banned = u64::from(banned);
     let bump = |counters: &mut SourceCounters| {
         if allowed {
             counters.syns_allowed += syn;
@@ -52,6 +88,8 @@ pub(crate) fn allowlist(ctx: SkBuffContext) -> i64 {
         } else {
             counters.syns_dropped += syn;
             counters.packets_dropped += 1;
+            counters.syns_banned += syn * banned;
+            counters.packets_banned += banned;
         }
     };
     if let Some(totals) = this_cpu(&ALLOWLIST_TOTALS) {

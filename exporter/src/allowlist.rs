@@ -5,15 +5,16 @@
 //! [`open`] loads the filter (it is not a tracepoint collector: it attaches
 //! to sockets) and splits what the daemon needs into three owners:
 //! [`Filter`], whose program descriptor `server::bind` attaches to every
-//! listening socket before `listen()`; [`Trie`], which the reloader updates
-//! in place; and [`Counters`], which a scrape reads. [`Requests`] counts
+//! listening socket before `listen()`; [`Trie`], the two kernel tries the
+//! reloader builds a new policy in and switches between; and [`Counters`],
+//! which a scrape reads. [`Requests`] counts
 //! HTTP outcomes per source in userspace.
 //!
 //! An absent allowlist is the single range `::/0` in the trie, so going
-//! from "everyone" to a list and back is an in-place update like any other.
+//! from "everyone" to a list and back is a switch like any other.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     net::{IpAddr, Ipv6Addr},
     os::fd::{AsFd as _, BorrowedFd, OwnedFd},
     sync::{
@@ -25,13 +26,15 @@ use std::{
 use aya::{
     Ebpf,
     maps::{
-        MapData, MapError,
+        Array, MapData, MapError,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{ProgramError, SocketFilter},
 };
-use exporter_common::allowlist::{ALLOWLIST_MAP, PROGRAM, SOURCES_MAP, SourceCounters, TOTALS_MAP};
-use tracing::debug;
+use exporter_common::allowlist::{
+    ACTIVE_MAP, ALLOWLIST_MAP, ALLOWLIST_NEXT_MAP, BANNED_MAP, PROGRAM, SOURCES_MAP, SourceCounters, TOTALS_MAP,
+};
+use tracing::{debug, warn};
 
 use crate::{
     collectors::{Collector, CollectorError, PerCpuHashRead, PerCpuRead, take_per_cpu_array, take_per_cpu_hash},
@@ -41,7 +44,7 @@ use crate::{
 
 const CONNECTIONS: Family = Family::counter(
     "kernel_exporter_connections_total",
-    "Connection attempts (TCP SYNs) the allowlist socket filter saw per source address, allowed or dropped in the kernel (the most recently seen sources, up to --web.allowlist-sources-tracked).",
+    "Connection attempts (TCP SYNs) the allowlist socket filter allowed or dropped in the kernel (banned: dropped because the source is banned, also counted as dropped), per source address for the sources the daemon accepted a connection from and for the 10 sources with the most dropped SYNs; all others under source=\"other\" (the sum over sources is exact).",
 );
 const PACKETS: Family = Family::counter(
     "kernel_exporter_packets_total",
@@ -49,7 +52,7 @@ const PACKETS: Family = Family::counter(
 );
 const ENTRIES: Family = Family::gauge(
     "kernel_exporter_allowlist_entries",
-    "Ranges in the kernel's allowlist trie (1, the range ::/0, when no allowlist is configured).",
+    "Ranges in the kernel's allowlist trie in force, as read back from the kernel (1, the range ::/0, when no allowlist is configured).",
 );
 const REQUESTS: Family = Family::counter(
     "kernel_exporter_requests_total",
@@ -69,17 +72,28 @@ pub(crate) enum AllowlistError {
     Descriptor(#[source] std::io::Error),
     #[error(transparent)]
     Map(#[from] CollectorError),
-    #[error("cannot {action} {range} in the kernel's allowlist: {source}")]
+    #[error("cannot {action} {range} in the kernel's allowlist ({map}): {source}")]
     Update {
         action: &'static str,
         range: String,
+        map: &'static str,
         #[source]
         source: Box<MapError>,
     },
+    #[error("cannot read the kernel's allowlist ({map}): {source}")]
+    Read {
+        map: &'static str,
+        #[source]
+        source: Box<MapError>,
+    },
+    #[error("the kernel's allowlist {map} holds {found} ranges after writing {wanted}")]
+    Mismatch { map: &'static str, wanted: usize, found: usize },
 }
 
 /// Loads the socket filter and takes its maps out of the object.
-pub(crate) fn open(ebpf: &mut Ebpf) -> Result<(Filter, Trie, Counters), AllowlistError> {
+/// `sources_tracked` (`--web.allowlist-sources-tracked`) bounds the
+/// sources remembered as having completed a handshake.
+pub(crate) fn open(ebpf: &mut Ebpf, sources_tracked: u32) -> Result<(Filter, Trie, Counters, BanMap), AllowlistError> {
     let program: &mut SocketFilter =
         ebpf.program_mut(PROGRAM).and_then(|p| p.try_into().ok()).ok_or(AllowlistError::MissingProgram)?;
     program.load().map_err(|source| {
@@ -94,22 +108,34 @@ pub(crate) fn open(ebpf: &mut Ebpf) -> Result<(Filter, Trie, Counters), Allowlis
         .as_fd()
         .try_clone_to_owned()
         .map_err(AllowlistError::Descriptor)?;
-    let raw = ebpf.take_map(ALLOWLIST_MAP).ok_or(CollectorError::MissingMap { map: ALLOWLIST_MAP })?;
-    let map = LpmTrie::try_from(raw)
-        .map_err(|source| CollectorError::Map { map: ALLOWLIST_MAP, source: Box::new(source) })?;
+    let tries = [take_trie(ebpf, ALLOWLIST_MAP)?, take_trie(ebpf, ALLOWLIST_NEXT_MAP)?];
+    let raw = ebpf.take_map(ACTIVE_MAP).ok_or(CollectorError::MissingMap { map: ACTIVE_MAP })?;
+    let active_map =
+        Array::try_from(raw).map_err(|source| CollectorError::Map { map: ACTIVE_MAP, source: Box::new(source) })?;
     let entries = Arc::new(AtomicU64::new(0));
-    let trie = Trie { state: Mutex::new(TrieState { map, ranges: BTreeSet::new() }), entries: Arc::clone(&entries) };
+    let trie = Trie::new(tries, active_map, Arc::clone(&entries))?;
     let counters = Counters {
         sources: Box::new(take_per_cpu_hash::<[u8; 16], SourceCounters>(ebpf, SOURCES_MAP)?),
         totals: Box::new(take_per_cpu_array::<SourceCounters>(ebpf, TOTALS_MAP)?),
         entries,
+        handshakes: Handshakes::new(sources_tracked),
         series: Mutex::new(HashMap::new()),
+        dropped_shown: Mutex::new(Vec::new()),
+        other_series: other_series(),
         totals_series: [
             Series::new(&PACKETS, &[("verdict", "allowed")]),
             Series::new(&PACKETS, &[("verdict", "dropped")]),
         ],
     };
-    Ok((Filter { program: fd }, trie, counters))
+    let raw = ebpf.take_map(BANNED_MAP).ok_or(CollectorError::MissingMap { map: BANNED_MAP })?;
+    let banned = aya::maps::HashMap::try_from(raw)
+        .map_err(|source| CollectorError::Map { map: BANNED_MAP, source: Box::new(source) })?;
+    Ok((Filter { program: fd }, trie, counters, BanMap { map: banned }))
+}
+
+fn take_trie(ebpf: &mut Ebpf, map: &'static str) -> Result<TrieMap, CollectorError> {
+    let raw = ebpf.take_map(map).ok_or(CollectorError::MissingMap { map })?;
+    LpmTrie::try_from(raw).map_err(|source| CollectorError::Map { map, source: Box::new(source) })
 }
 
 /// The loaded socket filter, for attaching to listening sockets.
@@ -126,14 +152,21 @@ impl Filter {
 /// A trie entry: prefix length over the 16-byte (IPv4-mapped) address.
 type Range = (u32, [u8; 16]);
 
-/// The kernel's allowlist and the ranges in it.
+type TrieMap = LpmTrie<MapData, [u8; 16], u8>;
+
+/// The kernel's two allowlist tries, the switch between them, and the
+/// ranges in the one in force.
 pub(crate) struct Trie {
     state: Mutex<TrieState>,
     entries: Arc<AtomicU64>,
 }
 
 struct TrieState {
-    map: LpmTrie<MapData, [u8; 16], u8>,
+    tries: [TrieMap; 2],
+    active_map: Array<MapData, u32>,
+    /// The index in `active_map`, as last written there (or read at start).
+    active: usize,
+    /// The ranges of `tries[active]`, as read back from the kernel.
     ranges: BTreeSet<Range>,
 }
 
@@ -149,46 +182,202 @@ fn describe(range: &Range) -> String {
     format!("{}/{}", Ipv6Addr::from(range.1), range.0)
 }
 
+const TRIE_NAMES: [&str; 2] = [ALLOWLIST_MAP, ALLOWLIST_NEXT_MAP];
+
+/// Every range in `map`, as the kernel has it.
+fn read_back(map: &TrieMap, name: &'static str) -> Result<BTreeSet<Range>, AllowlistError> {
+    map.keys()
+        .map(|key| key.map(|key| (key.prefix_len(), key.data())))
+        .collect::<Result<_, _>>()
+        .map_err(|source| AllowlistError::Read { map: name, source: Box::new(source) })
+}
+
 impl Trie {
-    /// Makes the trie hold exactly `sources` without a moment where a
-    /// source allowed before and after is refused: new ranges go in first,
-    /// then `between` runs (the caller swaps its policy), then stale ranges
-    /// come out. If an insert fails, the ranges inserted so far come out
-    /// again and `between` does not run.
-    pub(crate) fn replace(&self, sources: Option<&[Cidr]>, between: impl FnOnce()) -> Result<(), AllowlistError> {
+    fn new(
+        tries: [TrieMap; 2],
+        active_map: Array<MapData, u32>,
+        entries: Arc<AtomicU64>,
+    ) -> Result<Self, AllowlistError> {
+        let active = match active_map.get(&0, 0) {
+            Ok(1) => 1,
+            Ok(_) => 0,
+            Err(source) => return Err(AllowlistError::Read { map: ACTIVE_MAP, source: Box::new(source) }),
+        };
+        let ranges = read_back(&tries[active], TRIE_NAMES[active])?;
+        entries.store(ranges.len() as u64, Ordering::Relaxed);
+        Ok(Self { state: Mutex::new(TrieState { tries, active_map, active, ranges }), entries })
+    }
+
+    /// Makes the kernel enforce exactly `sources`, then runs `after` (the
+    /// caller swaps its policy). The new ranges go into the trie not in
+    /// force, which is emptied first and read back after; only when it
+    /// holds exactly the new ranges does the filter switch to it, in one
+    /// write. Any failure before that leaves the trie in force, and the
+    /// filter's verdicts, as they were, and `after` does not run.
+    pub(crate) fn replace(&self, sources: Option<&[Cidr]>, after: impl FnOnce()) -> Result<(), AllowlistError> {
         let wanted = ranges(sources);
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let TrieState { map, ranges } = &mut *state;
-        let new: Vec<Range> = wanted.difference(ranges).copied().collect();
-        for (i, range) in new.iter().enumerate() {
-            if let Err(source) = map.insert(&Key::new(range.0, range.1), 1, 0) {
-                for inserted in &new[..i] {
-                    let _ = map.remove(&Key::new(inserted.0, inserted.1));
-                }
-                return Err(AllowlistError::Update { action: "add", range: describe(range), source: Box::new(source) });
-            }
-            ranges.insert(*range);
+        if state.ranges == wanted {
+            after();
+            return Ok(());
         }
-        between();
-        let stale: Vec<Range> = ranges.difference(&wanted).copied().collect();
-        let mut failed = None;
-        for range in stale {
+        let spare = 1 - state.active;
+        let name = TRIE_NAMES[spare];
+        let map = &mut state.tries[spare];
+        // Left over from the policy before the one in force.
+        for range in read_back(map, name)? {
             match map.remove(&Key::new(range.0, range.1)) {
-                Ok(()) | Err(MapError::KeyNotFound) => {
-                    ranges.remove(&range);
-                }
+                Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(source) => {
-                    failed.get_or_insert(AllowlistError::Update {
-                        action: "remove",
+                    return Err(AllowlistError::Update {
+                        action: "clear",
                         range: describe(&range),
+                        map: name,
                         source: Box::new(source),
                     });
                 }
             }
         }
-        self.entries.store(ranges.len() as u64, Ordering::Relaxed);
-        failed.map_or(Ok(()), Err)
+        for range in &wanted {
+            map.insert(&Key::new(range.0, range.1), 1, 0).map_err(|source| AllowlistError::Update {
+                action: "add",
+                range: describe(range),
+                map: name,
+                source: Box::new(source),
+            })?;
+        }
+        let found = read_back(map, name)?;
+        if found != wanted {
+            return Err(AllowlistError::Mismatch { map: name, wanted: wanted.len(), found: found.len() });
+        }
+        state.active_map.set(0, spare as u32, 0).map_err(|source| AllowlistError::Update {
+            action: "switch to",
+            range: format!("trie {spare}"),
+            map: ACTIVE_MAP,
+            source: Box::new(source),
+        })?;
+        state.active = spare;
+        state.ranges = found;
+        self.entries.store(state.ranges.len() as u64, Ordering::Relaxed);
+        after();
+        Ok(())
     }
+
+    /// How many ranges the trie in force holds.
+    pub(crate) fn in_force(&self) -> usize {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).ranges.len()
+    }
+}
+
+/// The kernel's ban map ([`BANNED_MAP`]), written by [`Bans`].
+pub(crate) struct BanMap {
+    map: aya::maps::HashMap<MapData, [u8; 16], u64>,
+}
+
+/// How far back failures (and successes) count towards a ban.
+const BAN_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Sources whose failures are remembered. They come from completed TCP
+/// handshakes (failed TLS handshakes and logins happen after accept), so
+/// they are real; beyond the bound, sources without a failure or success
+/// in the window are forgotten, and new ones are not tracked until then.
+const BAN_SOURCES_TRACKED: usize = 4096;
+
+/// Bans sources that keep failing: `after` failed client-certificate
+/// handshakes or wrong credentials within [`BAN_WINDOW`] put the source in
+/// the kernel's ban map for `duration`, and the socket filter drops its
+/// packets from then on. A source that authenticated successfully within
+/// the window is never banned: one Prometheus server with a misconfigured
+/// job beside its good ones keeps scraping.
+pub(crate) struct Bans {
+    after: usize,
+    duration: std::time::Duration,
+    state: Mutex<(BanMap, HashMap<[u8; 16], BanRecord>)>,
+}
+
+#[derive(Default)]
+struct BanRecord {
+    /// Failures within the window, oldest first; at most `after`.
+    failures: std::collections::VecDeque<std::time::Instant>,
+    last_success: Option<std::time::Instant>,
+}
+
+impl Bans {
+    /// `None` when `ban` is `None` (bans are off).
+    pub(crate) fn new(map: BanMap, ban: Option<(u32, std::time::Duration)>) -> Option<Self> {
+        let (after, duration) = ban?;
+        Some(Self { after: after as usize, duration, state: Mutex::new((map, HashMap::new())) })
+    }
+
+    /// `source` authenticated successfully (right credentials, or a client
+    /// certificate that passed verification).
+    pub(crate) fn succeeded(&self, source: IpAddr) {
+        let now = std::time::Instant::now();
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(record) = Self::record(&mut guard.1, source_key(source), now) {
+            record.last_success = Some(now);
+        }
+    }
+
+    /// `source` failed: `what` (a TLS handshake or auth failure reason).
+    pub(crate) fn failed(&self, source: IpAddr, what: &'static str) {
+        let now = std::time::Instant::now();
+        let key = source_key(source);
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (map, sources) = &mut *guard;
+        let Some(record) = Self::record(sources, key, now) else { return };
+        let in_window = |at: &std::time::Instant| now.saturating_duration_since(*at) < BAN_WINDOW;
+        while record.failures.front().is_some_and(|at| !in_window(at)) {
+            record.failures.pop_front();
+        }
+        record.failures.push_back(now);
+        if record.last_success.as_ref().is_some_and(in_window) || record.failures.len() < self.after {
+            record.failures.truncate(self.after);
+            return;
+        }
+        record.failures.clear();
+        let until = monotonic_ns().saturating_add(u64::try_from(self.duration.as_nanos()).unwrap_or(u64::MAX));
+        let source = source.to_canonical();
+        match map.map.insert(key, until, 0) {
+            Ok(()) => warn!(
+                %source,
+                "banning {source} for {:?}: {} failures within {BAN_WINDOW:?} (the last: {what}); the kernel drops its packets until then",
+                self.duration, self.after
+            ),
+            Err(error) => warn!(%source, "cannot ban {source} in the kernel's ban map: {error}"),
+        }
+    }
+
+    /// The record of `key`, made room for if need be; `None` when the
+    /// table is full of sources active within the window.
+    fn record(
+        sources: &mut HashMap<[u8; 16], BanRecord>,
+        key: [u8; 16],
+        now: std::time::Instant,
+    ) -> Option<&mut BanRecord> {
+        if !sources.contains_key(&key) && sources.len() >= BAN_SOURCES_TRACKED {
+            let active = |at: &std::time::Instant| now.saturating_duration_since(*at) < BAN_WINDOW;
+            sources.retain(|_, record| {
+                record.failures.back().is_some_and(active) || record.last_success.as_ref().is_some_and(active)
+            });
+            if sources.len() >= BAN_SOURCES_TRACKED {
+                return None;
+            }
+        }
+        Some(sources.entry(key).or_default())
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec; CLOCK_MONOTONIC always
+    // exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+    u64::try_from(now.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(now.tv_nsec).unwrap_or(0))
 }
 
 /// The source label: IPv4 (also IPv4-mapped IPv6) printed as IPv4.
@@ -196,40 +385,201 @@ fn source_label(addr: [u8; 16]) -> String {
     Ipv6Addr::from(addr).to_canonical().to_string()
 }
 
+/// Sources shown with a `verdict="dropped"` series of their own although
+/// the daemon never accepted a connection from them.
+const DROPPED_SOURCES_SHOWN: usize = 10;
+
+/// A source takes the place of the shown one with the fewest drops (`n`)
+/// only with at least `2n + TAKEOVER_MARGIN` of its own: random forged
+/// sources hit an address a few times at most, so they cannot make the
+/// shown sources churn, while a real, persistent one still gets its place.
+const TAKEOVER_MARGIN: u64 = 8;
+
+/// (allowed, dropped, banned) of one source.
+fn source_series(source: &str) -> [Series; 3] {
+    ["allowed", "dropped", "banned"]
+        .map(|verdict| Series::new(&CONNECTIONS, &[("source", source), ("verdict", verdict)]))
+}
+
+fn other_series() -> [Series; 3] {
+    source_series("other")
+}
+
+/// The 16-byte key the filter counts `ip` under.
+fn source_key(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// Sources the daemon accepted a connection from: they completed a TCP
+/// handshake, so their address is not forged, and only they get series of
+/// their own for what the filter allowed. Bound: `bound` sources
+/// (`--web.allowlist-sources-tracked`), the least recently accepted one
+/// forgotten beyond. Cloned handles share the set.
+#[derive(Clone)]
+pub(crate) struct Handshakes {
+    bound: usize,
+    state: Arc<Mutex<HandshakeState>>,
+}
+
+/// (tick, source → tick of its last accepted connection).
+type HandshakeState = (u64, HashMap<[u8; 16], u64>);
+
+impl Handshakes {
+    fn new(bound: u32) -> Self {
+        Self { bound: (bound as usize).max(1), state: Arc::new(Mutex::new((0, HashMap::new()))) }
+    }
+
+    /// `source` completed a handshake (the daemon accepted its connection).
+    pub(crate) fn completed(&self, source: IpAddr) {
+        let key = source_key(source);
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (tick, sources) = &mut *guard;
+        *tick += 1;
+        if !sources.contains_key(&key)
+            && sources.len() >= self.bound
+            && let Some(oldest) = sources.iter().min_by_key(|(_, seen)| **seen).map(|(key, _)| *key)
+        {
+            sources.remove(&oldest);
+        }
+        sources.insert(key, *tick);
+    }
+
+    fn snapshot(&self) -> HashSet<[u8; 16]> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).1.keys().copied().collect()
+    }
+}
+
+/// A source shown with its own dropped series. Its count outlives the
+/// kernel map's entry: `base` is what earlier entries (evicted by the LRU
+/// map, then created afresh) counted, `last` what the current one counted
+/// at the last scrape, so the series never goes back.
+struct Shown {
+    source: [u8; 16],
+    base: u64,
+    last: u64,
+    series: Series,
+}
+
+impl Shown {
+    fn count(&self) -> u64 {
+        self.base.wrapping_add(self.last)
+    }
+}
+
 /// `kernel_exporter_connections_total`, `kernel_exporter_packets_total`
 /// and `kernel_exporter_allowlist_entries`, from the filter's maps.
+///
+/// The filter counts every packet's source before any handshake, so
+/// sources can be forged at will: series of their own go only to sources
+/// that completed a handshake ([`Handshakes`]) and to the
+/// [`DROPPED_SOURCES_SHOWN`] sources with the most dropped SYNs (a place
+/// among those is taken over only by a source with clearly more, see
+/// [`TAKEOVER_MARGIN`], so a flood of forged sources cannot make them
+/// churn);
+/// everything else is `source="other"`, computed from the exact totals.
 pub(crate) struct Counters {
     /// Bound: the LRU map's max_entries (`--web.allowlist-sources-tracked`).
     sources: Box<dyn PerCpuHashRead<[u8; 16], SourceCounters>>,
     totals: Box<dyn PerCpuRead<SourceCounters>>,
     entries: Arc<AtomicU64>,
-    /// Series per source seen in the last scrape (allowed, dropped):
-    /// bounded by the LRU map, pruned of evicted sources every scrape.
-    series: Mutex<HashMap<[u8; 16], [Series; 2]>>,
+    handshakes: Handshakes,
+    /// Series (allowed, dropped) per handshake source in the kernel map:
+    /// bounded by [`Handshakes`], pruned every scrape.
+    series: Mutex<HashMap<[u8; 16], [Series; 3]>>,
+    /// Bound: [`DROPPED_SOURCES_SHOWN`].
+    dropped_shown: Mutex<Vec<Shown>>,
+    other_series: [Series; 3],
     totals_series: [Series; 2],
+}
+
+impl Counters {
+    /// The set the HTTP server records accepted sources in.
+    pub(crate) fn handshakes(&self) -> Handshakes {
+        self.handshakes.clone()
+    }
 }
 
 impl Collector for Counters {
     fn collect(&self, out: &mut Encoder<'_>) -> Result<(), MapError> {
         let keys = self.sources.keys()?;
-        let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
-        series.retain(|key, _| keys.contains(key));
-        out.family(&CONNECTIONS);
+        let mut sums = HashMap::with_capacity(keys.len());
         for key in &keys {
             let mut sum = SourceCounters::default();
             self.sources.for_each_cpu(key, &mut |cpu| sum = sum.merged(*cpu))?;
-            let [allowed, dropped] = series.entry(*key).or_insert_with(|| {
-                let source = source_label(*key);
-                [
-                    Series::new(&CONNECTIONS, &[("source", &source), ("verdict", "allowed")]),
-                    Series::new(&CONNECTIONS, &[("source", &source), ("verdict", "dropped")]),
-                ]
-            });
-            out.sample(allowed, sum.syns_allowed);
-            out.sample(dropped, sum.syns_dropped);
+            sums.insert(*key, sum);
         }
         let mut totals = SourceCounters::default();
         self.totals.for_each_cpu(0, &mut |cpu| totals = totals.merged(*cpu))?;
+        let handshakes = self.handshakes.snapshot();
+        let (mut shown_allowed, mut shown_dropped, mut shown_banned) = (0u64, 0u64, 0u64);
+
+        out.family(&CONNECTIONS);
+        let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        series.retain(|key, _| sums.contains_key(key) && handshakes.contains(key));
+        for (key, sum) in &sums {
+            if !handshakes.contains(key) {
+                continue;
+            }
+            let [allowed, dropped, banned] = series.entry(*key).or_insert_with(|| source_series(&source_label(*key)));
+            out.sample(allowed, sum.syns_allowed);
+            out.sample(dropped, sum.syns_dropped);
+            out.sample(banned, sum.syns_banned);
+            shown_allowed = shown_allowed.wrapping_add(sum.syns_allowed);
+            shown_dropped = shown_dropped.wrapping_add(sum.syns_dropped);
+            shown_banned = shown_banned.wrapping_add(sum.syns_banned);
+        }
+        drop(series);
+
+        let mut shown = self.dropped_shown.lock().unwrap_or_else(PoisonError::into_inner);
+        // A source accepted since it was placed here has its own pair now.
+        shown.retain(|entry| !handshakes.contains(&entry.source));
+        for entry in shown.iter_mut() {
+            let now = sums.get(&entry.source).map_or(0, |sum| sum.syns_dropped);
+            if now < entry.last {
+                // The kernel's entry was evicted (and perhaps created anew).
+                entry.base = entry.base.wrapping_add(entry.last);
+            }
+            entry.last = now;
+        }
+        let mut candidates: Vec<([u8; 16], u64)> = sums
+            .iter()
+            .filter(|(key, sum)| {
+                sum.syns_dropped > 0 && !handshakes.contains(*key) && !shown.iter().any(|entry| entry.source == **key)
+            })
+            .map(|(key, sum)| (*key, sum.syns_dropped))
+            .collect();
+        // Most dropped first; among equals, the lowest address (stable).
+        candidates.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        for (source, dropped) in candidates {
+            let make = || Shown {
+                source,
+                base: 0,
+                last: dropped,
+                series: Series::new(&CONNECTIONS, &[("source", &source_label(source)), ("verdict", "dropped")]),
+            };
+            if shown.len() < DROPPED_SOURCES_SHOWN {
+                shown.push(make());
+                continue;
+            }
+            let Some(weakest) = shown.iter_mut().min_by_key(|entry| entry.count()) else { break };
+            if dropped < weakest.count().saturating_mul(2).saturating_add(TAKEOVER_MARGIN) {
+                // The rest have no more.
+                break;
+            }
+            *weakest = make();
+        }
+        for entry in shown.iter() {
+            out.sample(&entry.series, entry.count());
+            shown_dropped = shown_dropped.wrapping_add(entry.count());
+        }
+        drop(shown);
+        out.sample(&self.other_series[0], totals.syns_allowed.saturating_sub(shown_allowed));
+        out.sample(&self.other_series[1], totals.syns_dropped.saturating_sub(shown_dropped));
+        out.sample(&self.other_series[2], totals.syns_banned.saturating_sub(shown_banned));
+
         out.family(&PACKETS);
         out.sample(&self.totals_series[0], totals.packets_allowed);
         out.sample(&self.totals_series[1], totals.packets_dropped);
@@ -248,6 +598,7 @@ impl Collector for Counters {
 pub(crate) struct Requests {
     bound: usize,
     state: Arc<Mutex<RequestsState>>,
+    handshakes: Handshakes,
 }
 
 #[derive(Default)]
@@ -264,8 +615,15 @@ struct SourceRequests {
 }
 
 impl Requests {
-    pub(crate) fn new(bound: u32) -> Self {
-        Self { bound: (bound as usize).max(1), state: Arc::new(Mutex::new(RequestsState::default())) }
+    /// `handshakes`: where [`Self::accepted`] records sources (see
+    /// [`Counters::handshakes`]).
+    pub(crate) fn new(bound: u32, handshakes: Handshakes) -> Self {
+        Self { bound: (bound as usize).max(1), state: Arc::new(Mutex::new(RequestsState::default())), handshakes }
+    }
+
+    /// A connection from `source` was accepted: its handshake completed.
+    pub(crate) fn accepted(&self, source: IpAddr) {
+        self.handshakes.completed(source);
     }
 
     /// Counts one response with `code` to `source`.
@@ -335,37 +693,101 @@ mod tests {
         assert_eq!(source_label(Ipv6Addr::LOCALHOST.octets()), "::1");
     }
 
-    #[test]
-    fn counters_sum_cpus_per_source() {
-        let source = std::net::Ipv4Addr::new(127, 0, 0, 2).to_ipv6_mapped().octets();
-        let per_cpu =
-            |syns_dropped| SourceCounters { syns_dropped, packets_dropped: syns_dropped, ..Default::default() };
-        let counters = Counters {
-            sources: Box::new(FakePerCpuHash { entries: [(source, vec![per_cpu(2), per_cpu(3)])].into() }),
-            totals: Box::new(FakePerCpu { cpus: vec![vec![per_cpu(7)], vec![per_cpu(1)]] }),
+    fn counters(entries: Vec<([u8; 16], Vec<SourceCounters>)>, totals: SourceCounters) -> Counters {
+        Counters {
+            sources: Box::new(FakePerCpuHash { entries: entries.into_iter().collect() }),
+            totals: Box::new(FakePerCpu { cpus: vec![vec![totals]] }),
             entries: Arc::new(AtomicU64::new(3)),
+            handshakes: Handshakes::new(16),
             series: Mutex::new(HashMap::new()),
+            dropped_shown: Mutex::new(Vec::new()),
+            other_series: other_series(),
             totals_series: [
                 Series::new(&PACKETS, &[("verdict", "allowed")]),
                 Series::new(&PACKETS, &[("verdict", "dropped")]),
             ],
+        }
+    }
+
+    fn v4(last: u8) -> [u8; 16] {
+        std::net::Ipv4Addr::new(127, 0, 0, last).to_ipv6_mapped().octets()
+    }
+
+    #[test]
+    fn counters_sum_cpus_per_source() {
+        let per_cpu = |syns_allowed, syns_dropped| SourceCounters {
+            syns_allowed,
+            syns_dropped,
+            packets_dropped: syns_dropped,
+            packets_allowed: syns_allowed,
+            ..Default::default()
         };
+        let counters = counters(
+            vec![(v4(2), vec![per_cpu(0, 2), per_cpu(0, 3)]), (v4(1), vec![per_cpu(4, 0), per_cpu(1, 0)])],
+            per_cpu(7, 8),
+        );
+        counters.handshakes().completed(IpAddr::from([127, 0, 0, 1]));
         let text = encode(&counters);
+        for line in [
+            "kernel_exporter_connections_total{source=\"127.0.0.2\",verdict=\"dropped\"} 5\n",
+            "kernel_exporter_connections_total{source=\"127.0.0.1\",verdict=\"allowed\"} 5\n",
+            "kernel_exporter_connections_total{source=\"127.0.0.1\",verdict=\"dropped\"} 0\n",
+            // The rest of the exact totals.
+            "kernel_exporter_connections_total{source=\"other\",verdict=\"allowed\"} 2\n",
+            "kernel_exporter_connections_total{source=\"other\",verdict=\"dropped\"} 3\n",
+            "kernel_exporter_packets_total{verdict=\"dropped\"} 8\n",
+            "kernel_exporter_allowlist_entries 3\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        // Never accepted: no allowed series of its own.
+        assert!(!text.contains("source=\"127.0.0.2\",verdict=\"allowed\""), "{text}");
+    }
+
+    #[test]
+    fn dropped_sources_shown_are_the_top_ten_and_forged_floods_cannot_churn_them() {
+        let dropped = |n| vec![SourceCounters { syns_dropped: n, packets_dropped: n, ..Default::default() }];
+        let mut entries: Vec<([u8; 16], Vec<SourceCounters>)> = (1..=12).map(|last| (v4(last), dropped(1))).collect();
+        entries.push((v4(100), dropped(50)));
+        let counters = counters(entries, SourceCounters { syns_dropped: 62, ..Default::default() });
+        let shown = |text: &str| -> BTreeSet<String> {
+            text.lines()
+                .filter(|line| line.starts_with("kernel_exporter_connections_total{"))
+                .filter_map(|line| line.split('"').nth(1).map(str::to_owned))
+                .collect()
+        };
+        let first = encode(&counters);
+        let values = shown(&first);
+        assert_eq!(values.len(), DROPPED_SOURCES_SHOWN + 1, "{first}");
+        assert!(values.contains("127.0.0.100") && values.contains("other"), "{values:?}");
         assert!(
-            text.contains("kernel_exporter_connections_total{source=\"127.0.0.2\",verdict=\"dropped\"} 5\n"),
-            "{text}"
+            first.contains("kernel_exporter_connections_total{source=\"other\",verdict=\"dropped\"} 3\n"),
+            "{first}"
         );
-        assert!(
-            text.contains("kernel_exporter_connections_total{source=\"127.0.0.2\",verdict=\"allowed\"} 0\n"),
-            "{text}"
+        // A flood of other sources with one SYN each: same ten sources.
+        let mut entries: Vec<([u8; 16], Vec<SourceCounters>)> = (1..=12).map(|last| (v4(last), dropped(1))).collect();
+        entries.push((v4(100), dropped(50)));
+        entries.extend(
+            (0..1000u32).map(|i| (std::net::Ipv4Addr::from(0x0a00_0000 + i).to_ipv6_mapped().octets(), dropped(1))),
         );
-        assert!(text.contains("kernel_exporter_packets_total{verdict=\"dropped\"} 8\n"), "{text}");
-        assert!(text.contains("kernel_exporter_allowlist_entries 3\n"), "{text}");
+        let flooded =
+            Counters { sources: Box::new(FakePerCpuHash { entries: entries.into_iter().collect() }), ..counters };
+        let second = encode(&flooded);
+        assert_eq!(shown(&second), values, "{second}");
+        // A persistent source with clearly more drops takes a place.
+        let mut entries: Vec<([u8; 16], Vec<SourceCounters>)> = (1..=12).map(|last| (v4(last), dropped(1))).collect();
+        entries.push((v4(100), dropped(50)));
+        entries.push((v4(200), dropped(10)));
+        let persistent =
+            Counters { sources: Box::new(FakePerCpuHash { entries: entries.into_iter().collect() }), ..flooded };
+        let third = encode(&persistent);
+        assert!(shown(&third).contains("127.0.0.200"), "{third}");
+        assert_eq!(shown(&third).len(), DROPPED_SOURCES_SHOWN + 1, "{third}");
     }
 
     #[test]
     fn requests_evict_the_least_recently_seen_source() {
-        let requests = Requests::new(2);
+        let requests = Requests::new(2, Handshakes::new(2));
         let ip = |last: u8| IpAddr::from([192, 0, 2, last]);
         requests.record(ip(1), 200);
         requests.record(ip(2), 200);

@@ -37,8 +37,18 @@ pub(crate) fn embedded_object() -> &'static [u8] {
 
 /// Failure to load the object as a whole (before any collector).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot load the BPF object into the kernel: {0}")]
-pub(crate) struct LoadError(#[source] aya::EbpfError);
+pub(crate) enum LoadError {
+    #[error("cannot load the BPF object into the kernel: {0}")]
+    Object(#[source] aya::EbpfError),
+    /// Guessing would size per-CPU reads wrong: the kernel writes one value
+    /// per possible CPU, past the end of a smaller buffer.
+    #[error("cannot count the possible CPUs ({path}), which sizes every per-CPU map read: {source}")]
+    Cpus {
+        path: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
 
 /// Owns the loaded object, and with it every attached program.
 pub(crate) struct Kernel {
@@ -132,11 +142,12 @@ impl Kernel {
     /// tracepoint, so it is no collector) and takes its maps.
     pub(crate) fn open_allowlist(
         &mut self,
+        sources_tracked: u32,
     ) -> Result<
-        (crate::allowlist::Filter, crate::allowlist::Trie, crate::allowlist::Counters),
+        (crate::allowlist::Filter, crate::allowlist::Trie, crate::allowlist::Counters, crate::allowlist::BanMap),
         crate::allowlist::AllowlistError,
     > {
-        crate::allowlist::open(&mut self.ebpf)
+        crate::allowlist::open(&mut self.ebpf, sources_tracked)
     }
 
     /// Calls `each` with the name, total run time and run count of every
@@ -189,10 +200,11 @@ impl Kernel {
             loader.map_max_entries(map, *entries);
         }
         let object = crate::test_hooks::bpf_object(BPF_OBJECT, specs);
-        let mut ebpf = loader.load(object.bytes()).map_err(LoadError)?;
+        let mut ebpf = loader.load(object.bytes()).map_err(LoadError::Object)?;
         drop(object);
         // Before the collectors take their maps out of the object.
-        let map_counters = hash_map_counters(&ebpf);
+        let cpus = aya::util::nr_cpus().map_err(|(path, source)| LoadError::Cpus { path, source })?;
+        let map_counters = hash_map_counters(&ebpf, cpus);
         let update_failures =
             ebpf.take_map(MAP_UPDATE_FAILURES_MAP).and_then(|map| aya::maps::PerCpuArray::try_from(map).ok());
         let logger = match aya_log::EbpfLogger::init_with_logger(&mut ebpf, crate::kernel_log::KernelLog::new()) {
@@ -379,9 +391,9 @@ pub(crate) struct MapCounters {
 
 /// Entry counters for every hash-type map of the object, on duplicated
 /// descriptors (a map the kernel does not describe is left out).
-fn hash_map_counters(ebpf: &Ebpf) -> Vec<(String, u32, crate::batch::EntryCounter)> {
+/// `cpus`: possible CPUs, the number of values per key of a per-CPU map.
+fn hash_map_counters(ebpf: &Ebpf, cpus: usize) -> Vec<(String, u32, crate::batch::EntryCounter)> {
     use std::os::fd::AsFd as _;
-    let cpus = aya::util::nr_cpus().unwrap_or(1);
     ebpf.maps()
         .filter_map(|(name, map)| {
             let (data, per_cpu) = match map {

@@ -95,6 +95,22 @@ struct RawArgs {
     #[arg(long = "web.max-connections", value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=1_000_000), help_heading = "Web")]
     max_connections: u32,
 
+    /// Ban a source address in the kernel after this many failed client
+    /// certificate handshakes or wrong credentials within 60 s (never one
+    /// that authenticated successfully within the window); 0 disables.
+    #[arg(long = "web.ban-after-failures", value_name = "N", default_value_t = 20, help_heading = "Web")]
+    ban_after_failures: u32,
+
+    /// How long a ban lasts (a Go duration: 10m, 1h30m); 0 disables bans.
+    #[arg(long = "web.ban-duration", value_name = "DURATION", default_value = "10m", value_parser = crate::web_config::parse_go_duration, help_heading = "Web")]
+    ban_duration: std::time::Duration,
+
+    /// Password checks (bcrypt) one source address may start per second,
+    /// over all its connections and HTTP/2 streams; beyond, 429 without a
+    /// check. Answers already cached do not count. 0 means no limit.
+    #[arg(long = "web.max-auth-checks-per-source", value_name = "N", default_value_t = 10, help_heading = "Web")]
+    max_auth_checks_per_source: u32,
+
     /// Only log messages with this severity or above.
     #[arg(long = "log.level", value_name = "LEVEL", default_value = "info", help_heading = "Logging")]
     log_level: LogLevel,
@@ -175,6 +191,10 @@ pub(crate) struct Config {
     pub(crate) max_requests: Option<usize>,
     /// `--web.max-connections`.
     pub(crate) max_connections: usize,
+    /// `--web.max-auth-checks-per-source`; `None` means no limit.
+    pub(crate) max_auth_checks_per_source: Option<u32>,
+    /// `--web.ban-after-failures` and `--web.ban-duration`; `None`: no bans.
+    pub(crate) ban: Option<(u32, std::time::Duration)>,
     pub(crate) log_level: LogLevel,
     pub(crate) log_format: LogFormat,
     /// Enabled collectors, in registry order.
@@ -270,6 +290,9 @@ impl Config {
             runtime_user: raw.runtime_user,
             max_requests: (raw.max_requests != 0).then_some(raw.max_requests),
             max_connections: raw.max_connections as usize,
+            max_auth_checks_per_source: (raw.max_auth_checks_per_source != 0).then_some(raw.max_auth_checks_per_source),
+            ban: (raw.ban_after_failures != 0 && !raw.ban_duration.is_zero())
+                .then_some((raw.ban_after_failures, raw.ban_duration)),
             log_level: raw.log_level,
             log_format: raw.log_format,
             collectors,
@@ -385,6 +408,11 @@ mod tests {
         assert_eq!(config.telemetry_path, "/metrics");
         assert_eq!(config.max_requests, Some(40));
         assert_eq!(config.max_connections, 512);
+        assert_eq!(config.max_auth_checks_per_source, Some(10));
+        assert_eq!(config.ban, Some((20, std::time::Duration::from_secs(600))));
+        assert_eq!(parse(&["--web.ban-after-failures=0"]).unwrap().ban, None);
+        assert_eq!(parse(&["--web.ban-duration=0"]).unwrap().ban, None);
+        assert_eq!(parse(&["--web.ban-duration=1m30s"]).unwrap().ban, Some((20, std::time::Duration::from_secs(90))));
         let defaults: Vec<&str> =
             collectors::REGISTRY.iter().filter(|spec| spec.default_enabled).map(|spec| spec.name).collect();
         assert!(defaults.contains(&"sched"));

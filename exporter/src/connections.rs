@@ -4,10 +4,15 @@
 //!
 //! Every accepted connection takes a slot until it closes. A connection is
 //! *idle* while no request of it is being handled: before its first
-//! request (TLS handshake, headers still arriving) and between requests.
-//! At the bound, a new connection evicts the connection that has been idle
-//! longest; only when every held connection is handling a request is the
-//! new one refused. Both are counted as
+//! request (TLS handshake, headers still arriving), between requests, and
+//! while a request waits on basic auth (a password check may be an
+//! attacker's, however many connections wait on it).
+//! At the bound, a new connection evicts, first, the connection refused
+//! longest ago among those whose last request basic auth refused (busy or
+//! not: waiting on another password check or on the refusal delay serves
+//! nobody), then the connection that has been idle longest; only when every
+//! held connection is handling a request and none was refused is the new
+//! one refused. Both are counted as
 //! `kernel_exporter_connections_closed_total{reason="max_connections"}`.
 //!
 //! Why evict rather than refuse or leave new connections in the backlog:
@@ -75,6 +80,9 @@ struct Table {
     entries: HashMap<u64, Entry>,
     /// The idle entries, longest idle first: (idle since, id).
     idle: BTreeSet<(Instant, u64)>,
+    /// The entries whose last request was refused, longest ago first:
+    /// (refused at, id). Evicted before any idle entry.
+    refused: BTreeSet<(Instant, u64)>,
 }
 
 struct Entry {
@@ -85,12 +93,25 @@ struct Entry {
     idle_since: Instant,
     /// Whether a request has been handled on it.
     served: bool,
+    /// When its last request was refused by basic auth; `None` if it was
+    /// not (or none has been answered yet).
+    refused_at: Option<Instant>,
     evict: Arc<Notify>,
 }
 
 impl Table {
     fn entry(&mut self, id: u64) -> Option<&mut Entry> {
         self.entries.get_mut(&id)
+    }
+
+    /// Takes an entry just removed from `entries` out of the eviction orders.
+    fn forget(&mut self, id: u64, entry: &Entry) {
+        if entry.busy == 0 {
+            self.idle.remove(&(entry.idle_since, id));
+        }
+        if let Some(at) = entry.refused_at {
+            self.refused.remove(&(at, id));
+        }
     }
 }
 
@@ -111,10 +132,17 @@ impl Connections {
         let evicted = table.entries.len() >= self.limit;
         if evicted {
             self.metrics.closed(CloseReason::MaxConnections);
-            let Some((_, victim)) = table.idle.pop_first() else { return Admission::Refused };
+            let victim = match table.refused.pop_first() {
+                Some((_, victim)) => victim,
+                None => match table.idle.pop_first() {
+                    Some((_, victim)) => victim,
+                    None => return Admission::Refused,
+                },
+            };
             // Gone from the table at once: its task closes the socket when
             // it next runs, and the slot is the new connection's from now.
             if let Some(entry) = table.entries.remove(&victim) {
+                table.forget(victim, &entry);
                 // Stored if the task is not waiting yet, so it is never lost.
                 entry.evict.notify_one();
             }
@@ -122,7 +150,9 @@ impl Connections {
         let id = table.next_id;
         table.next_id += 1;
         let evict = Arc::new(Notify::new());
-        table.entries.insert(id, Entry { busy: 0, idle_since: now, served: false, evict: Arc::clone(&evict) });
+        table
+            .entries
+            .insert(id, Entry { busy: 0, idle_since: now, served: false, refused_at: None, evict: Arc::clone(&evict) });
         table.idle.insert((now, id));
         self.metrics.set_open(table.entries.len());
         let slot = Slot { connections: Arc::clone(self), id, evict };
@@ -132,9 +162,7 @@ impl Connections {
     fn release(&self, id: u64) {
         let mut table = self.lock();
         if let Some(entry) = table.entries.remove(&id) {
-            if entry.busy == 0 {
-                table.idle.remove(&(entry.idle_since, id));
-            }
+            table.forget(id, &entry);
         }
         self.metrics.set_open(table.entries.len());
     }
@@ -240,8 +268,25 @@ pub(crate) struct Activity {
 }
 
 impl Activity {
-    /// The connection is handling a request until the guard is dropped; it
-    /// cannot be evicted meanwhile.
+    /// A request came in. Until it passes basic auth (see
+    /// [`Self::request`]) it protects the connection from nothing: a
+    /// request waiting on a password check may be an attacker's. It only
+    /// restarts the idle clock, so the connection is the most recently
+    /// idle one.
+    pub(crate) fn arrived(&self) {
+        let now = Instant::now();
+        let mut table = self.connections.lock();
+        let Some(entry) = table.entry(self.id) else { return };
+        if entry.busy > 0 {
+            return;
+        }
+        let before = std::mem::replace(&mut entry.idle_since, now);
+        table.idle.remove(&(before, self.id));
+        table.idle.insert((now, self.id));
+    }
+
+    /// The connection is handling a request (one that passed basic auth)
+    /// until the guard is dropped; it cannot be evicted meanwhile.
     pub(crate) fn request(&self) -> Busy {
         let mut table = self.connections.lock();
         if let Some(entry) = table.entry(self.id) {
@@ -253,6 +298,23 @@ impl Activity {
             }
         }
         Busy(self.clone())
+    }
+
+    /// A request was answered: `refused` when basic auth (or the rate
+    /// limit) refused it, which puts the connection first in line for
+    /// eviction, busy or not, until one of its requests is not refused.
+    pub(crate) fn answered(&self, refused: bool) {
+        let now = Instant::now();
+        let mut table = self.connections.lock();
+        let Some(entry) = table.entry(self.id) else { return };
+        entry.served = true;
+        let before = std::mem::replace(&mut entry.refused_at, refused.then_some(now));
+        if let Some(at) = before {
+            table.refused.remove(&(at, self.id));
+        }
+        if refused {
+            table.refused.insert((now, self.id));
+        }
     }
 }
 
@@ -336,6 +398,30 @@ mod tests {
         assert_eq!(metrics.open(), 3, "an evicted slot was already given away");
         drop(fourth);
         assert_eq!(metrics.open(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refused_connections_give_way_first_even_while_busy() {
+        let (connections, _) = table(3);
+        let idle = connections.admit().slot().unwrap();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let refused = connections.admit().slot().unwrap();
+        let served = connections.admit().slot().unwrap();
+        refused.activity().answered(true);
+        drop(served.activity().request());
+        served.activity().answered(false);
+        // Its next request waits on a password check: still first to go.
+        refused.activity().arrived();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let fourth = connections.admit().slot().unwrap();
+        assert!(evicted_now(&refused), "refused last time: evicted before the longest idle");
+        assert!(!evicted_now(&idle) && !evicted_now(&served) && !evicted_now(&fourth));
+        // A request that is not refused clears the mark.
+        fourth.activity().answered(true);
+        fourth.activity().answered(false);
+        let _fifth = connections.admit().slot().unwrap();
+        assert!(evicted_now(&idle), "back to the longest idle");
+        assert!(!evicted_now(&fourth));
     }
 
     #[tokio::test(start_paused = true)]

@@ -127,15 +127,22 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
     // runtime starts its threads (capabilities are per thread).
     let (mut kernel, collectors) =
         bpf::Kernel::load(&config.collectors, &config.collector_options, config.sources_tracked)?;
-    let (filter, trie, allowlist_counters) = kernel.open_allowlist()?;
+    let (filter, trie, allowlist_counters, ban_map) = kernel.open_allowlist(config.sources_tracked)?;
+    let bans = allowlist::Bans::new(ban_map, config.ban).map(Arc::new);
     front_door.enforce(trie)?;
     let listeners = server::bind_all(&config.listen_addresses, filter.program())?;
     // Each listener holds the program now.
     drop(filter);
-    privileges::drop_privileges(runtime_user.as_ref())?;
-    match &runtime_user {
-        Some(user) => info!(user = user.name, uid = user.uid, "dropped every capability and switched user"),
-        None => info!("dropped every capability"),
+    let keep_bpf = privileges::maps_need_cap_bpf();
+    privileges::drop_privileges(runtime_user.as_ref(), keep_bpf.is_some())?;
+    match (&runtime_user, &keep_bpf) {
+        (Some(user), None) => info!(user = user.name, uid = user.uid, "dropped every capability and switched user"),
+        (None, None) => info!("dropped every capability"),
+        (user, Some(reason)) => warn!(
+            user = user.as_ref().map(|user| user.name.as_str()),
+            "dropped every capability but CAP_BPF{}: {reason}",
+            if user.is_some() { " and switched user" } else { "" }
+        ),
     }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -161,13 +168,14 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
         let reloader = tokio::spawn(reload::watch(Arc::clone(&front_door), front_door_metrics.clone(), hangup));
         let kernel_log = kernel.take_logger().map(|logger| tokio::spawn(kernel_log::forward(logger)));
         let kernel = Arc::new(kernel);
-        let requests = allowlist::Requests::new(config.sources_tracked);
+        let requests = allowlist::Requests::new(config.sources_tracked, allowlist_counters.handshakes());
         let scraper = scrape::Scraper::new(collectors, self_metrics)
             .with_internal(Box::new(program_stats::ProgramStats::new(Arc::clone(&kernel))))
             .with_internal(Box::new(allowlist_counters))
             .with_internal(Box::new(requests.clone()));
         let app =
-            server::App::new(scraper, &config, front_door, front_door_metrics, in_flight, requests, connection_metrics);
+            server::App::new(scraper, &config, front_door, front_door_metrics, in_flight, requests, connection_metrics)
+                .with_bans(bans);
 
         server::serve(listeners, app, shutdown).await;
         reloader.abort();

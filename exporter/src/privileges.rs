@@ -11,6 +11,13 @@
 //! drops every capability for good. It runs before any other thread exists:
 //! capabilities are per thread, and threads started later inherit the empty
 //! sets.
+//!
+//! Except on kernels before 6.5 with `kernel.unprivileged_bpf_disabled`
+//! set (distribution kernels 5.15 and 6.1 ship with it set): there every
+//! `bpf()` command, map reads on held descriptors included, fails with
+//! EPERM without CAP_BPF (or CAP_SYS_ADMIN), so the daemon keeps CAP_BPF,
+//! and nothing else, in its effective and permitted sets
+//! ([`maps_need_cap_bpf`]).
 
 use std::{ffi::CString, fs, io};
 
@@ -105,9 +112,47 @@ impl RuntimeUser {
     }
 }
 
+/// `KERNEL_EXPORTER_TEST_ASSUME_MAPS_NEED_CAP_BPF=1` makes
+/// [`maps_need_cap_bpf`] answer yes on any kernel, so the end-to-end tests
+/// can prove the daemon serves with CAP_BPF alone. Unset in every
+/// deployment.
+pub(crate) const ASSUME_MAPS_NEED_CAP_BPF_ENV: &str = "KERNEL_EXPORTER_TEST_ASSUME_MAPS_NEED_CAP_BPF";
+
+/// Why map operations on the descriptors the daemon holds still need
+/// CAP_BPF after start-up; `None` when they need no capability.
+pub(crate) fn maps_need_cap_bpf() -> Option<String> {
+    if std::env::var_os(ASSUME_MAPS_NEED_CAP_BPF_ENV).is_some() {
+        return Some(format!("{ASSUME_MAPS_NEED_CAP_BPF_ENV} is set (a test hook)"));
+    }
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let version = kernel_version(&release);
+    if version.is_some_and(|version| version >= (6, 5)) {
+        return None;
+    }
+    // Unreadable: assume the stricter setting, as a kernel without the
+    // file (no BPF syscall sysctl) is not one this daemon runs on anyway.
+    let disabled =
+        fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled").map_or(true, |value| value.trim() != "0");
+    let release = release.trim();
+    disabled.then(|| match version {
+        Some(_) => format!(
+            "kernel {release} is older than 6.5 and kernel.unprivileged_bpf_disabled is set, so every bpf() call, \
+             map reads included, needs CAP_BPF"
+        ),
+        None => format!("kernel version {release:?} is unreadable, so map reads may need CAP_BPF"),
+    })
+}
+
+/// (major, minor) of a kernel release string like `6.1.0-18-amd64`.
+fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
 /// Switches to `user` (when given) and drops every capability from every
-/// set, then sets no_new_privs. Call with no other thread running.
-pub(crate) fn drop_privileges(user: Option<&RuntimeUser>) -> Result<(), DropError> {
+/// set, but CAP_BPF when `keep_bpf` (see [`maps_need_cap_bpf`]), then sets
+/// no_new_privs. Call with no other thread running.
+pub(crate) fn drop_privileges(user: Option<&RuntimeUser>, keep_bpf: bool) -> Result<(), DropError> {
     let capabilities = |call: &'static str| DropError::Capabilities { call, source: io::Error::last_os_error() };
     // The bounding set can only shrink while CAP_SETPCAP is held (root); a
     // daemon started with ambient CAP_BPF and CAP_PERFMON only (the systemd
@@ -116,7 +161,7 @@ pub(crate) fn drop_privileges(user: Option<&RuntimeUser>) -> Result<(), DropErro
         .ok()
         .and_then(|text| text.trim().parse::<libc::c_ulong>().ok())
         .unwrap_or(63);
-    for cap in 0..=last_cap {
+    for cap in (0..=last_cap).filter(|&cap| !(keep_bpf && cap == libc::c_ulong::from(CAP_BPF))) {
         // SAFETY: prctl with integer arguments only.
         let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
         if rc != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
@@ -129,6 +174,12 @@ pub(crate) fn drop_privileges(user: Option<&RuntimeUser>) -> Result<(), DropErro
             call,
             source: io::Error::last_os_error(),
         };
+        // Without it, leaving uid 0 empties the permitted set, and
+        // CAP_BPF could not be kept.
+        // SAFETY: prctl with integer arguments only.
+        if keep_bpf && unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) } != 0 {
+            return Err(capabilities("prctl(PR_SET_KEEPCAPS)"));
+        }
         // SAFETY: plain syscalls on integers and a live gid slice; glibc
         // applies set*id to every thread (there is only this one).
         unsafe {
@@ -161,7 +212,12 @@ pub(crate) fn drop_privileges(user: Option<&RuntimeUser>) -> Result<(), DropErro
     }
     const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
     let header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
-    let data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    let mut data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    if keep_bpf {
+        // Capabilities 32 and up are in the second word.
+        let bit = 1u32 << (CAP_BPF - 32);
+        data[1] = CapData { effective: bit, permitted: bit, inheritable: 0 };
+    }
     // SAFETY: capset reads one header and two data words (version 3).
     if unsafe { libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) } != 0 {
         return Err(capabilities("capset"));
@@ -214,6 +270,14 @@ mod tests {
         let error = RuntimeUser::lookup("no-such-user-kernel-exporter").unwrap_err();
         assert!(error.to_string().contains("no such user"), "{error}");
         assert!(RuntimeUser::lookup("nul\0byte").is_err());
+    }
+
+    #[test]
+    fn reads_kernel_versions() {
+        assert_eq!(kernel_version("6.1.0-18-amd64\n"), Some((6, 1)));
+        assert_eq!(kernel_version("5.15.0-91-generic"), Some((5, 15)));
+        assert_eq!(kernel_version("6.18.0"), Some((6, 18)));
+        assert_eq!(kernel_version("junk"), None);
     }
 
     #[test]

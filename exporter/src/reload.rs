@@ -6,12 +6,12 @@
 //!
 //! A reload builds a whole new [`Policy`] off the async workers and swaps it
 //! in; connections already open keep the TLS config they started with, but
-//! their requests are checked against the allowlist in force. The kernel's
-//! allowlist trie is updated in place around the swap: new ranges before,
-//! stale ranges after, so a source allowed by both policies is never
-//! refused. A
-//! reload that fails keeps the old policy serving, logs one line and sets
-//! `kernel_exporter_config_last_reload_successful` to 0.
+//! their requests are checked against the allowlist in force. The new
+//! allowlist is built and checked in the kernel's spare trie, and the
+//! filter switches to it in one write just before the swap, so a source
+//! allowed by both policies is never refused. A reload that fails keeps the
+//! old policy serving, in the daemon and in the kernel alike, logs one line
+//! and sets `kernel_exporter_config_last_reload_successful` to 0.
 
 use std::{
     fmt,
@@ -29,11 +29,11 @@ use tracing::{info, warn};
 
 use crate::{
     allowlist::{AllowlistError, Trie},
-    auth::Users,
+    auth::{Users, UsersError},
     cli::ListenAddress,
     self_metrics::FrontDoorMetrics,
     tls::{self, TlsError},
-    web_config::{Cidr, ConfigError, WebConfig},
+    web_config::{Cidr, ConfigError, RateLimit, WebConfig},
 };
 
 /// How often the watched files are looked at.
@@ -43,6 +43,8 @@ const POLL_INTERVAL: Duration = Duration::from_secs(2);
 pub(crate) struct Policy {
     /// `None`: plain HTTP.
     pub(crate) tls: Option<Arc<ServerConfig>>,
+    /// [`tls::client_policy`] of the TLS settings; `None`: plain HTTP.
+    client_policy: Option<[u8; 32]>,
     /// `None`: no basic auth.
     pub(crate) users: Option<Arc<Users>>,
     pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
@@ -105,6 +107,8 @@ pub(crate) enum PolicyError {
     AllowlistTwice { path: PathBuf },
     #[error(transparent)]
     Allowlist(#[from] AllowlistError),
+    #[error("web config {}: {source}", path.display())]
+    Users { path: PathBuf, source: UsersError },
 }
 
 /// Listening beyond loopback with neither TLS nor basic auth.
@@ -142,7 +146,7 @@ impl Exposure {
 impl Policy {
     /// No web config: plain HTTP, no auth.
     fn open() -> Self {
-        Self { tls: None, users: None, headers: Vec::new(), allowed_sources: None, config: None }
+        Self { tls: None, client_policy: None, users: None, headers: Vec::new(), allowed_sources: None, config: None }
     }
 
     /// Reads and validates `path` and everything it names. Slow (file
@@ -155,9 +159,18 @@ impl Policy {
             .map(|settings| tls::server_config(settings, config.http2))
             .transpose()
             .map_err(|source| PolicyError::Tls { path: path.to_owned(), source })?;
-        let users = Users::new(&config.users).map(Arc::new);
+        let client_policy = config
+            .tls
+            .as_ref()
+            .map(tls::client_policy)
+            .transpose()
+            .map_err(|source| PolicyError::Tls { path: path.to_owned(), source })?;
+        let users = Users::new(&config.users)
+            .map_err(|source| PolicyError::Users { path: path.to_owned(), source })?
+            .map(Arc::new);
         Ok(Self {
             tls,
+            client_policy,
             users,
             headers: config.headers.clone(),
             allowed_sources: config.allowed_sources.clone(),
@@ -183,6 +196,11 @@ impl Policy {
     pub(crate) fn allows(&self, source: IpAddr) -> bool {
         let source = source.to_canonical();
         self.allowed_sources.as_ref().is_none_or(|sources| sources.iter().any(|cidr| cidr.contains(source)))
+    }
+
+    /// The web config's `rate_limit`; `None`: no limit.
+    pub(crate) fn rate_limit(&self) -> Option<RateLimit> {
+        self.config.as_ref().and_then(|config| config.rate_limit)
     }
 
     /// `None`: every source is allowed.
@@ -212,6 +230,9 @@ pub(crate) struct FrontDoor {
     /// Tells open connections that the policy changed, so those from a
     /// source it no longer allows close.
     changed: tokio::sync::watch::Sender<()>,
+    /// Tells open TLS connections that a reload changed which clients may
+    /// connect, so they close after their requests in flight.
+    clients_changed: tokio::sync::watch::Sender<()>,
 }
 
 impl FrontDoor {
@@ -235,6 +256,7 @@ impl FrontDoor {
             current: RwLock::new(Arc::new(policy)),
             trie: OnceLock::new(),
             changed: tokio::sync::watch::Sender::new(()),
+            clients_changed: tokio::sync::watch::Sender::new(()),
         })
     }
 
@@ -265,6 +287,26 @@ impl FrontDoor {
         Ok(())
     }
 
+    /// Ranges in the kernel's allowlist trie in force (`None` before
+    /// [`Self::enforce`]).
+    fn allowlist_in_force(&self) -> Option<usize> {
+        self.trie.get().map(Trie::in_force)
+    }
+
+    /// Resolves at the next reload that changes which clients may complete
+    /// a TLS handshake (client CA, `client_auth_type`, `client_allowed_sans`,
+    /// TLS versions); a connection calls this before it takes the TLS
+    /// config it is served with. A reload that only rotates the server
+    /// certificate never resolves it.
+    pub(crate) fn clients_changed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut changed = self.clients_changed.subscribe();
+        async move {
+            if changed.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     pub(crate) fn current(&self) -> Arc<Policy> {
         Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
     }
@@ -279,11 +321,17 @@ impl FrontDoor {
         }
         self.exposure.check(&policy)?;
         let policy = Arc::new(policy);
-        // Connections of removed sources are told before their packets
-        // start being dropped, so they close while the peer can answer.
+        // Runs once the kernel enforces the new allowlist, never before:
+        // if the kernel cannot, the old policy stays whole on both sides.
+        // Connections of removed sources are reset, which needs no answer
+        // from the peer whose packets the filter now drops.
+        let revokes = policy.client_policy != old.client_policy;
         let swap = || {
             *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&policy);
             self.changed.send_replace(());
+            if revokes {
+                self.clients_changed.send_replace(());
+            }
         };
         match self.trie.get() {
             Some(trie) => trie.replace(policy.allowed_sources(), swap)?,
@@ -339,7 +387,14 @@ pub(crate) async fn watch(front_door: Arc<FrontDoor>, metrics: FrontDoorMetrics,
             }
             Ok(Err(error)) => {
                 metrics.reload_failed();
-                warn!(trigger, "cannot reload: {error}; still serving the previous configuration");
+                match front_door.allowlist_in_force() {
+                    Some(ranges) => warn!(
+                        trigger,
+                        "cannot reload: {error}; still serving the previous configuration \
+                         ({ranges} allowlist range(s) in the kernel)"
+                    ),
+                    None => warn!(trigger, "cannot reload: {error}; still serving the previous configuration"),
+                }
             }
             Err(join) => {
                 metrics.reload_failed();

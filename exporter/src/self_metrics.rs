@@ -65,6 +65,7 @@ pub(crate) struct FrontDoorMetrics {
     auth_failures: Family<Reason, Counter>,
     reload_successful: Gauge,
     reload_success_timestamp: Gauge<f64, AtomicU64>,
+    password_checks: Counter,
 }
 
 impl FrontDoorMetrics {
@@ -94,7 +95,18 @@ impl FrontDoorMetrics {
             Unit::Seconds,
             reload_success_timestamp.clone(),
         );
-        Self { tls_handshake_failures, auth_failures, reload_successful, reload_success_timestamp }
+        let password_checks = Counter::default();
+        registry.register(
+            "kernel_exporter_password_checks",
+            "bcrypt comparisons run for basic auth (answers from the cache are not counted)",
+            password_checks.clone(),
+        );
+        Self { tls_handshake_failures, auth_failures, reload_successful, reload_success_timestamp, password_checks }
+    }
+
+    /// The counter the bcrypt threads count their comparisons in.
+    pub(crate) fn password_checks(&self) -> Counter {
+        self.password_checks.clone()
     }
 
     pub(crate) fn tls_handshake_failed(&self, reason: HandshakeFailure) {

@@ -59,15 +59,16 @@ use tracing::{debug, error, info, warn};
 use crate::access_log::{self, AccessLog, Connection};
 
 use crate::{
-    allowlist::Requests,
+    allowlist::{Bans, Requests},
     auth::{self, AuthFailure, Authenticator},
     cli::{Config, ListenAddress},
-    connections::{Admission, CloseReason, Connections, Slot},
+    connections::{Activity, Admission, CloseReason, Connections, Slot},
     encode::Format,
     reload::FrontDoor,
     scrape::Scraper,
     self_metrics::{ConnectionMetrics, FrontDoorMetrics},
     tls,
+    web_config::RateLimit,
 };
 
 /// How long a client may take to send its request headers; slow-loris
@@ -250,6 +251,39 @@ pub(crate) struct App {
     requests: Requests,
     connections: Arc<Connections>,
     connection_metrics: ConnectionMetrics,
+    /// The web config's `rate_limit`, over every request of every client.
+    rate_limiter: std::sync::Mutex<TokenBucket>,
+    /// `None`: bans are off (`--web.ban-after-failures=0`).
+    bans: Option<Arc<Bans>>,
+}
+
+/// exporter-toolkit's `rate_limit` (Go's `rate.Limiter`): a bucket of
+/// `burst` requests refilled at one per `interval`, shared by all clients.
+struct TokenBucket {
+    tokens: f64,
+    refilled: std::time::Instant,
+}
+
+impl TokenBucket {
+    fn new(now: std::time::Instant) -> Self {
+        // Full once a limit is first set; clamped to its burst below.
+        Self { tokens: f64::MAX, refilled: now }
+    }
+
+    /// Whether a request may be served now under `limit` (taken from the
+    /// policy in force, so a reload changes it without losing the state).
+    fn allow(&mut self, limit: RateLimit, now: std::time::Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled);
+        let burst = f64::from(limit.burst);
+        self.tokens = (self.tokens.min(burst) + elapsed.as_secs_f64() / limit.interval.as_secs_f64()).min(burst);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Counts a request in flight until dropped.
@@ -284,36 +318,74 @@ impl App {
             landing_page: landing_page(&config.telemetry_path),
             scrape_slots: config.max_requests.map(Semaphore::new),
             front_door,
-            authenticator: Authenticator::for_this_host(),
+            authenticator: Authenticator::for_this_host(config.max_auth_checks_per_source, metrics.password_checks()),
             metrics,
             in_flight,
             access_log: AccessLog::new(),
             requests,
             connections: Arc::new(Connections::new(config.max_connections, IDLE_TIMEOUT, connection_metrics.clone())),
             connection_metrics,
+            rate_limiter: std::sync::Mutex::new(TokenBucket::new(std::time::Instant::now())),
+            bans: None,
         }
+    }
+
+    /// Bans sources that keep failing (see [`Bans`]).
+    pub(crate) fn with_bans(mut self, bans: Option<Arc<Bans>>) -> Self {
+        self.bans = bans;
+        self
     }
 
     /// Auth, then the route; the policy's headers on whatever comes out;
     /// one access-log line.
-    async fn respond(&self, request: Request<Incoming>, connection: &Connection) -> Response<Full<Bytes>> {
+    ///
+    /// The connection counts as busy (not evictable) from when the request
+    /// passes basic auth until its answer is built.
+    async fn respond(
+        &self,
+        request: Request<Incoming>,
+        connection: &Connection,
+        activity: &Activity,
+    ) -> Response<Full<Bytes>> {
         let _in_flight = InFlight::start(&self.in_flight);
         let started = std::time::Instant::now();
         let policy = self.front_door.current();
-        let mut response = if policy.allows(connection.source.ip()) {
+        let limited = policy.rate_limit().is_some_and(|limit| {
+            let mut bucket = self.rate_limiter.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            !bucket.allow(limit, started)
+        });
+        let mut response = if !policy.allows(connection.source.ip()) {
+            source_removed()
+        } else if limited {
+            rate_limited()
+        } else {
             let allowed = match &policy.users {
                 None => Ok(()),
-                Some(users) => self.authenticator.check(users, request.headers().get(header::AUTHORIZATION)).await,
+                Some(users) => {
+                    let authorization = request.headers().get(header::AUTHORIZATION);
+                    self.authenticator.check(users, authorization, connection.source.ip()).await
+                }
             };
             match allowed {
-                Ok(()) => self.handle(&request),
+                Ok(()) => {
+                    if let Some(bans) = &self.bans
+                        && (policy.users.is_some() || connection.client.is_some())
+                    {
+                        bans.succeeded(connection.source.ip());
+                    }
+                    let _busy = activity.request();
+                    self.handle(&request)
+                }
                 Err(failure) => {
                     self.metrics.auth_failed(failure);
+                    if let Some(bans) = &self.bans
+                        && matches!(failure, AuthFailure::UnknownUser | AuthFailure::WrongPassword)
+                    {
+                        bans.failed(connection.source.ip(), failure.as_str());
+                    }
                     refused(failure)
                 }
             }
-        } else {
-            source_removed()
         };
         self.requests.record(connection.source.ip(), response.status().as_u16());
         let headers = response.headers_mut();
@@ -468,9 +540,10 @@ fn response(status: StatusCode, content_type: &'static str, body: Bytes) -> Resp
     response
 }
 
-/// 401 with the challenge, or 429 when too many checks are waiting.
+/// 401 with the challenge, or 429 when too many checks are waiting or
+/// the source started too many.
 fn refused(failure: AuthFailure) -> Response<Full<Bytes>> {
-    if failure == AuthFailure::Overloaded {
+    if matches!(failure, AuthFailure::Overloaded | AuthFailure::RateLimited) {
         let mut response = response(
             StatusCode::TOO_MANY_REQUESTS,
             "text/plain; charset=utf-8",
@@ -482,6 +555,17 @@ fn refused(failure: AuthFailure) -> Response<Full<Bytes>> {
     let mut response =
         response(StatusCode::UNAUTHORIZED, "text/plain; charset=utf-8", Bytes::from_static(b"Unauthorized\n"));
     response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(auth::CHALLENGE));
+    response
+}
+
+/// Over the web config's `rate_limit`, worded as exporter-toolkit does.
+fn rate_limited() -> Response<Full<Bytes>> {
+    let mut response = response(
+        StatusCode::TOO_MANY_REQUESTS,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(b"Too Many Requests\n"),
+    );
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     response
 }
 
@@ -568,25 +652,30 @@ async fn accept_loop(listener: TcpListener, app: Arc<App>, mut stopped: watch::R
         tokio::select! {
             _ = stopped.changed() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => match app.connections.admit() {
-                    Admission::Fits(slot) => {
-                        connections.spawn(serve_connection(stream, peer, Arc::clone(&app), stopped.clone(), slot));
+                Ok((stream, peer)) => {
+                    // Only a completed handshake gets a source its own
+                    // series (see `allowlist::Counters`).
+                    app.requests.accepted(peer.ip());
+                    match app.connections.admit() {
+                        Admission::Fits(slot) => {
+                            connections.spawn(serve_connection(stream, peer, Arc::clone(&app), stopped.clone(), slot));
+                        }
+                        Admission::Evicted(slot) => {
+                            connections.spawn(serve_connection(stream, peer, Arc::clone(&app), stopped.clone(), slot));
+                            // Let the evicted connection's task close its socket
+                            // before accepting more: a flood of connections
+                            // would otherwise outrun the closing, and hold
+                            // descriptors beyond the bound.
+                            tokio::task::yield_now().await;
+                        }
+                        Admission::Refused => {
+                            // Every connection held is serving a request: this
+                            // one waits for nothing, so the reset frees it now.
+                            debug!(peer = %peer, "refusing a connection: --web.max-connections reached");
+                            reset_on_close(stream.as_raw_fd());
+                        }
                     }
-                    Admission::Evicted(slot) => {
-                        connections.spawn(serve_connection(stream, peer, Arc::clone(&app), stopped.clone(), slot));
-                        // Let the evicted connection's task close its socket
-                        // before accepting more: a flood of connections
-                        // would otherwise outrun the closing, and hold
-                        // descriptors beyond the bound.
-                        tokio::task::yield_now().await;
-                    }
-                    Admission::Refused => {
-                        // Every connection held is serving a request: this
-                        // one waits for nothing, so the reset frees it now.
-                        debug!(peer = %peer, "refusing a connection: --web.max-connections reached");
-                        reset_on_close(stream.as_raw_fd());
-                    }
-                },
+                }
                 Err(error) => {
                     // EMFILE and friends: back off instead of spinning.
                     warn!("cannot accept a connection: {error}");
@@ -639,6 +728,9 @@ async fn serve_http(
     slot: &Slot,
     fd: RawFd,
 ) {
+    // Subscribed first: a reload between the two closes this connection
+    // (harmless), never misses it.
+    let clients_changed = app.front_door.clients_changed();
     // The TLS config of this moment serves the whole connection.
     let tls_config = app.front_door.current().tls.clone();
     let activity = slot.activity();
@@ -649,16 +741,18 @@ async fn serve_http(
         service_fn(move |request| {
             let app = Arc::clone(&app);
             let connection = Arc::clone(&connection);
-            // Taken when the request's headers are in: from here until the
-            // answer is built the connection is not idle.
-            let busy = activity.request();
+            activity.arrived();
+            let activity = activity.clone();
             let arrived = tokio::time::Instant::now();
             async move {
-                let response = app.respond(request, &connection).await;
-                drop(busy);
-                // Only refusals by basic auth are 401 and 429. Held, the
-                // connection counts as idle: evicting it costs nobody.
-                if matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS) {
+                let response = app.respond(request, &connection, &activity).await;
+                // Only refusals by basic auth (and the rate limit) are 401
+                // and 429. Held, the connection counts as idle, and it is
+                // the first to give way until it sends something that is
+                // not refused: evicting it costs nobody.
+                let refused = matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS);
+                activity.answered(refused);
+                if refused {
                     tokio::time::sleep_until(arrived + AUTH_REFUSAL_DELAY).await;
                 }
                 Ok::<_, std::convert::Infallible>(response)
@@ -677,12 +771,23 @@ async fn serve_http(
     let Some(tls_config) = tls_config else {
         let service = service(Connection { source: peer, tls: "none", client: None });
         let connection = http1().serve_connection(TokioIo::new(stream), service);
-        return drive(connection, peer, stopped, &app, slot, fd).await;
+        // Plain HTTP: there is no client policy to change.
+        return drive(connection, peer, stopped, &app, slot, fd, std::future::pending()).await;
     };
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls::accept(stream, tls_config)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(failure)) => {
             app.metrics.tls_handshake_failed(failure);
+            if let Some(bans) = &app.bans
+                && matches!(
+                    failure,
+                    tls::HandshakeFailure::NoClientCertificate
+                        | tls::HandshakeFailure::BadClientCertificate
+                        | tls::HandshakeFailure::ClientSanNotAllowed
+                )
+            {
+                bans.failed(peer.ip(), failure.as_str());
+            }
             app.access_log.refused(peer, failure.as_str());
             return;
         }
@@ -712,17 +817,28 @@ async fn serve_http(
             .max_concurrent_streams(HTTP2_MAX_STREAMS)
             .max_header_list_size(MAX_HEADER_BYTES as u32)
             .serve_connection(TokioIo::new(stream), service);
-        drive(connection, peer, stopped, &app, slot, fd).await;
+        drive(connection, peer, stopped, &app, slot, fd, clients_changed).await;
     } else {
-        drive(http1().serve_connection(TokioIo::new(stream), service), peer, stopped, &app, slot, fd).await;
+        let connection = http1().serve_connection(TokioIo::new(stream), service);
+        drive(connection, peer, stopped, &app, slot, fd, clients_changed).await;
     }
 }
 
 /// Serves one HTTP connection until it ends or shutdown starts, then lets
 /// it finish gracefully; closes it at once when its source is removed from
-/// the allowlist, and when it has been idle for [`IDLE_TIMEOUT`].
-async fn drive<C>(connection: C, peer: SocketAddr, mut stopped: watch::Receiver<()>, app: &App, slot: &Slot, fd: RawFd)
-where
+/// the allowlist, and when it has been idle for [`IDLE_TIMEOUT`]; closes it
+/// after its requests in flight (HTTP/1.1 `Connection: close`, HTTP/2
+/// GOAWAY) when `clients_changed` resolves: it was admitted under a client
+/// policy no longer in force.
+async fn drive<C>(
+    connection: C,
+    peer: SocketAddr,
+    mut stopped: watch::Receiver<()>,
+    app: &App,
+    slot: &Slot,
+    fd: RawFd,
+    clients_changed: impl Future<Output = ()>,
+) where
     C: GracefulConnection<Error = hyper::Error>,
 {
     let mut connection = std::pin::pin!(connection);
@@ -748,6 +864,14 @@ where
             connection.as_mut().graceful_shutdown();
             connection.await
         }
+        () = clients_changed => {
+            info!(
+                peer = %peer,
+                "closing the connection after its requests in flight: a reload changed which clients may connect"
+            );
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
     };
     if let Err(error) = result {
         // hyper's header timeout, before ours: count it the same way.
@@ -765,6 +889,21 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rate_limit_is_a_token_bucket() {
+        let start = std::time::Instant::now();
+        let limit = RateLimit { interval: Duration::from_millis(100), burst: 3 };
+        let mut bucket = TokenBucket::new(start);
+        let allowed = (0..10).filter(|_| bucket.allow(limit, start)).count();
+        assert_eq!(allowed, 3, "the burst");
+        assert!(!bucket.allow(limit, start + Duration::from_millis(50)));
+        assert!(bucket.allow(limit, start + Duration::from_millis(100)), "one per interval");
+        assert!(!bucket.allow(limit, start + Duration::from_millis(100)));
+        // A long quiet spell refills no more than the burst.
+        let later = start + Duration::from_secs(60);
+        assert_eq!((0..10).filter(|_| bucket.allow(limit, later)).count(), 3);
+    }
 
     #[test]
     fn gzip_negotiation() {

@@ -83,6 +83,25 @@ pub(crate) fn server_config(settings: &TlsSettings, http2: bool) -> Result<Arc<S
     Ok(Arc::new(config))
 }
 
+/// A digest of what decides which clients may complete a handshake: the
+/// client CA's bytes, `client_auth_type`, `client_allowed_sans` and the TLS
+/// versions. Two configs with the same digest admit the same clients,
+/// whatever their server certificates.
+pub(crate) fn client_policy(settings: &TlsSettings) -> Result<[u8; 32], TlsError> {
+    let mut context = ::ring::digest::Context::new(&::ring::digest::SHA256);
+    let rules = format!(
+        "{:?}|{:?}|{:?}|{:?}|",
+        settings.client_auth, settings.client_allowed_sans, settings.min_version, settings.max_version
+    );
+    context.update(rules.as_bytes());
+    if let Some(ca) = &settings.client_ca {
+        context.update(&read(ca, "client_ca_file")?);
+    }
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(context.finish().as_ref());
+    Ok(digest)
+}
+
 fn read(source: &PemSource, key: &'static str) -> Result<Vec<u8>, TlsError> {
     match source {
         PemSource::Inline(pem) => Ok(pem.as_bytes().to_vec()),

@@ -12,15 +12,25 @@
 //! relative to the config file's directory, as exporter-toolkit does.
 
 use std::{
+    cell::Cell,
     collections::BTreeMap,
-    fmt, fs, io,
+    fmt, fs,
+    io::{self, Read as _},
     net::{IpAddr, Ipv6Addr},
     path::{Path, PathBuf},
     str::FromStr,
+    time::Duration,
 };
 
 use hyper::header::{HeaderName, HeaderValue};
-use serde::Deserialize;
+use serde::{
+    Deserialize,
+    de::{self, DeserializeSeed, Visitor},
+};
+
+/// The largest web config read: a real one is a few kilobytes (a full
+/// allowlist of 1,024 ranges is about 25 KiB).
+pub(crate) const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
 /// A web config file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +43,8 @@ pub(crate) enum ConfigError {
     Syntax { path: PathBuf, message: String },
     #[error("web config {}: {key}: {problem}", path.display())]
     Invalid { path: PathBuf, key: String, problem: String },
+    #[error("web config {}: larger than {MAX_FILE_BYTES} bytes; a web config is a few kilobytes", path.display())]
+    TooLarge { path: PathBuf },
 }
 
 /// The file as written, keys exactly as exporter-toolkit spells them.
@@ -44,9 +56,8 @@ struct RawConfig {
     #[serde(default)]
     http_server_config: RawHttp,
     basic_auth_users: Option<BTreeMap<String, String>>,
-    /// exporter-toolkit's newer rate limiter: recognised so the error can
-    /// say what to use instead.
-    rate_limit: Option<serde_yaml::Value>,
+    /// exporter-toolkit's rate limiter for every request.
+    rate_limit: Option<RawRateLimit>,
     allowed_sources: Option<Vec<String>>,
 }
 
@@ -66,6 +77,15 @@ struct RawTls {
     max_version: Option<String>,
     prefer_server_cipher_suites: Option<bool>,
     client_allowed_sans: Option<Vec<String>>,
+}
+
+/// exporter-toolkit's `rate_limit`: Go's `rate.NewLimiter(rate.Every(interval), burst)`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    /// A Go duration (`1s`, `100ms`); absent or zero: no limit.
+    interval: Option<String>,
+    burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -89,8 +109,158 @@ pub(crate) struct WebConfig {
     pub(crate) users: BTreeMap<String, String>,
     /// `None` (the key is absent): every source is allowed.
     pub(crate) allowed_sources: Option<Vec<Cidr>>,
+    /// `None`: requests are not rate limited.
+    pub(crate) rate_limit: Option<RateLimit>,
     /// Things that work but differ from what the file asks for.
     pub(crate) warnings: Vec<String>,
+}
+
+/// `rate_limit`, validated: one request per `interval` on average, up to
+/// `burst` at once, over every client together (as exporter-toolkit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RateLimit {
+    pub(crate) interval: Duration,
+    pub(crate) burst: u32,
+}
+
+/// A Go `time.ParseDuration` string: a sequence of decimal numbers with
+/// units `ns`, `us` (`µs`), `ms`, `s`, `m`, `h`, e.g. `1m30s`, `0.5s`.
+pub(crate) fn parse_go_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration (like 1s, 100ms or 1m30s)");
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = text;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let number_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let number: f64 = rest[..number_end].parse().map_err(|_| bad())?;
+        rest = &rest[number_end..];
+        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let seconds = match &rest[..unit_end] {
+            "ns" => 1e-9,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += number * seconds;
+        rest = &rest[unit_end..];
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| bad())
+}
+
+/// Walks a YAML document without keeping any of it, charging every node
+/// and scalar byte to a budget, aliases expanded as the typed parse would
+/// expand them: a file whose aliases would blow it up (a "billion laughs")
+/// is refused after at most the budget's worth of work.
+struct Walk<'a> {
+    left: &'a Cell<usize>,
+}
+
+impl Walk<'_> {
+    fn charge<E: de::Error>(&self, units: usize) -> Result<(), E> {
+        match self.left.get().checked_sub(units) {
+            Some(left) => {
+                self.left.set(left);
+                Ok(())
+            }
+            None => Err(E::custom(
+                "aliases expand this document to more than twice the size of the file; refusing to expand them",
+            )),
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Walk<'_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Walk<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any YAML value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        self.charge(1)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        self.charge(1)
+    }
+
+    fn visit_i128<E: de::Error>(self, _: i128) -> Result<(), E> {
+        self.charge(1)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        self.charge(1)
+    }
+
+    fn visit_u128<E: de::Error>(self, _: u128) -> Result<(), E> {
+        self.charge(1)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        self.charge(1)
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<(), E> {
+        self.charge(1 + text.len())
+    }
+
+    fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<(), E> {
+        self.charge(1 + bytes.len())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.charge(1)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        self.charge(1)
+    }
+
+    fn visit_some<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        self.charge(1)?;
+        deserializer.deserialize_any(self)
+    }
+
+    fn visit_newtype_struct<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.charge(1)?;
+        while seq.next_element_seed(Walk { left: self.left })?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.charge(1)?;
+        while map.next_key_seed(Walk { left: self.left })?.is_some() {
+            map.next_value_seed(Walk { left: self.left })?;
+        }
+        Ok(())
+    }
+
+    fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<(), A::Error> {
+        // A tagged value (`!tag value`): the tag, then the value.
+        use de::VariantAccess as _;
+        let ((), variant) = data.variant_seed(Walk { left: self.left })?;
+        variant.newtype_variant_seed(Walk { left: self.left })
+    }
 }
 
 /// Where PEM text comes from.
@@ -365,19 +535,35 @@ const ALLOWED_HEADERS: &[(&str, &[&str])] = &[
 impl WebConfig {
     /// Reads and validates `path`.
     pub(crate) fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let read_error = |source| ConfigError::Read { path: path.to_owned(), source };
+        let file = fs::File::open(path).map_err(read_error)?;
+        // One byte more than allowed tells a file at the cap from one above.
+        let mut bytes = Vec::new();
+        file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(read_error)?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(ConfigError::TooLarge { path: path.to_owned() });
+        }
+        let text = String::from_utf8(bytes)
+            .map_err(|error| read_error(io::Error::new(io::ErrorKind::InvalidData, error.utf8_error())))?;
         Self::parse(path, &text)
     }
 
     /// Validates `text`, read from `path` (relative file names in it are
     /// relative to the directory of `path`).
     pub(crate) fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let syntax = |error: serde_yaml::Error| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: one_line(&error.to_string()),
+        };
         // An empty file is a valid, empty config (as in Go).
         let raw: RawConfig = if text.trim().is_empty() {
             RawConfig::default()
         } else {
-            serde_yaml::from_str(text)
-                .map_err(|error| ConfigError::Syntax { path: path.to_owned(), message: one_line(&error.to_string()) })?
+            // Without aliases a document is at most about as large as its
+            // text; they may add as much again, and no more.
+            let left = Cell::new(text.len().saturating_mul(2).saturating_add(1024));
+            Walk { left: &left }.deserialize(serde_yaml::Deserializer::from_str(text)).map_err(syntax)?;
+            serde_yaml::from_str(text).map_err(syntax)?
         };
         let invalid = |key: &str, problem: String| ConfigError::Invalid {
             path: path.to_owned(),
@@ -387,12 +573,29 @@ impl WebConfig {
         let dir = path.parent().unwrap_or(Path::new("."));
         let mut warnings = Vec::new();
 
-        if raw.rate_limit.is_some() {
-            return Err(invalid(
-                "rate_limit",
-                "is not supported by kernel-exporter; bound concurrent scrapes with --web.max-requests".to_owned(),
-            ));
-        }
+        let rate_limit = match raw.rate_limit {
+            None => None,
+            Some(RawRateLimit { interval, burst }) => {
+                let interval = interval
+                    .as_deref()
+                    .map(parse_go_duration)
+                    .transpose()
+                    .map_err(|problem| invalid("rate_limit.interval", problem))?
+                    .unwrap_or_default();
+                let burst = burst.unwrap_or(0);
+                if interval.is_zero() {
+                    // As in exporter-toolkit: no interval, no limiter.
+                    None
+                } else if burst == 0 {
+                    return Err(invalid(
+                        "rate_limit.burst",
+                        "is 0, which would refuse every request; set it to 1 or more".to_owned(),
+                    ));
+                } else {
+                    Some(RateLimit { interval, burst })
+                }
+            }
+        };
 
         let tls = tls_settings(raw.tls_server_config, dir, &invalid, &mut warnings)?;
 
@@ -437,7 +640,7 @@ impl WebConfig {
             .map(|texts| parse_allowed_sources(&texts).map_err(|(key, problem)| invalid(&key, problem)))
             .transpose()?;
 
-        Ok(Self { path: path.to_owned(), tls, http2, headers, users, allowed_sources, warnings })
+        Ok(Self { path: path.to_owned(), tls, http2, headers, users, allowed_sources, rate_limit, warnings })
     }
 
     /// Files whose change means the config must be re-read: the config
@@ -770,8 +973,57 @@ mod tests {
         let e = error("allowed_sources: []\n");
         assert!(e.contains("allowed_sources: is empty, which would refuse every client"), "{e}");
         assert!(parse("").unwrap().allowed_sources.is_none(), "absent: every source");
-        let e = error("rate_limit:\n  burst: 1\n");
-        assert!(e.contains("rate_limit: is not supported"), "{e}");
+        let e = error("rate_limit:\n  interval: 1s\n  burst: 0\n");
+        assert!(e.contains("rate_limit.burst: is 0, which would refuse every request"), "{e}");
+        let e = error("rate_limit:\n  interval: soon\n  burst: 1\n");
+        assert!(e.contains("rate_limit.interval: \"soon\" is not a duration"), "{e}");
+        let e = error("rate_limit:\n  interval: 1s\n  bogus: 1\n");
+        assert!(e.contains("unknown field `bogus`"), "{e}");
+    }
+
+    #[test]
+    fn rate_limit_is_exporter_toolkits() {
+        let config = parse("rate_limit:\n  interval: 100ms\n  burst: 5\n").unwrap();
+        assert_eq!(config.rate_limit, Some(RateLimit { interval: Duration::from_millis(100), burst: 5 }));
+        assert_eq!(parse("rate_limit:\n  burst: 5\n").unwrap().rate_limit, None, "no interval: no limiter");
+        assert_eq!(parse_go_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_go_duration("0.5s"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_go_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_go_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "1", "s", "1x", "-1s", "1.2.3s"] {
+            assert!(parse_go_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn alias_bombs_are_refused_before_they_expand() {
+        // Ten levels of ten aliases each: 10^10 strings once expanded.
+        let mut text = "allowed_sources: &a0 ['10.0.0.0/8']\nbasic_auth_users:\n".to_owned();
+        for level in 1..10 {
+            let previous: Vec<String> = (0..10).map(|_| format!("*a{}", level - 1)).collect();
+            text += &format!("  u{level}: &a{level} [{}]\n", previous.join(","));
+        }
+        let started = std::time::Instant::now();
+        let e = error(&text);
+        assert!(e.contains("aliases expand this document to more than twice the size of the file"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        // A few aliases, as a person would write them, are fine.
+        let config = parse("allowed_sources: &nets ['10.0.0.0/8']\n").unwrap();
+        assert_eq!(config.allowed_sources.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn files_over_a_mebibyte_are_not_read() {
+        let dir = std::env::temp_dir().join(format!("kernel-exporter-web-config-cap-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("web.yml");
+        let mut text = "# padding\n".repeat((MAX_FILE_BYTES as usize) / 10);
+        fs::write(&path, &text).unwrap();
+        assert!(WebConfig::load(&path).is_ok(), "at the cap");
+        text.push_str("# one line too many\n");
+        fs::write(&path, &text).unwrap();
+        let e = WebConfig::load(&path).unwrap_err().to_string();
+        assert!(e.ends_with("larger than 1048576 bytes; a web config is a few kilobytes"), "{e}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
+    sync::Arc,
     thread,
     time::{Duration, Instant},
 };
@@ -633,4 +634,215 @@ fn prometheus_scrapes_over_mutual_tls_with_basic_auth() {
     let metrics = self_metrics(&pki, &exporter);
     assert!(metrics.get("kernel_exporter_tls_handshake_failures_total{reason=\"bad_client_certificate\"}") > 0.0);
     assert!(metrics.get("kernel_exporter_auth_failures_total{reason=\"wrong_password\"}") > 0.0);
+}
+
+/// exporter-toolkit's `rate_limit` (once refused as unsupported): a
+/// node_exporter web-config.yml with it starts unchanged, and requests
+/// beyond the bucket, from any client, get 429 as exporter-toolkit answers.
+#[test]
+fn rate_limit_from_exporter_toolkit_is_enforced() {
+    let dir = std::env::temp_dir().join(format!("kernel-exporter-e2e-rate-limit-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("create the config directory");
+    let config = dir.join("web.yml");
+    // One request a minute refills: nothing refills during the test.
+    fs::write(&config, "rate_limit:\n  interval: 1m\n  burst: 3\n").expect("write the web config");
+    let exporter = start(&config.display().to_string(), &[]);
+    let statuses: Vec<u16> = (0..5).map(|_| http_request(exporter.addr, "GET", "/metrics").status).collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429], "log:\n{}", exporter.log());
+    let refused = http_request(exporter.addr, "GET", "/");
+    assert_eq!(refused.status, 429, "every path, as exporter-toolkit");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+}
+
+/// A TLS client config trusting the test CA and presenting `client`'s
+/// certificate, offering `alpn`.
+fn client_tls(pki: &Pki, client: &str, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(pki.path("ca.crt")).expect("the test CA")).expect("trust the CA");
+    let chain = vec![CertificateDer::from_pem_file(pki.path(&format!("{client}.crt"))).expect("client cert")];
+    let key = PrivateKeyDer::from_pem_file(pki.path(&format!("{client}.key"))).expect("client key");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("a client certificate");
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Arc::new(config)
+}
+
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
+/// An HTTP/1.1 connection over TLS with `client`'s certificate.
+fn http1_over_tls(pki: &Pki, addr: SocketAddr, client: &str) -> TlsStream {
+    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+    let connection = rustls::ClientConnection::new(client_tls(pki, client, b"http/1.1"), name).expect("a TLS client");
+    let socket = std::net::TcpStream::connect(addr).expect("connect");
+    socket.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
+    rustls::StreamOwned::new(connection, socket)
+}
+
+/// One keep-alive GET of /metrics: (status, whether the answer says
+/// `Connection: close`), or `None` when the connection is closed.
+fn keep_alive_get(stream: &mut TlsStream) -> Option<(u16, bool)> {
+    use std::io::{Read as _, Write as _};
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").ok()?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let length: usize = head.lines().find_map(|line| line.strip_prefix("content-length:"))?.trim().parse().ok()?;
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).ok()?;
+    Some((status, head.contains("connection: close")))
+}
+
+/// Whether the server has closed `stream` (EOF, a reset, or TLS
+/// close_notify) within two seconds, without a request being sent.
+fn closed_by_server(stream: &mut TlsStream) -> bool {
+    use std::io::Read as _;
+    stream.sock.set_read_timeout(Some(Duration::from_secs(2))).expect("read timeout");
+    let closed = match stream.read(&mut [0u8; 1]) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(error) => !matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+    };
+    stream.sock.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
+    closed
+}
+
+/// An HTTP/2 connection over TLS with `client`'s certificate: the request
+/// handle and the task driving the connection (finished once the server
+/// sent GOAWAY and the connection ended).
+async fn http2_over_tls(
+    pki: &Pki,
+    addr: SocketAddr,
+    client: &str,
+) -> (h2::client::SendRequest<bytes::Bytes>, tokio::task::JoinHandle<Result<(), h2::Error>>) {
+    let connector = tokio_rustls::TlsConnector::from(client_tls(pki, client, b"h2"));
+    let socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+    let tls = connector.connect(name, socket).await.expect("TLS handshake");
+    let (send, connection) = h2::client::handshake(tls).await.expect("HTTP/2 handshake");
+    (send, tokio::spawn(connection))
+}
+
+/// One GET of /metrics on an HTTP/2 connection: the status, or `None`
+/// when the connection no longer takes requests.
+async fn http2_get(send: &mut h2::client::SendRequest<bytes::Bytes>, addr: SocketAddr) -> Option<u16> {
+    let ready = send.clone().ready().await.ok()?;
+    *send = ready;
+    let request = http::Request::get(format!("https://{addr}/metrics")).body(()).expect("a request");
+    let (response, _) = send.send_request(request, true).ok()?;
+    let response = response.await.ok()?;
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.ok()?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    Some(status)
+}
+
+/// Regression: a reload that changes which clients may connect (here the
+/// client CA) kept serving the connections made under the old policy for
+/// as long as they stayed busy (with HTTP/2, forever). Now they are closed
+/// after their requests in flight (HTTP/1.1 `Connection: close`, HTTP/2
+/// GOAWAY); a reload that only rotates the server certificate closes
+/// nothing.
+#[test]
+fn reloads_that_change_who_may_connect_close_open_connections() {
+    let pki = Pki::new("revocation");
+    let trusting = |ca: &str| format!("  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {ca}.crt\n");
+    let config = pki.web_config(&trusting("ca"), "");
+    let exporter = start(&config, &[]);
+    let addr = exporter.addr;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+
+    let mut h1 = http1_over_tls(&pki, addr, "client");
+    assert_eq!(keep_alive_get(&mut h1), Some((200, false)));
+    let (mut h2, h2_driver) = runtime.block_on(http2_over_tls(&pki, addr, "client"));
+    assert_eq!(runtime.block_on(http2_get(&mut h2, addr)), Some(200));
+
+    // The server certificate alone is rotated: both connections stay.
+    pki.leaf("server", "ca", "DNS:localhost,IP:127.0.0.1", "serverAuth");
+    let line = crate::allowlist::reload_and_wait(&exporter);
+    assert!(line.contains("reloaded web config"), "{line}");
+    assert_eq!(keep_alive_get(&mut h1), Some((200, false)), "HTTP/1.1 after a certificate rotation");
+    assert_eq!(runtime.block_on(http2_get(&mut h2, addr)), Some(200), "HTTP/2 after a certificate rotation");
+
+    // Another client CA: "client" could not connect now, so its open
+    // connections are closed.
+    pki.web_config(&trusting("other-ca"), "");
+    let line = crate::allowlist::reload_and_wait(&exporter);
+    assert!(line.contains("reloaded web config"), "{line}");
+    assert!(closed_by_server(&mut h1), "the HTTP/1.1 connection stays open; log:\n{}", exporter.log());
+    assert_eq!(keep_alive_get(&mut h1), None);
+    // The connection's task (run only inside block_on) ends once the
+    // server's GOAWAY has closed it.
+    let mut h2_driver = h2_driver;
+    let ended = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(2), &mut h2_driver).await });
+    assert!(ended.is_ok(), "the HTTP/2 connection stays open; log:\n{}", exporter.log());
+    assert_eq!(runtime.block_on(http2_get(&mut h2, addr)), None, "no request after GOAWAY");
+    let closing = exporter.log().matches("a reload changed which clients may connect").count();
+    assert_eq!(closing, 2, "{}", exporter.log());
+    // The new policy in force: the old client certificate is refused.
+    assert_eq!(curl(&pki, addr, Some("client"), &[]).status, 0);
+}
+
+/// A source that keeps failing (client certificates the server refuses,
+/// wrong passwords) is banned in the kernel: its SYNs are dropped before
+/// any handshake. A Prometheus server with misconfigured jobs (an old
+/// password, a certificate from the wrong CA) beside a good one keeps
+/// scraping with the good one, however many failures the bad ones pile up.
+#[test]
+fn sources_that_keep_failing_are_banned_but_not_a_scraper_that_also_succeeds() {
+    const AFTER: usize = 5;
+    let pki = Pki::new("ban");
+    let config = pki.web_config(
+        "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n",
+        &format!("basic_auth_users:\n  {USER}: {HASH}\n"),
+    );
+    let exporter = start(&config, &[&format!("--web.ban-after-failures={AFTER}"), "--web.ban-duration=10m"]);
+    let addr = exporter.addr;
+    let good = with_password(USER, PASSWORD);
+    let old = with_password(USER, "last-years-password");
+    let status = |client: &str, auth: &[String; 2], extra: &[&str]| {
+        let args: Vec<&str> = [&[auth[0].as_str(), auth[1].as_str()][..], extra].concat();
+        curl(&pki, addr, Some(client), &args).status
+    };
+
+    // 127.0.0.1: one good job and two misconfigured ones, scraped in turn,
+    // three times the ban threshold of failures.
+    let mut good_statuses = Vec::new();
+    for _ in 0..(3 * AFTER).div_ceil(2) {
+        good_statuses.push(status("client", &good, &[]));
+        assert_eq!(status("client", &old, &[]), 401, "the old password's job");
+        assert_eq!(status("stranger", &good, &[]), 0, "the wrong certificate's job: no TLS session");
+    }
+    good_statuses.push(status("client", &good, &[]));
+    assert!(good_statuses.iter().all(|&status| status == 200), "the good job: {good_statuses:?}");
+
+    // 127.0.0.2 only fails: banned after AFTER failures.
+    let away = ["--interface", "127.0.0.2"];
+    for _ in 0..AFTER {
+        assert_eq!(status("stranger", &good, &away), 0);
+    }
+    let second = std::net::IpAddr::from([127, 0, 0, 2]);
+    crate::allowlist::assert_dropped(second, addr);
+    crate::allowlist::assert_dropped(second, addr);
+    let metrics = self_metrics(&pki, &exporter);
+    assert_eq!(metrics.get("kernel_exporter_connections_total{source=\"127.0.0.2\",verdict=\"banned\"}"), 2.0);
+    assert_eq!(metrics.get("kernel_exporter_connections_total{source=\"127.0.0.1\",verdict=\"banned\"}"), 0.0);
+    let log = exporter.log();
+    assert_eq!(log.matches("banning").count(), 1, "{log}");
+    assert!(log.contains("banning 127.0.0.2 for 600s: 5 failures"), "{log}");
 }

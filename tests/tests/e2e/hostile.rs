@@ -887,11 +887,12 @@ fn wrong_password_bursts_cost_bounded_cpu_while_scrapes_stay_fast() {
     // alongside take about one second.
     assert!(same.cpu_seconds < 5.0, "a burst of one wrong password cost {:.2} s of CPU", same.cpu_seconds);
     // Distinct ones: a bcrypt for those that found one of the 8 places
-    // while the CPU budget lasted, 429 at once for the rest.
+    // while the CPU budget and the source's 10 checks a second lasted, 429
+    // at once for the rest.
     assert_eq!(checked + refused, BURST_REQUESTS, "{:?}", distinct.statuses);
     assert!(refused > BURST_REQUESTS / 2, "only {refused} got 429: the concurrency bound did not hold");
     assert_eq!(failures("wrong_password"), (BURST_REQUESTS + checked) as f64);
-    assert_eq!(failures("overloaded"), refused as f64);
+    assert_eq!(failures("overloaded") + failures("rate_limited"), refused as f64);
     // bcrypt's CPU budget: one second at once, then a tenth of a second per
     // second; besides, the scrapes and a second for the refusals themselves.
     let bound = 1.0 + 0.1 * distinct.took.as_secs_f64() + per_scrape * distinct.scrapes.latencies.len() as f64 + 1.0;
@@ -944,4 +945,239 @@ fn plain_http_port_answers_a_tls_client_hello_with_400() {
         exchange(exporter.addr, &[&b"\x16\x03\x01\x00\x40\x01\x00\x00\x3c\x03\x03"[..], &[0u8; 61]].concat());
     assert_eq!((status, closed), (400, true), "{text:?}");
     assert_eq!(http_request(exporter.addr, "GET", "/metrics").status, 200);
+}
+
+/// A YAML "billion laughs" of about 25 KB under `key`: a string of 24 KB,
+/// then nine levels of aliases, each ten times the one before (10^9 copies
+/// of the string once expanded).
+fn alias_bomb(key: &str) -> String {
+    let mut text = format!("{key}:\n  l0: &l0 \"{}\"\n", "lol".repeat(8_000));
+    for level in 1..10 {
+        let previous: Vec<String> = (0..10).map(|_| format!("*l{}", level - 1)).collect();
+        text += &format!("  l{level}: &l{level} [{}]\n", previous.join(", "));
+    }
+    text
+}
+
+/// `check-config` on `text`, under `/usr/bin/time`: (exit status, stderr,
+/// wall time, peak RSS in KiB). Measured by `time`, the daemon's parent:
+/// the rusage of a child this (large) test process spawns itself counts
+/// the test process's own memory, which the child shared until its exec.
+fn check_config_measured(name: &str, text: &str) -> (std::process::ExitStatus, String, Duration, u64) {
+    let dir = std::env::temp_dir().join(format!("kernel-exporter-e2e-bomb-{name}-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("create the config directory");
+    let path = dir.join("web.yml");
+    fs::write(&path, text).expect("write the web config");
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "%M %e"])
+        .arg(exporter_binary())
+        .args(["check-config", &format!("--web.config.file={}", path.display())])
+        .output()
+        .expect("run check-config under /usr/bin/time (Debian package time)");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let (daemon, measured) = stderr.trim_end().rsplit_once('\n').unwrap_or(("", stderr.trim_end()));
+    let mut figures = measured.split_whitespace();
+    let peak_kib = figures.next().and_then(|kib| kib.parse().ok()).unwrap_or_else(|| panic!("{stderr}"));
+    let seconds: f64 = figures.next().and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{stderr}"));
+    (out.status, daemon.to_owned(), Duration::from_secs_f64(seconds), peak_kib)
+}
+
+/// Regression: a 25 KB alias bomb under `rate_limit` was parsed into a
+/// generic YAML value first (1.7 GB, 5 s). Now refused under any key in
+/// under a second and 64 MiB, by `check-config` as by a reload.
+#[test]
+fn yaml_alias_bomb_is_refused_cheaply() {
+    for key in ["rate_limit", "allowed_sources", "basic_auth_users", "tls_server_config"] {
+        let text = alias_bomb(key);
+        assert!(text.len() < 30_000, "{}", text.len());
+        let (status, stderr, took, peak_kib) = check_config_measured(key, &text);
+        println!("bomb under {key} ({} bytes): refused in {took:?}, peak RSS {peak_kib} KiB", text.len());
+        assert!(!status.success(), "{key}: {stderr}");
+        assert!(stderr.contains("web config"), "{key}: {stderr}");
+        assert!(took < Duration::from_secs(1), "{key}: {took:?}");
+        assert!(peak_kib < 64 * 1024, "{key}: {peak_kib} KiB");
+    }
+    // Over the 1 MiB cap: refused without being parsed.
+    let (status, stderr, _, _) = check_config_measured("large", &"# padding\n".repeat(110_000));
+    assert!(!status.success());
+    assert!(stderr.contains("larger than 1048576 bytes"), "{stderr}");
+}
+
+/// Regression: connections repeating one wrong password could not be
+/// evicted while their requests waited on the one bcrypt they shared, so a
+/// handful of them, all waiting, filled the table and the scraper's new
+/// connection was reset. Now a request waiting on basic auth protects its
+/// connection from nothing, and a connection whose last request was
+/// refused gives way first: with the table (8) full of such connections
+/// from 127.0.0.2, whose common wrong password changes every round (one
+/// shared bcrypt per round), a scraper on 127.0.0.1 opening a fresh
+/// connection every 250 ms is served every time.
+#[test]
+fn connections_refused_by_basic_auth_give_way_to_the_scraper() {
+    const TABLE: usize = 8;
+    const SCRAPES: usize = 20;
+    let dir = std::env::temp_dir().join(format!("kernel-exporter-e2e-refused-evict-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("create the config directory");
+    let config = dir.join("web.yml");
+    fs::write(&config, format!("basic_auth_users:\n  {USER}: {HASH}\n")).expect("write the web config");
+    let exporter = Exporter::start(
+        &[
+            &COLLECTOR_ARGS[..],
+            &[&format!("--web.config.file={}", config.display()), &format!("--web.max-connections={TABLE}")],
+        ]
+        .concat(),
+    );
+    let addr = exporter.addr;
+    let good = basic(USER, PASSWORD);
+    // The right password's bcrypt, once, before the table is full.
+    assert_eq!(scrape(addr, Some(&good)).map(|(status, _)| status), Ok(200));
+    let stop = Arc::new(AtomicBool::new(false));
+    let attacker = std::net::IpAddr::from([127, 0, 0, 2]);
+    let attackers: Vec<_> = (0..TABLE)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let mut requests = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(mut stream) = crate::allowlist::connect_from(attacker, addr, Duration::from_secs(2)) else {
+                        thread::sleep(Duration::from_millis(10));
+                        continue;
+                    };
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                    // Keep-alive: the next request as soon as the refusal
+                    // is in, until the daemon closes the socket. Every
+                    // connection sends the same password in its n-th
+                    // request, and they keep pace (one refusal per 0.5 s).
+                    loop {
+                        let wrong = basic(USER, &format!("wrong-{requests}"));
+                        let request =
+                            format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {wrong}\r\n\r\n");
+                        if stop.load(Ordering::Relaxed) || stream.write_all(request.as_bytes()).is_err() {
+                            break;
+                        }
+                        let mut head = Vec::new();
+                        let mut byte = [0u8; 1];
+                        while !head.ends_with(b"\r\n\r\n") && matches!(stream.read(&mut byte), Ok(1)) {
+                            head.push(byte[0]);
+                        }
+                        let Ok((_, length)) = parse_head(&String::from_utf8_lossy(&head).to_ascii_lowercase()) else {
+                            break;
+                        };
+                        let mut body = vec![0u8; length.unwrap_or(0)];
+                        if stream.read_exact(&mut body).is_err() {
+                            break;
+                        }
+                        requests += 1;
+                    }
+                }
+                requests
+            })
+        })
+        .collect();
+    // Every slot taken by an attacker before the scraper starts.
+    thread::sleep(Duration::from_secs(1));
+    let mut outcomes = Vec::new();
+    for _ in 0..SCRAPES {
+        outcomes.push(scrape(addr, Some(&good)).map(|(status, took)| (status, took.as_millis())));
+        thread::sleep(Duration::from_millis(250));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let refused: usize = attackers.into_iter().map(|attacker| attacker.join().expect("an attacker")).sum();
+    let metrics = Metrics::parse(&http_request_with(addr, &good));
+    let failures = metrics.get("kernel_exporter_auth_failures_total{reason=\"wrong_password\"}");
+    println!("{refused} wrong-password requests on {TABLE} connections; scrapes: {outcomes:?}");
+    assert!(failures >= TABLE as f64, "the attack was under way: {failures} refusals");
+    let served = outcomes.iter().filter(|outcome| matches!(outcome, Ok((200, _)))).count();
+    assert_eq!(served, SCRAPES, "{outcomes:?}\nlog:\n{}", exporter.log());
+}
+
+/// Opens an HTTP/2 connection over TLS from `source` and, until
+/// `duration` is over, sends requests for /metrics each with a wrong
+/// password of its own and resets each stream (RST_STREAM) as soon as it
+/// is sent, reconnecting whenever the daemon ends the connection. Returns
+/// the requests sent.
+fn http2_reset_flood(pki: &Pki, addr: SocketAddr, source: std::net::IpAddr, duration: Duration) -> usize {
+    use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject as _};
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = CertificateDer::from_pem_file(pki.path("ca.crt")).expect("read the test CA");
+    roots.add(ca).expect("trust the test CA");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+    runtime.block_on(async {
+        let deadline = tokio::time::Instant::now() + duration;
+        let mut sent = 0;
+        while tokio::time::Instant::now() < deadline {
+            let Ok(stream) = crate::allowlist::connect_from(source, addr, Duration::from_secs(2)) else { continue };
+            stream.set_nonblocking(true).expect("non-blocking");
+            let stream = tokio::net::TcpStream::from_std(stream).expect("a tokio stream");
+            let server_name = ServerName::IpAddress(addr.ip().into());
+            let Ok(tls) = connector.connect(server_name, stream).await else { continue };
+            let Ok((mut client, connection)) = h2::client::handshake(tls).await else { continue };
+            let driver = tokio::spawn(connection);
+            while tokio::time::Instant::now() < deadline {
+                let Ok(ready) = client.ready().await else { break };
+                client = ready;
+                let request = http::Request::get(format!("https://{addr}/metrics"))
+                    .header("authorization", basic(USER, &format!("wrong-{sent}")))
+                    .body(())
+                    .expect("a request");
+                let Ok((response, _)) = client.send_request(request, true) else { break };
+                // Dropped unanswered: the client resets the stream.
+                drop(response);
+                sent += 1;
+                tokio::task::yield_now().await;
+            }
+            driver.abort();
+        }
+        sent
+    })
+}
+
+/// Regression: over HTTP/2 the refusal delay is per stream and a reset
+/// stream cancels it, so one connection got a password check for every
+/// stream it opened and reset, as many as the global bcrypt CPU budget
+/// allowed (67 in 3 s at cost 4 on the test machine, with the bound off),
+/// which it then took from everyone else. Password checks that miss the
+/// cache are now bounded per source address, however many streams or
+/// connections: 10 a second by default, beyond that 429 without a check,
+/// counted as auth_failures_total{reason="rate_limited"}.
+#[test]
+fn password_checks_per_source_are_bounded_over_http2_with_stream_resets() {
+    const FLOOD: Duration = Duration::from_secs(3);
+    const PER_SECOND: f64 = 10.0;
+    let pki = Pki::new("h2-resets");
+    // Cost 4: cheap enough that the CPU budget (0.1 s a second) would allow
+    // hundreds of checks a second, so the per-source bound is what binds.
+    let hash = bcrypt::hash(PASSWORD, 4).expect("a bcrypt hash");
+    let config = pki.web_config("", &format!("basic_auth_users:\n  {USER}: '{hash}'\n"));
+    let exporter = Exporter::start(&[&COLLECTOR_ARGS[..], &[&format!("--web.config.file={config}")]].concat());
+    let auth = front_door::with_password(USER, PASSWORD);
+    let scrape = || {
+        let result = front_door::curl(&pki, exporter.addr, None, &[&auth[0], &auth[1]]);
+        assert_eq!(result.status, 200, "{}\nlog:\n{}", result.stderr, exporter.log());
+        Metrics::parse(&result.body)
+    };
+    let before = scrape();
+    let started = Instant::now();
+    let sent = http2_reset_flood(&pki, exporter.addr, [127, 0, 0, 2].into(), FLOOD);
+    let took = started.elapsed().as_secs_f64();
+    // Checks under way when the flood stopped finish and are counted.
+    thread::sleep(Duration::from_millis(500));
+    let after = scrape();
+    let delta = |key: &str| after.get(key) - before.get(key);
+    let checks = delta("kernel_exporter_password_checks_total");
+    let limited = delta("kernel_exporter_auth_failures_total{reason=\"rate_limited\"}");
+    println!(
+        "{sent} HTTP/2 requests, each stream reset, in {took:.2} s from 127.0.0.2: {checks} bcrypt checks, {limited} refused as rate_limited"
+    );
+    assert!(sent as f64 > 10.0 * PER_SECOND * took, "the flood was too slow to test anything: {sent} in {took} s");
+    // A full bucket, then the rate.
+    assert!(checks <= PER_SECOND * (1.0 + took) + 1.0, "{checks} checks in {took:.2} s");
+    assert!(limited > 0.0, "nothing was refused as rate_limited");
 }

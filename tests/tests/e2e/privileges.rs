@@ -112,3 +112,62 @@ fn non_root_with_ambient_capabilities_starts_and_drops_them() {
     assert_eq!(metrics.get("kernel_exporter_collector_up{collector=\"sched\"}"), 1.0, "{}", exporter.log());
     assert!(metrics.get("kernel_sched_context_switches_total") > 0.0);
 }
+
+/// Kernels before 6.5 with `kernel.unprivileged_bpf_disabled` set refuse
+/// every `bpf()` command without CAP_BPF, map reads on held descriptors
+/// included; there the daemon keeps CAP_BPF and nothing else. This kernel
+/// is newer, so a test hook forces that path: the daemon, switched to
+/// `nobody`, holds exactly CAP_BPF on every thread, logs one line saying
+/// why, and scrapes and reloads its allowlist (map reads and writes).
+#[test]
+fn kernels_that_need_cap_bpf_for_map_reads_keep_only_cap_bpf() {
+    const CAP_BPF_ONLY: &str = "0000008000000000";
+    let dir = std::env::temp_dir().join(format!("kernel-exporter-e2e-cap-bpf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create the config directory");
+    let config = dir.join("web.yml");
+    std::fs::write(&config, "allowed_sources: [127.0.0.1/32]\n").expect("write the web config");
+    // Readable by nobody.
+    let mode = |path: &std::path::Path, mode| {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).expect("chmod")
+    };
+    mode(&dir, 0o755);
+    mode(&config, 0o644);
+    let mut command = Command::new(exporter_binary());
+    command.env("KERNEL_EXPORTER_TEST_ASSUME_MAPS_NEED_CAP_BPF", "1");
+    let exporter = Exporter::spawn_command(
+        command,
+        free_port(),
+        &["--runtime.user=nobody", &format!("--web.config.file={}", config.display())],
+    );
+    exporter.wait_until_listening();
+    let pid = exporter.pid();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("list threads");
+    for task in tasks {
+        let path = task.expect("thread").path().join("status");
+        let text = std::fs::read_to_string(&path).expect("thread status");
+        for (field, expected) in [
+            ("CapEff", CAP_BPF_ONLY),
+            ("CapPrm", CAP_BPF_ONLY),
+            ("CapAmb", "0000000000000000"),
+            ("CapInh", "0000000000000000"),
+        ] {
+            let value = text.lines().find_map(|l| l.strip_prefix(&format!("{field}:"))).expect("field").trim();
+            assert_eq!(value, expected, "{}: {field}", path.display());
+        }
+    }
+    assert_eq!(status(pid, "NoNewPrivs"), "1");
+    assert_ne!(status(pid, "Uid").split_whitespace().next(), Some("0"), "switched to nobody");
+    let log = exporter.log();
+    let lines: Vec<&str> = log.lines().filter(|line| line.contains("dropped every capability but CAP_BPF")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(lines[0].contains("KERNEL_EXPORTER_TEST_ASSUME_MAPS_NEED_CAP_BPF"), "{log}");
+    let metrics = exporter.scrape();
+    assert!(metrics.get("kernel_sched_context_switches_total") > 0.0);
+    assert_eq!(metrics.get("kernel_exporter_allowlist_entries"), 1.0);
+
+    // A reload rewrites the kernel's allowlist: map writes work too.
+    std::fs::write(&config, "allowed_sources: [127.0.0.1/32, 127.0.0.2/32]\n").expect("rewrite");
+    let line = crate::allowlist::reload_and_wait(&exporter);
+    assert!(line.contains("reloaded web config"), "{line}");
+    assert_eq!(exporter.scrape().get("kernel_exporter_allowlist_entries"), 2.0);
+}
