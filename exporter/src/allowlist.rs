@@ -208,17 +208,24 @@ impl Trie {
         Ok(Self { state: Mutex::new(TrieState { tries, active_map, active, ranges }), entries })
     }
 
-    /// Makes the kernel enforce exactly `sources`, then runs `after` (the
-    /// caller swaps its policy). The new ranges go into the trie not in
-    /// force, which is emptied first and read back after; only when it
-    /// holds exactly the new ranges does the filter switch to it, in one
-    /// write. Any failure before that leaves the trie in force, and the
-    /// filter's verdicts, as they were, and `after` does not run.
-    pub(crate) fn replace(&self, sources: Option<&[Cidr]>, after: impl FnOnce()) -> Result<(), AllowlistError> {
+    /// Makes the kernel enforce exactly `sources`. The new ranges go into
+    /// the trie not in force, which is emptied first and read back after;
+    /// only when it holds exactly the new ranges does the filter switch to
+    /// it, in one write. `swap` runs just before that write (the caller
+    /// swaps its policy, so connections of removed sources are told while
+    /// their packets still get through), and `undo` if the write fails.
+    /// Any failure leaves the trie in force, and the filter's verdicts, as
+    /// they were; before the write, `swap` has not run.
+    pub(crate) fn replace(
+        &self,
+        sources: Option<&[Cidr]>,
+        swap: impl FnOnce(),
+        undo: impl FnOnce(),
+    ) -> Result<(), AllowlistError> {
         let wanted = ranges(sources);
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if state.ranges == wanted {
-            after();
+            swap();
             return Ok(());
         }
         let spare = 1 - state.active;
@@ -250,16 +257,19 @@ impl Trie {
         if found != wanted {
             return Err(AllowlistError::Mismatch { map: name, wanted: wanted.len(), found: found.len() });
         }
-        state.active_map.set(0, spare as u32, 0).map_err(|source| AllowlistError::Update {
-            action: "switch to",
-            range: format!("trie {spare}"),
-            map: ACTIVE_MAP,
-            source: Box::new(source),
-        })?;
+        swap();
+        if let Err(source) = state.active_map.set(0, spare as u32, 0) {
+            undo();
+            return Err(AllowlistError::Update {
+                action: "switch to",
+                range: format!("trie {spare}"),
+                map: ACTIVE_MAP,
+                source: Box::new(source),
+            });
+        }
         state.active = spare;
         state.ranges = found;
         self.entries.store(state.ranges.len() as u64, Ordering::Relaxed);
-        after();
         Ok(())
     }
 
