@@ -208,17 +208,24 @@ impl Trie {
         Ok(Self { state: Mutex::new(TrieState { tries, active_map, active, ranges }), entries })
     }
 
-    /// Makes the kernel enforce exactly `sources`, then runs `after` (the
-    /// caller swaps its policy). The new ranges go into the trie not in
-    /// force, which is emptied first and read back after; only when it
-    /// holds exactly the new ranges does the filter switch to it, in one
-    /// write. Any failure before that leaves the trie in force, and the
-    /// filter's verdicts, as they were, and `after` does not run.
-    pub(crate) fn replace(&self, sources: Option<&[Cidr]>, after: impl FnOnce()) -> Result<(), AllowlistError> {
+    /// Makes the kernel enforce exactly `sources`. The new ranges go into
+    /// the trie not in force, which is emptied first and read back after;
+    /// only when it holds exactly the new ranges does the filter switch to
+    /// it, in one write. `swap` runs just before that write (the caller
+    /// swaps its policy, so connections of removed sources are told while
+    /// their packets still get through), and `undo` if the write fails.
+    /// Any failure leaves the trie in force, and the filter's verdicts, as
+    /// they were; before the write, `swap` has not run.
+    pub(crate) fn replace(
+        &self,
+        sources: Option<&[Cidr]>,
+        swap: impl FnOnce(),
+        undo: impl FnOnce(),
+    ) -> Result<(), AllowlistError> {
         let wanted = ranges(sources);
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if state.ranges == wanted {
-            after();
+            swap();
             return Ok(());
         }
         let spare = 1 - state.active;
@@ -250,16 +257,19 @@ impl Trie {
         if found != wanted {
             return Err(AllowlistError::Mismatch { map: name, wanted: wanted.len(), found: found.len() });
         }
-        state.active_map.set(0, spare as u32, 0).map_err(|source| AllowlistError::Update {
-            action: "switch to",
-            range: format!("trie {spare}"),
-            map: ACTIVE_MAP,
-            source: Box::new(source),
-        })?;
+        swap();
+        if let Err(source) = state.active_map.set(0, spare as u32, 0) {
+            undo();
+            return Err(AllowlistError::Update {
+                action: "switch to",
+                range: format!("trie {spare}"),
+                map: ACTIVE_MAP,
+                source: Box::new(source),
+            });
+        }
         state.active = spare;
         state.ranges = found;
         self.entries.store(state.ranges.len() as u64, Ordering::Relaxed);
-        after();
         Ok(())
     }
 
@@ -292,7 +302,19 @@ const BAN_SOURCES_TRACKED: usize = 4096;
 pub(crate) struct Bans {
     after: usize,
     duration: std::time::Duration,
-    state: Mutex<(BanMap, HashMap<[u8; 16], BanRecord>)>,
+    state: Mutex<BanState>,
+    /// Tells open connections that a source was banned, so its own close
+    /// (with a reset: the filter now drops the peer's answers).
+    banned: tokio::sync::watch::Sender<()>,
+}
+
+struct BanState {
+    map: BanMap,
+    sources: HashMap<[u8; 16], BanRecord>,
+    /// The bans in force, as written to the kernel; bounded like the
+    /// kernel's map ([`exporter_common::allowlist::BANNED_ENTRIES`]),
+    /// expired ones pruned when it is full.
+    until: HashMap<[u8; 16], std::time::Instant>,
 }
 
 #[derive(Default)]
@@ -306,26 +328,60 @@ impl Bans {
     /// `None` when `ban` is `None` (bans are off).
     pub(crate) fn new(map: BanMap, ban: Option<(u32, std::time::Duration)>) -> Option<Self> {
         let (after, duration) = ban?;
-        Some(Self { after: after as usize, duration, state: Mutex::new((map, HashMap::new())) })
+        let state = BanState { map, sources: HashMap::new(), until: HashMap::new() };
+        Some(Self {
+            after: after as usize,
+            duration,
+            state: Mutex::new(state),
+            banned: tokio::sync::watch::Sender::new(()),
+        })
+    }
+
+    /// Whether `source` is banned now.
+    pub(crate) fn is_banned(&self, source: IpAddr) -> bool {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.until.get(&source_key(source)).is_some_and(|until| std::time::Instant::now() < *until)
+    }
+
+    /// Whether one more failure within the window would ban `source`.
+    pub(crate) fn one_failure_away(&self, source: IpAddr) -> bool {
+        let now = std::time::Instant::now();
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let in_window = |at: &std::time::Instant| now.saturating_duration_since(*at) < BAN_WINDOW;
+        state.sources.get(&source_key(source)).is_some_and(|record| {
+            !record.last_success.as_ref().is_some_and(in_window)
+                && record.failures.iter().filter(|at| in_window(at)).count() + 1 >= self.after
+        })
+    }
+
+    /// Resolves once `source` is banned (at once if it is).
+    pub(crate) async fn banned(&self, source: IpAddr) {
+        let mut changed = self.banned.subscribe();
+        while !self.is_banned(source) {
+            if changed.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// `source` authenticated successfully (right credentials, or a client
     /// certificate that passed verification).
     pub(crate) fn succeeded(&self, source: IpAddr) {
         let now = std::time::Instant::now();
-        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(record) = Self::record(&mut guard.1, source_key(source), now) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(record) = Self::record(&mut state.sources, source_key(source), now) {
             record.last_success = Some(now);
         }
     }
 
     /// `source` failed: `what` (a TLS handshake or auth failure reason).
-    pub(crate) fn failed(&self, source: IpAddr, what: &'static str) {
+    /// Returns whether that got it banned.
+    pub(crate) fn failed(&self, source: IpAddr, what: &'static str) -> bool {
         let now = std::time::Instant::now();
         let key = source_key(source);
         let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let (map, sources) = &mut *guard;
-        let Some(record) = Self::record(sources, key, now) else { return };
+        let BanState { map, sources, until: bans } = &mut *guard;
+        let Some(record) = Self::record(sources, key, now) else { return false };
         let in_window = |at: &std::time::Instant| now.saturating_duration_since(*at) < BAN_WINDOW;
         while record.failures.front().is_some_and(|at| !in_window(at)) {
             record.failures.pop_front();
@@ -333,19 +389,28 @@ impl Bans {
         record.failures.push_back(now);
         if record.last_success.as_ref().is_some_and(in_window) || record.failures.len() < self.after {
             record.failures.truncate(self.after);
-            return;
+            return false;
         }
         record.failures.clear();
         let until = monotonic_ns().saturating_add(u64::try_from(self.duration.as_nanos()).unwrap_or(u64::MAX));
         let source = source.to_canonical();
-        match map.map.insert(key, until, 0) {
-            Ok(()) => warn!(
-                %source,
-                "banning {source} for {:?}: {} failures within {BAN_WINDOW:?} (the last: {what}); the kernel drops its packets until then",
-                self.duration, self.after
-            ),
-            Err(error) => warn!(%source, "cannot ban {source} in the kernel's ban map: {error}"),
+        if let Err(error) = map.map.insert(key, until, 0) {
+            warn!(%source, "cannot ban {source} in the kernel's ban map: {error}");
+            return false;
         }
+        warn!(
+            %source,
+            "banning {source} for {:?}: {} failures within {BAN_WINDOW:?} (the last: {what}); the kernel drops its packets until then",
+            self.duration,
+            self.after
+        );
+        if bans.len() >= exporter_common::allowlist::BANNED_ENTRIES as usize {
+            bans.retain(|_, until| now < *until);
+        }
+        bans.insert(key, now + self.duration);
+        drop(guard);
+        self.banned.send_replace(());
+        true
     }
 
     /// The record of `key`, made room for if need be; `None` when the

@@ -8,7 +8,7 @@
 //! in; connections already open keep the TLS config they started with, but
 //! their requests are checked against the allowlist in force. The new
 //! allowlist is built and checked in the kernel's spare trie, and the
-//! filter switches to it in one write just before the swap, so a source
+//! filter switches to it in one write just after the swap, so a source
 //! allowed by both policies is never refused. A reload that fails keeps the
 //! old policy serving, in the daemon and in the kernel alike, logs one line
 //! and sets `kernel_exporter_config_last_reload_successful` to 0.
@@ -281,7 +281,7 @@ impl FrontDoor {
     /// in step with every reload from now on.
     pub(crate) fn enforce(&self, trie: Trie) -> Result<(), AllowlistError> {
         let policy = self.current();
-        trie.replace(policy.allowed_sources(), || {})?;
+        trie.replace(policy.allowed_sources(), || {}, || {})?;
         // Only `run` calls this, once.
         let _ = self.trie.set(trie);
         Ok(())
@@ -321,10 +321,12 @@ impl FrontDoor {
         }
         self.exposure.check(&policy)?;
         let policy = Arc::new(policy);
-        // Runs once the kernel enforces the new allowlist, never before:
-        // if the kernel cannot, the old policy stays whole on both sides.
-        // Connections of removed sources are reset, which needs no answer
-        // from the peer whose packets the filter now drops.
+        // Runs once the new allowlist is ready in the kernel, just before
+        // the filter switches to it: connections of removed sources are
+        // told (and close) while their packets still get through, so none
+        // is left closing towards a peer whose answers are dropped. If the
+        // switch fails, the old policy goes back: both sides stay as they
+        // were.
         let revokes = policy.client_policy != old.client_policy;
         let swap = || {
             *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&policy);
@@ -333,8 +335,9 @@ impl FrontDoor {
                 self.clients_changed.send_replace(());
             }
         };
+        let undo = || *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&old);
         match self.trie.get() {
-            Some(trie) => trie.replace(policy.allowed_sources(), swap)?,
+            Some(trie) => trie.replace(policy.allowed_sources(), swap, undo)?,
             None => swap(),
         }
         Ok(policy)

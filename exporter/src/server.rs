@@ -381,7 +381,9 @@ impl App {
                     if let Some(bans) = &self.bans
                         && matches!(failure, AuthFailure::UnknownUser | AuthFailure::WrongPassword)
                     {
-                        bans.failed(connection.source.ip(), failure.as_str());
+                        // If this bans the source, its connections are reset
+                        // (see `drive`).
+                        let _ = bans.failed(connection.source.ip(), failure.as_str());
                     }
                     refused(failure)
                 }
@@ -774,6 +776,12 @@ async fn serve_http(
         // Plain HTTP: there is no client policy to change.
         return drive(connection, peer, stopped, &app, slot, fd, std::future::pending()).await;
     };
+    // A source one failure away from a ban closes with a reset, whatever
+    // happens: should this handshake ban it, the filter drops the peer's
+    // answers from then on, and a FIN would be retransmitted for minutes.
+    if app.bans.as_ref().is_some_and(|bans| bans.one_failure_away(peer.ip())) {
+        reset_on_close(fd);
+    }
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls::accept(stream, tls_config)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(failure)) => {
@@ -786,7 +794,9 @@ async fn serve_http(
                         | tls::HandshakeFailure::ClientSanNotAllowed
                 )
             {
-                bans.failed(peer.ip(), failure.as_str());
+                // If this bans the source, the socket was set to close with
+                // a reset (see above).
+                let _ = bans.failed(peer.ip(), failure.as_str());
             }
             app.access_log.refused(peer, failure.as_str());
             return;
@@ -851,6 +861,17 @@ async fn drive<C>(
             debug!(peer = %peer, "closing a connection idle for {IDLE_TIMEOUT:?}");
             return;
         }
+        () = async {
+            match &app.bans {
+                Some(bans) => bans.banned(peer.ip()).await,
+                None => std::future::pending().await,
+            }
+        } => {
+            info!(peer = %peer, "closing the connection: its source is banned");
+            // A reset, as below: the filter drops the peer's answers now.
+            reset_on_close(fd);
+            return;
+        }
         () = app.front_door.revoked(peer.ip()) => {
             // At most once per open connection per reload.
             info!(peer = %peer, "closing the connection: a reload removed its source from the allowlist");
@@ -880,8 +901,9 @@ async fn drive<C>(
         }
         debug!(peer = %peer, "connection ended with an error: {error}");
     }
-    // A source removed while the connection was ending: see above.
-    if !app.front_door.current().allows(peer.ip()) {
+    // A source removed or banned while the connection was ending: see above.
+    let banned = app.bans.as_ref().is_some_and(|bans| bans.is_banned(peer.ip()));
+    if banned || !app.front_door.current().allows(peer.ip()) {
         reset_on_close(fd);
     }
 }
