@@ -166,7 +166,7 @@ pub(crate) struct Config {
     pub(crate) web_config_file: Option<PathBuf>,
     pub(crate) allow_insecure: bool,
     /// `--web.allow-from`; `None` when not given.
-    pub(crate) allow_from: Option<Vec<crate::web_config::Cidr>>,
+    pub(crate) allow_from: Option<Vec<crate::front_door::web_config::Cidr>>,
     /// `--web.allowlist-sources-tracked`.
     pub(crate) sources_tracked: u32,
     /// `--runtime.user`.
@@ -253,9 +253,10 @@ impl Config {
         let allow_from = if raw.allow_from.is_empty() {
             None
         } else {
-            let ranges = crate::web_config::parse_allowed_sources(&raw.allow_from).map_err(|(key, problem)| {
-                format!("--web.allow-from: {}: {problem}", key.replace("allowed_sources", "value"))
-            })?;
+            let ranges =
+                crate::front_door::web_config::parse_allowed_sources(&raw.allow_from).map_err(|(key, problem)| {
+                    format!("--web.allow-from: {}: {problem}", key.replace("allowed_sources", "value"))
+                })?;
             Some(ranges)
         };
 

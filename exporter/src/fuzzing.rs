@@ -20,14 +20,16 @@ use base64::{Engine as _, engine::general_purpose::STANDARD};
 use hyper::header::HeaderValue;
 
 use crate::{
-    allowlist, auth,
-    bpf::LoadedCollector,
     collectors::{CollectorError, REGISTRY},
-    encode::Format,
+    exposition::encode::Format,
+    front_door::allowlist,
+    front_door::auth,
+    front_door::server,
+    front_door::tls,
+    front_door::web_config::{self, Cidr, WebConfig},
+    kernel::bpf::LoadedCollector,
+    scrape::self_metrics::SelfMetrics,
     scrape::{Scraper, SelectError},
-    self_metrics::SelfMetrics,
-    server, tls,
-    web_config::{self, Cidr, WebConfig},
 };
 
 /// A fuzz target's function: panics on a property it finds broken.

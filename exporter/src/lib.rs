@@ -12,28 +12,13 @@
 
 #![deny(missing_docs)]
 
-mod access_log;
-mod allowlist;
-mod auth;
-mod batch;
-mod bpf;
-mod btf;
 mod cli;
 mod collectors;
-mod connections;
-mod encode;
-mod histogram;
-mod logging;
-mod privileges;
-mod program_stats;
-mod reload;
+mod exposition;
+mod front_door;
+mod kernel;
+mod process;
 mod scrape;
-mod self_metrics;
-mod server;
-mod test_hooks;
-mod tls;
-mod tracefs;
-mod web_config;
 
 #[doc(hidden)]
 pub mod fuzzing;
@@ -42,6 +27,13 @@ use std::{path::Path, process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
 use tracing::{info, warn};
+
+use crate::{
+    front_door::{allowlist, connections, reload, server},
+    kernel::bpf,
+    process::{logging, privileges},
+    scrape::{program_stats, self_metrics},
+};
 
 /// The daemon's `main` (`main.rs` calls it): parses the command line and
 /// serves, or checks a web config; the exit code says how it ended.

@@ -36,9 +36,9 @@ use tracing::debug;
 
 use super::{Collector, CollectorError, CollectorOptions, CollectorSpec, KernelOffset, PerCpuHashRead, Tracepoint};
 use crate::{
-    btf::Btf,
-    encode::{Encoder, Family, Series},
-    histogram::HistogramSeries,
+    exposition::encode::{Encoder, Family, Series},
+    exposition::histogram::HistogramSeries,
+    kernel::btf::Btf,
 };
 
 const REQUESTS: Family = Family::counter(

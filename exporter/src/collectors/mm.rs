@@ -13,8 +13,8 @@ use super::{
     procfs::{self, ProcFile},
 };
 use crate::{
-    encode::{Encoder, Family},
-    histogram::HistogramSeries,
+    exposition::encode::{Encoder, Family},
+    exposition::histogram::HistogramSeries,
 };
 
 const PAGE_FAULTS: Family = Family::counter(

@@ -22,9 +22,9 @@ use aya::{
     maps::{MapData, MapError, PerCpuArray, PerCpuHashMap},
 };
 
-use crate::encode::Encoder;
+use crate::exposition::encode::Encoder;
 #[cfg(test)]
-use crate::encode::Family;
+use crate::exposition::encode::Family;
 
 /// Every collector the daemon knows, in the order they appear in scrapes.
 pub(crate) const REGISTRY: &[CollectorSpec] =
@@ -126,7 +126,7 @@ pub(crate) enum CollectorError {
     #[error("tracepoint {category}/{name} does not exist in this kernel")]
     MissingTracepoint { category: &'static str, name: &'static str },
     #[error("{0}")]
-    Btf(#[from] crate::btf::BtfError),
+    Btf(#[from] crate::kernel::btf::BtfError),
     #[error("the kernel has no {type_name}.{member} of {size} bytes (from its BTF)")]
     KernelType { type_name: &'static str, member: &'static str, size: u32 },
     #[error("the BPF object has no program {program}: the daemon and BPF object were built from different sources")]
@@ -191,7 +191,7 @@ pub(crate) trait PerCpuHashRead<K, V>: Send + Sync {
     fn remove(&mut self, key: &K) -> Result<(), MapError>;
 }
 
-impl<K, V> PerCpuHashRead<K, V> for crate::batch::BatchedPerCpuHash<K, V>
+impl<K, V> PerCpuHashRead<K, V> for crate::kernel::batch::BatchedPerCpuHash<K, V>
 where
     K: aya::Pod + Eq + std::hash::Hash + Send + Sync,
     V: aya::Pod + Send + Sync,
@@ -227,11 +227,11 @@ impl<K: aya::Pod + Send + Sync, V: aya::Pod + Send + Sync> PerCpuHashRead<K, V> 
 }
 
 /// Takes a per-CPU hash map out of the object for a collector to own,
-/// read in batches ([`crate::batch`]).
+/// read in batches ([`crate::kernel::batch`]).
 pub(crate) fn take_per_cpu_hash<K, V>(
     ebpf: &mut Ebpf,
     map: &'static str,
-) -> Result<crate::batch::BatchedPerCpuHash<K, V>, CollectorError>
+) -> Result<crate::kernel::batch::BatchedPerCpuHash<K, V>, CollectorError>
 where
     K: aya::Pod + Eq + std::hash::Hash,
     V: aya::Pod,
@@ -247,7 +247,7 @@ where
     };
     let cpus = aya::util::nr_cpus()
         .map_err(|(_, io_error)| CollectorError::Map { map, source: Box::new(MapError::IoError(io_error)) })?;
-    Ok(crate::batch::BatchedPerCpuHash::new(data, cpus))
+    Ok(crate::kernel::batch::BatchedPerCpuHash::new(data, cpus))
 }
 
 /// Values from the kernel's BTF other than member offsets (flag values
@@ -255,7 +255,7 @@ where
 /// as `(global, value)`; written in before load like the offsets.
 pub(crate) fn kernel_values(
     spec: &CollectorSpec,
-    btf: &crate::btf::Btf,
+    btf: &crate::kernel::btf::Btf,
 ) -> Result<Vec<(&'static str, u32)>, CollectorError> {
     if spec.name == block::SPEC.name { block::kernel_values(btf) } else { Ok(Vec::new()) }
 }

@@ -40,7 +40,7 @@ use super::{
     Collector, CollectorError, CollectorOptions, CollectorSpec, KernelOffset, PerCpuRead, Tracepoint,
     procfs::{self, ProcFile},
 };
-use crate::encode::{Encoder, Family, Series};
+use crate::exposition::encode::{Encoder, Family, Series};
 
 const RECEIVE_PACKETS: Family = Family::counter(
     "kernel_net_receive_packets_total",
@@ -106,11 +106,11 @@ pub(super) const SPEC: CollectorSpec = CollectorSpec {
 fn open(ebpf: &mut Ebpf, options: &CollectorOptions) -> Result<Box<dyn Collector>, CollectorError> {
     // The program was loaded with this namespace's inode; 0 (unreadable)
     // would have it count nothing.
-    crate::bpf::own_netns_inum().map_err(|source| CollectorError::Io {
+    crate::kernel::bpf::own_netns_inum().map_err(|source| CollectorError::Io {
         what: "read the exporter's network namespace (/proc/self/ns/net)",
         source,
     })?;
-    let reasons = crate::btf::kernel()?
+    let reasons = crate::kernel::btf::kernel()?
         .enum_values(DROP_REASON_ENUM)
         .ok_or(CollectorError::KernelEnum { name: DROP_REASON_ENUM })?;
     let drops = super::take_per_cpu_array::<DropCounts>(ebpf, NET_DROPS_MAP)?;
@@ -424,7 +424,7 @@ mod tests {
     fn reads_the_running_kernels_drop_reasons() {
         // As btf::tests::reads_the_running_kernel: the project's machines
         // have BTF.
-        let Ok(btf) = crate::btf::Btf::from_kernel() else { return };
+        let Ok(btf) = crate::kernel::btf::Btf::from_kernel() else { return };
         let labels = reason_labels(&btf.enum_values(DROP_REASON_ENUM).expect("enum skb_drop_reason"));
         let named: Vec<&str> = labels.iter().flatten().map(String::as_str).collect();
         assert!(named.contains(&"NO_SOCKET") && named.contains(&"NOT_SPECIFIED"), "{named:?}");

@@ -15,8 +15,8 @@ use super::{
     procfs::{self, ProcFile},
 };
 use crate::{
-    encode::{Encoder, Family, Series},
-    histogram::HistogramSeries,
+    exposition::encode::{Encoder, Family, Series},
+    exposition::histogram::HistogramSeries,
 };
 
 const CONTEXT_SWITCHES: Family = Family::counter(

@@ -10,7 +10,7 @@ use aya::{Ebpf, maps::MapError};
 use exporter_common::signal::{MAX_SIGNAL, SIGNALS_GENERATED_MAP, SignalCounts};
 
 use super::{Collector, CollectorError, CollectorOptions, CollectorSpec, PerCpuRead, Tracepoint};
-use crate::encode::{Encoder, Family, Series};
+use crate::exposition::encode::{Encoder, Family, Series};
 
 const GENERATED: Family = Family::counter(
     "kernel_signals_generated_total",

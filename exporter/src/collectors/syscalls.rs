@@ -20,7 +20,7 @@ use super::{
     Collector, CollectorError, CollectorOptions, CollectorSpec, KernelOffset, PerCpuRead, Tracepoint,
     syscall_names::syscall_name,
 };
-use crate::encode::{Encoder, Family, Series};
+use crate::exposition::encode::{Encoder, Family, Series};
 
 const CALLS: Family =
     Family::counter("kernel_syscalls_total", "Syscalls entered, by syscall (raw_syscalls:sys_enter).");

@@ -15,8 +15,8 @@ use exporter_common::{
 
 use super::{Collector, CollectorError, CollectorOptions, CollectorSpec, KernelOffset, PerCpuRead, Tracepoint};
 use crate::{
-    encode::{Encoder, Family, Series},
-    histogram::HistogramSeries,
+    exposition::encode::{Encoder, Family, Series},
+    exposition::histogram::HistogramSeries,
 };
 
 const OPENS: Family = Family::counter(
@@ -77,7 +77,7 @@ pub(super) const SPEC: CollectorSpec = CollectorSpec {
 fn open(ebpf: &mut Ebpf, _options: &CollectorOptions) -> Result<Box<dyn Collector>, CollectorError> {
     // Without its namespace's inode the daemon wrote 0 into the programs,
     // which then match no socket: report that rather than count nothing.
-    crate::bpf::own_netns_inum().map_err(|source| CollectorError::Io {
+    crate::kernel::bpf::own_netns_inum().map_err(|source| CollectorError::Io {
         what: "read the exporter's network namespace from /proc/self/ns/net",
         source,
     })?;

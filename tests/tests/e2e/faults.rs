@@ -89,7 +89,7 @@ fn error_lines(log: &str) -> Vec<&str> {
 #[test]
 fn a_collector_the_verifier_rejects_is_down_and_the_others_serve() {
     let mut command = Command::new(exporter_binary());
-    // Test-only hook (exporter/src/test_hooks.rs): the last program of
+    // Test-only hook (exporter/src/kernel/test_hooks.rs): the last program of
     // `syscalls`, sys_exit, ends in an endless loop. sys_enter is loaded
     // and attached first, so this is also the half-attached case.
     command.env("KERNEL_EXPORTER_TEST_VERIFIER_REJECTS", "syscalls");

@@ -15,7 +15,10 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::{auth::AuthFailure, connections::CloseReason, encode::Format, tls::HandshakeFailure};
+use crate::{
+    exposition::encode::Format, front_door::auth::AuthFailure, front_door::connections::CloseReason,
+    front_door::tls::HandshakeFailure,
+};
 
 /// Scrape-duration histogram bounds, in seconds: a kernel-exporter scrape
 /// takes well under a millisecond, a slow one tens of milliseconds.
@@ -115,7 +118,7 @@ impl FrontDoorMetrics {
     }
 }
 
-/// The connection table's gauge and counters (see [`crate::connections`]).
+/// The connection table's gauge and counters (see [`crate::front_door::connections`]).
 #[derive(Clone)]
 pub(crate) struct ConnectionMetrics {
     open: Gauge,

@@ -15,7 +15,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     collectors::{Collector, CollectorError, CollectorOptions, CollectorSpec, Tracepoint, TracepointKind},
-    tracefs::Tracefs,
+    kernel::tracefs::Tracefs,
 };
 
 /// The object built from `exporter-ebpf` by `build.rs`.
@@ -103,10 +103,14 @@ impl Kernel {
     pub(crate) fn open_allowlist(
         &mut self,
     ) -> Result<
-        (crate::allowlist::Filter, crate::allowlist::Trie, crate::allowlist::Counters),
-        crate::allowlist::AllowlistError,
+        (
+            crate::front_door::allowlist::Filter,
+            crate::front_door::allowlist::Trie,
+            crate::front_door::allowlist::Counters,
+        ),
+        crate::front_door::allowlist::AllowlistError,
     > {
-        crate::allowlist::open(&mut self.ebpf)
+        crate::front_door::allowlist::open(&mut self.ebpf)
     }
 
     /// Calls `each` with the name, total run time and run count of every
@@ -137,7 +141,7 @@ impl Kernel {
 
         // The programs need no CO-RE relocations (member offsets come from
         // `btf.rs`), so the loader gets no BTF; ours is dropped first.
-        crate::btf::release_kernel();
+        crate::kernel::btf::release_kernel();
         release_freed_memory();
         let mut loader = loader_without_btf();
         loader.btf(None);
@@ -154,7 +158,7 @@ impl Kernel {
             }
         }
         loader.map_max_entries(exporter_common::allowlist::SOURCES_MAP, sources_tracked);
-        let object = crate::test_hooks::bpf_object(BPF_OBJECT, specs);
+        let object = crate::kernel::test_hooks::bpf_object(BPF_OBJECT, specs);
         let mut ebpf = loader.load(object.bytes()).map_err(LoadError)?;
         drop(object);
         // Before the collectors take their maps out of the object.
@@ -177,7 +181,7 @@ impl Kernel {
                 LoadedCollector { name: spec.name, state }
             })
             .collect();
-        crate::btf::release_kernel();
+        crate::kernel::btf::release_kernel();
         release_freed_memory();
         Ok((
             Self {
@@ -220,7 +224,7 @@ fn prepare(tracefs: Option<&Tracefs>, spec: &CollectorSpec) -> Result<Prepared, 
     if spec.offsets.is_empty() && !spec.tracepoints.iter().any(|tp| needs_btf(&tp)) {
         return Ok(Prepared::default());
     }
-    let btf = crate::btf::kernel()?;
+    let btf = crate::kernel::btf::kernel()?;
     let mut globals = spec
         .offsets
         .iter()
@@ -297,8 +301,9 @@ fn attach(ebpf: &mut Ebpf, spec: &CollectorSpec, prepared: &Prepared) -> Result<
                     .iter()
                     .find_map(|(program, id)| (*program == tp.program).then_some(*id))
                     .ok_or(CollectorError::MissingTracepoint { category: tp.category, name })?;
-                let stand_in = aya::Btf::parse(&crate::btf::tracepoint_stand_in(name, id), aya::Endianness::Little)
-                    .map_err(|source| load_error(ProgramError::Btf(source)))?;
+                let stand_in =
+                    aya::Btf::parse(&crate::kernel::btf::tracepoint_stand_in(name, id), aya::Endianness::Little)
+                        .map_err(|source| load_error(ProgramError::Btf(source)))?;
                 let program: &mut BtfTracePoint =
                     ebpf.program_mut(tp.program).and_then(|p| p.try_into().ok()).ok_or_else(missing)?;
                 program.load(name, &stand_in).map_err(load_error)?;
@@ -328,13 +333,13 @@ const MAP_COUNT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1
 
 /// The entry counters and their last counts.
 pub(crate) struct MapCounters {
-    counters: Vec<(String, u32, crate::batch::EntryCounter)>,
+    counters: Vec<(String, u32, crate::kernel::batch::EntryCounter)>,
     counted: Option<(std::time::Instant, Vec<u64>)>,
 }
 
 /// Entry counters for every hash-type map of the object, on duplicated
 /// descriptors (a map the kernel does not describe is left out).
-fn hash_map_counters(ebpf: &Ebpf) -> Vec<(String, u32, crate::batch::EntryCounter)> {
+fn hash_map_counters(ebpf: &Ebpf) -> Vec<(String, u32, crate::kernel::batch::EntryCounter)> {
     use std::os::fd::AsFd as _;
     let cpus = aya::util::nr_cpus().unwrap_or(1);
     ebpf.maps()
@@ -346,7 +351,7 @@ fn hash_map_counters(ebpf: &Ebpf) -> Vec<(String, u32, crate::batch::EntryCounte
             };
             let info = data.info().ok()?;
             let fd = data.fd().as_fd().try_clone_to_owned().ok()?;
-            let counter = crate::batch::EntryCounter::new(
+            let counter = crate::kernel::batch::EntryCounter::new(
                 fd,
                 info.key_size() as usize,
                 info.value_size() as usize,

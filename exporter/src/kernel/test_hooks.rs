@@ -131,7 +131,7 @@ mod tests {
 
     #[test]
     fn finds_and_patches_the_final_exit_of_a_program() {
-        let object = crate::bpf::embedded_object();
+        let object = crate::kernel::bpf::embedded_object();
         let at = last_instruction(object, "sys_exit").expect("sys_exit ends in exit");
         assert_eq!(object[at], EXIT);
         let patched = patched(object, "sys_exit").expect("patched");
@@ -150,7 +150,7 @@ mod tests {
     fn without_the_variable_the_embedded_object_is_loaded() {
         // The test runner never sets the variable.
         assert!(std::env::var_os(VERIFIER_REJECTS_ENV).is_none());
-        let object = crate::bpf::embedded_object();
+        let object = crate::kernel::bpf::embedded_object();
         let chosen = bpf_object(object, &[]);
         assert_eq!(chosen.bytes().as_ptr(), object.as_ptr());
     }

@@ -35,8 +35,8 @@ use tracing::debug;
 
 use crate::{
     collectors::{Collector, CollectorError, PerCpuHashRead, PerCpuRead, take_per_cpu_array, take_per_cpu_hash},
-    encode::{Encoder, Family, Series},
-    web_config::Cidr,
+    exposition::encode::{Encoder, Family, Series},
+    front_door::web_config::Cidr,
 };
 
 const CONNECTIONS: Family = Family::counter(

@@ -1,6 +1,6 @@
 //! The daemon's own kernel-side cost: run count and run time of each of
 //! its BPF programs, from the kernel's run statistics (`BPF_ENABLE_STATS`,
-//! held on by [`crate::bpf::Kernel`]), and how full its hash maps are
+//! held on by [`crate::kernel::bpf::Kernel`]), and how full its hash maps are
 //! against their bounds.
 
 use std::{
@@ -11,9 +11,9 @@ use std::{
 use aya::maps::MapError;
 
 use crate::{
-    bpf::Kernel,
     collectors::Collector,
-    encode::{Encoder, Family, Series},
+    exposition::encode::{Encoder, Family, Series},
+    kernel::bpf::Kernel,
 };
 
 const RUN_SECONDS: Family = Family::counter(

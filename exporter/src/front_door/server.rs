@@ -22,7 +22,7 @@
 //! bodies are never read, so a body (a `Content-Length` of a gigabyte, an
 //! endless chunked one) costs at most one socket read, discarded, and the
 //! connection closes after the answer. How many connections are held, and
-//! for how long without a request, is [`crate::connections`]' business.
+//! for how long without a request, is [`crate::front_door::connections`]' business.
 //! Refusals by basic auth are answered no sooner than
 //! [`AUTH_REFUSAL_DELAY`] after the request came in.
 
@@ -56,18 +56,18 @@ use tokio::{
 };
 use tracing::{debug, error, info, warn};
 
-use crate::access_log::{self, AccessLog, Connection};
+use crate::front_door::access_log::{self, AccessLog, Connection};
 
 use crate::{
-    allowlist::Requests,
-    auth::{self, AuthFailure, Authenticator},
     cli::{Config, ListenAddress},
-    connections::{Admission, CloseReason, Connections, Slot},
-    encode::Format,
-    reload::FrontDoor,
+    exposition::encode::Format,
+    front_door::allowlist::Requests,
+    front_door::auth::{self, AuthFailure, Authenticator},
+    front_door::connections::{Admission, CloseReason, Connections, Slot},
+    front_door::reload::FrontDoor,
+    front_door::tls,
     scrape::Scraper,
-    self_metrics::{ConnectionMetrics, FrontDoorMetrics},
-    tls,
+    scrape::self_metrics::{ConnectionMetrics, FrontDoorMetrics},
 };
 
 /// How long a client may take to send its request headers; slow-loris

@@ -1,0 +1,11 @@
+//! The kernel side: the embedded BPF object, loading it and attaching each
+//! collector's programs, the kernel's BTF, batched map reads, tracefs, and
+//! the run statistics the kernel keeps for our programs.
+//!
+//! It knows nothing of metrics: no metric names, no encoder, no HTTP.
+
+pub(crate) mod batch;
+pub(crate) mod bpf;
+pub(crate) mod btf;
+pub(crate) mod test_hooks;
+pub(crate) mod tracefs;
