@@ -29,7 +29,7 @@ use anyhow::Context as _;
 use tracing::{info, warn};
 
 use crate::{
-    front_door::{allowlist, connections, reload, server},
+    front_door::{allowlist, connections, listener, reload, server},
     kernel::bpf,
     process::{logging, privileges},
     scrape::{program_stats, self_metrics},
@@ -120,7 +120,7 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
         bpf::Kernel::load(&config.collectors, &config.collector_options, config.sources_tracked)?;
     let (filter, trie, allowlist_counters) = kernel.open_allowlist()?;
     front_door.enforce(trie)?;
-    let listeners = server::bind_all(&config.listen_addresses, filter.program())?;
+    let listeners = listener::bind_all(&config.listen_addresses, filter.program())?;
     // Each listener holds the program now.
     drop(filter);
     privileges::drop_privileges(runtime_user.as_ref())?;

@@ -8,8 +8,12 @@
 pub(crate) mod access_log;
 pub(crate) mod allowlist;
 pub(crate) mod auth;
+pub(crate) mod cidr;
 pub(crate) mod connections;
+pub(crate) mod listener;
 pub(crate) mod reload;
+pub(crate) mod routes;
 pub(crate) mod server;
 pub(crate) mod tls;
+pub(crate) mod tls_settings;
 pub(crate) mod web_config;
