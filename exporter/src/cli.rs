@@ -3,14 +3,16 @@
 //! kernel or the network.
 
 use std::{
-    fmt,
     net::{IpAddr, Ipv6Addr, SocketAddr},
     path::PathBuf,
 };
 
 use clap::{Arg, ArgAction, ArgMatches, Command, FromArgMatches as _, Parser};
 
-use crate::collectors::{self, CollectorOptions, CollectorSpec};
+use crate::{
+    collectors::{self, CollectorOptions, CollectorSpec},
+    front_door::listener::ListenAddress,
+};
 
 /// `--version`: what was built, from what, with which BPF object.
 const LONG_VERSION: &str = concat!(
@@ -180,21 +182,6 @@ pub(crate) struct Config {
     /// Enabled collectors, in registry order.
     pub(crate) collectors: Vec<&'static CollectorSpec>,
     pub(crate) collector_options: CollectorOptions,
-}
-
-/// One `--web.listen-address`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct ListenAddress {
-    pub(crate) addr: SocketAddr,
-    /// Set for ":PORT": one IPv6 socket that also accepts IPv4, as Go's
-    /// listener (and so node_exporter) does.
-    pub(crate) dual_stack: bool,
-}
-
-impl fmt::Display for ListenAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.dual_stack { write!(f, ":{}", self.addr.port()) } else { self.addr.fmt(f) }
-    }
 }
 
 impl Invocation {

@@ -20,6 +20,7 @@ use base64::{Engine as _, engine::general_purpose::STANDARD};
 use hyper::header::HeaderValue;
 
 use crate::{
+    collectors::LoadedCollector,
     collectors::{CollectorError, REGISTRY},
     exposition::encode::Format,
     front_door::allowlist,
@@ -27,7 +28,6 @@ use crate::{
     front_door::routes,
     front_door::tls,
     front_door::web_config::{self, Cidr, WebConfig},
-    kernel::bpf::LoadedCollector,
     scrape::self_metrics::SelfMetrics,
     scrape::{Scraper, SelectError},
 };

@@ -29,8 +29,11 @@ use anyhow::Context as _;
 use tracing::{info, warn};
 
 use crate::{
-    front_door::{allowlist, connections, listener, reload, server},
-    kernel::bpf,
+    front_door::{
+        allowlist, connections, listener,
+        metrics::{ConnectionMetrics, FrontDoorMetrics},
+        reload, server,
+    },
     process::{logging, privileges},
     scrape::{program_stats, self_metrics},
 };
@@ -117,8 +120,8 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
     // attach, open the listeners, then give every privilege up before the
     // runtime starts its threads (capabilities are per thread).
     let (mut kernel, collectors) =
-        bpf::Kernel::load(&config.collectors, &config.collector_options, config.sources_tracked)?;
-    let (filter, trie, allowlist_counters) = kernel.open_allowlist()?;
+        collectors::load(&config.collectors, &config.collector_options, config.sources_tracked)?;
+    let (filter, trie, allowlist_counters) = allowlist::open(kernel.object())?;
     front_door.enforce(trie)?;
     let listeners = listener::bind_all(&config.listen_addresses, filter.program())?;
     // Each listener holds the program now.
@@ -145,10 +148,12 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
         // threads keep them blocked, as they inherited).
         signals::release(&start_up_signals);
 
-        let self_metrics = self_metrics::SelfMetrics::new();
-        let front_door_metrics = self_metrics.front_door();
+        let mut self_metrics = self_metrics::SelfMetrics::new();
+        // Registered after the exporter's scrape and process metrics, in
+        // this order: the registry encodes in the order of registration.
+        let front_door_metrics = FrontDoorMetrics::register(self_metrics.registry());
+        let connection_metrics = ConnectionMetrics::register(self_metrics.registry());
         let in_flight = self_metrics.requests_in_flight();
-        let connection_metrics = self_metrics.connections();
         let reloader = tokio::spawn(reload::watch(Arc::clone(&front_door), front_door_metrics.clone(), hangup));
         let kernel = Arc::new(kernel);
         let requests = allowlist::Requests::new(config.sources_tracked);
@@ -156,8 +161,20 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
             .with_internal(Box::new(program_stats::ProgramStats::new(Arc::clone(&kernel))))
             .with_internal(Box::new(allowlist_counters))
             .with_internal(Box::new(requests.clone()));
-        let app =
-            server::App::new(scraper, &config, front_door, front_door_metrics, in_flight, requests, connection_metrics);
+        let settings = server::Settings {
+            telemetry_path: config.telemetry_path.clone(),
+            max_requests: config.max_requests,
+            max_connections: config.max_connections,
+        };
+        let app = server::App::new(
+            scraper,
+            &settings,
+            front_door,
+            front_door_metrics,
+            in_flight,
+            requests,
+            connection_metrics,
+        );
 
         server::serve(listeners, app, shutdown).await;
         reloader.abort();

@@ -22,9 +22,19 @@ use aya::{
     maps::{MapData, MapError, PerCpuArray, PerCpuHashMap},
 };
 
-use crate::exposition::encode::Encoder;
+// The loader's view of a collector lives in `kernel`; the collectors name
+// these types from here, with the rest of what they share.
 #[cfg(test)]
 use crate::exposition::encode::Family;
+pub(crate) use crate::kernel::programs::{CollectorError, KernelOffset, Tracepoint};
+use crate::{
+    exposition::encode::Encoder,
+    kernel::{
+        bpf::{Kernel, LoadError},
+        btf::Btf,
+        programs::Programs,
+    },
+};
 
 /// Every collector the daemon knows, in the order they appear in scrapes.
 pub(crate) const REGISTRY: &[CollectorSpec] =
@@ -50,6 +60,43 @@ pub(crate) struct CollectorSpec {
     pub(crate) open: OpenFn,
 }
 
+impl Programs for CollectorSpec {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn tracepoints(&self) -> &'static [Tracepoint] {
+        self.tracepoints
+    }
+
+    fn offsets(&self) -> &'static [KernelOffset] {
+        self.offsets
+    }
+
+    fn kernel_values(&self, btf: &Btf) -> Result<Vec<(&'static str, u32)>, CollectorError> {
+        kernel_values(self, btf)
+    }
+}
+
+/// An enabled collector, working or not.
+pub(crate) struct LoadedCollector {
+    pub(crate) name: &'static str,
+    pub(crate) state: Result<Box<dyn Collector>, CollectorError>,
+}
+
+/// Loads the BPF object and the collectors in `specs` ([`Kernel::load`]),
+/// each opened with `options`; the kernel keeps the programs attached.
+pub(crate) fn load(
+    specs: &[&'static CollectorSpec],
+    options: &CollectorOptions,
+    sources_tracked: u32,
+) -> Result<(Kernel, Vec<LoadedCollector>), LoadError> {
+    let (kernel, states) =
+        Kernel::load(specs, sources_tracked, options.bpf_run_stats, |spec, ebpf| (spec.open)(ebpf, options))?;
+    let collectors = specs.iter().zip(states).map(|(spec, state)| LoadedCollector { name: spec.name, state }).collect();
+    Ok((kernel, collectors))
+}
+
 /// How a collector takes its maps out of the loaded object.
 pub(crate) type OpenFn = fn(&mut Ebpf, &CollectorOptions) -> Result<Box<dyn Collector>, CollectorError>;
 
@@ -67,100 +114,11 @@ pub(crate) struct CollectorOptions {
     pub(crate) bpf_run_stats: bool,
 }
 
-/// A tracepoint program and where it attaches.
-#[derive(Debug)]
-pub(crate) struct Tracepoint {
-    /// The program's function name in `exporter-ebpf`.
-    pub(crate) program: &'static str,
-    pub(crate) category: &'static str,
-    pub(crate) name: &'static str,
-    pub(crate) kind: TracepointKind,
-}
-
-/// How a program attaches to its tracepoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TracepointKind {
-    /// A raw tracepoint: arguments as plain numbers, struct members read
-    /// with `bpf_probe_read_kernel`. Needs nothing but the name.
-    Raw,
-    /// A BTF tracepoint (`tp_btf`): the verifier knows the arguments'
-    /// types, so members are read with plain loads (tens of nanoseconds
-    /// cheaper per read). Loading needs the kernel's BTF id of the
-    /// tracepoint, which the daemon's own BTF parser finds. For hot paths.
-    Btf,
-}
-
-impl Tracepoint {
-    pub(crate) const fn raw(program: &'static str, category: &'static str, name: &'static str) -> Self {
-        Self { program, category, name, kind: TracepointKind::Raw }
-    }
-
-    pub(crate) const fn btf(program: &'static str, category: &'static str, name: &'static str) -> Self {
-        Self { program, category, name, kind: TracepointKind::Btf }
-    }
-}
-
-/// A kernel struct member a program reads: its offset in the running
-/// kernel, from BTF, is written into the BPF object's global `global`
-/// before it is loaded.
-#[derive(Debug)]
-pub(crate) struct KernelOffset {
-    pub(crate) global: &'static str,
-    pub(crate) type_name: &'static str,
-    pub(crate) member: &'static str,
-    /// Size in bytes the program reads; a kernel with another size is refused.
-    pub(crate) size: u32,
-}
-
 /// A collector whose programs are attached: it reads its maps at scrape time.
 pub(crate) trait Collector: Send + Sync {
     /// Writes the collector's metric families. On error nothing it wrote is
     /// kept; the caller reports the collector down for this scrape.
     fn collect(&self, out: &mut Encoder<'_>) -> Result<(), MapError>;
-}
-
-/// Why a collector is down. Each variant names the thing and, where there
-/// is one, the fix.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum CollectorError {
-    #[error("tracepoint {category}/{name} does not exist in this kernel")]
-    MissingTracepoint { category: &'static str, name: &'static str },
-    #[error("{0}")]
-    Btf(#[from] crate::kernel::btf::BtfError),
-    #[error("the kernel has no {type_name}.{member} of {size} bytes (from its BTF)")]
-    KernelType { type_name: &'static str, member: &'static str, size: u32 },
-    #[error("the BPF object has no program {program}: the daemon and BPF object were built from different sources")]
-    MissingProgram { program: &'static str },
-    #[error("the kernel rejected program {program}: {source}")]
-    Load {
-        program: &'static str,
-        #[source]
-        source: Box<aya::programs::ProgramError>,
-    },
-    #[error("cannot attach program {program} to tracepoint {category}/{name}: {source}")]
-    Attach {
-        program: &'static str,
-        category: &'static str,
-        name: &'static str,
-        #[source]
-        source: Box<aya::programs::ProgramError>,
-    },
-    #[error("the kernel has no enum {name} (from its BTF)")]
-    KernelEnum { name: &'static str },
-    #[error("cannot {what}: {source}")]
-    Io {
-        what: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the BPF object has no map {map}: the daemon and BPF object were built from different sources")]
-    MissingMap { map: &'static str },
-    #[error("map {map} does not have the expected type or layout: {source}")]
-    Map {
-        map: &'static str,
-        #[source]
-        source: Box<MapError>,
-    },
 }
 
 /// Reading one entry of a per-CPU map, all CPUs at once. Behind a trait so
@@ -253,10 +211,7 @@ where
 /// Values from the kernel's BTF other than member offsets (flag values
 /// that moved between kernels) that `spec`'s programs read from globals,
 /// as `(global, value)`; written in before load like the offsets.
-pub(crate) fn kernel_values(
-    spec: &CollectorSpec,
-    btf: &crate::kernel::btf::Btf,
-) -> Result<Vec<(&'static str, u32)>, CollectorError> {
+fn kernel_values(spec: &CollectorSpec, btf: &Btf) -> Result<Vec<(&'static str, u32)>, CollectorError> {
     if spec.name == block::SPEC.name { block::kernel_values(btf) } else { Ok(Vec::new()) }
 }
 

@@ -36,7 +36,7 @@ use std::{
 
 use tokio::{sync::Notify, time::Instant};
 
-use crate::scrape::self_metrics::ConnectionMetrics;
+use crate::front_door::metrics::ConnectionMetrics;
 
 /// Why the daemon closed a connection on its own, as counted in
 /// `kernel_exporter_connections_closed_total{reason}`.

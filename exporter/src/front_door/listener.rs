@@ -5,14 +5,27 @@
 //! `accept()` is [`super::server`]'s business.
 
 use std::{
-    io,
+    fmt, io,
     net::SocketAddr,
     os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, IntoRawFd as _},
 };
 
 use tokio::net::TcpSocket;
 
-use crate::cli::ListenAddress;
+/// One `--web.listen-address`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ListenAddress {
+    pub(crate) addr: SocketAddr,
+    /// Set for ":PORT": one IPv6 socket that also accepts IPv4, as Go's
+    /// listener (and so node_exporter) does.
+    pub(crate) dual_stack: bool,
+}
+
+impl fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.dual_stack { write!(f, ":{}", self.addr.port()) } else { self.addr.fmt(f) }
+    }
+}
 
 /// Pending connections the kernel queues per listener.
 const LISTEN_BACKLOG: u32 = 1024;

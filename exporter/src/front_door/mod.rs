@@ -11,6 +11,7 @@ pub(crate) mod auth;
 pub(crate) mod cidr;
 pub(crate) mod connections;
 pub(crate) mod listener;
+pub(crate) mod metrics;
 pub(crate) mod reload;
 pub(crate) mod routes;
 pub(crate) mod server;

@@ -28,12 +28,12 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::{
-    cli::ListenAddress,
     front_door::allowlist::{AllowlistError, Trie},
     front_door::auth::Users,
+    front_door::listener::ListenAddress,
+    front_door::metrics::FrontDoorMetrics,
     front_door::tls::{self, TlsError},
     front_door::web_config::{Cidr, ConfigError, WebConfig},
-    scrape::self_metrics::FrontDoorMetrics,
 };
 
 /// How often the watched files are looked at.

@@ -60,18 +60,18 @@ use tracing::{debug, error, info, warn};
 use crate::front_door::access_log::{self, AccessLog, Connection};
 
 use crate::{
-    cli::{Config, ListenAddress},
     exposition::encode::Format,
     front_door::allowlist::Requests,
     front_door::auth::{self, Authenticator},
     front_door::connections::{Admission, CloseReason, Connections, Slot},
+    front_door::listener::ListenAddress,
+    front_door::metrics::{ConnectionMetrics, FrontDoorMetrics},
     front_door::reload::FrontDoor,
     front_door::routes::{
         accepts_gzip, collector_filters, gzip, landing_page, method_not_allowed, refused, response, source_removed,
     },
     front_door::tls,
     scrape::Scraper,
-    scrape::self_metrics::{ConnectionMetrics, FrontDoorMetrics},
 };
 
 /// How long a client may take to send its request headers; slow-loris
@@ -142,6 +142,17 @@ fn reset_on_close(fd: RawFd) {
     };
 }
 
+/// What the handler takes from the command line.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// `--web.telemetry-path`.
+    pub(crate) telemetry_path: String,
+    /// `--web.max-requests`; `None` means no limit.
+    pub(crate) max_requests: Option<usize>,
+    /// `--web.max-connections`.
+    pub(crate) max_connections: usize,
+}
+
 /// Everything a request handler needs, shared by all connections.
 pub(crate) struct App {
     scraper: Scraper,
@@ -177,7 +188,7 @@ impl Drop for InFlight<'_> {
 impl App {
     pub(crate) fn new(
         scraper: Scraper,
-        config: &Config,
+        config: &Settings,
         front_door: Arc<FrontDoor>,
         metrics: FrontDoorMetrics,
         in_flight: prometheus_client::metrics::gauge::Gauge,

@@ -13,9 +13,9 @@ use aya::{
 };
 use tracing::{debug, error, info, warn};
 
-use crate::{
-    collectors::{Collector, CollectorError, CollectorOptions, CollectorSpec, Tracepoint, TracepointKind},
-    kernel::tracefs::Tracefs,
+use super::{
+    programs::{CollectorError, Programs, Tracepoint, TracepointKind},
+    tracefs::Tracefs,
 };
 
 /// The object built from `exporter-ebpf` by `build.rs`.
@@ -51,16 +51,7 @@ pub(crate) struct Kernel {
     map_counters: std::sync::Mutex<MapCounters>,
 }
 
-/// An enabled collector, working or not.
-pub(crate) struct LoadedCollector {
-    pub(crate) name: &'static str,
-    pub(crate) state: Result<Box<dyn Collector>, CollectorError>,
-}
-
 impl Kernel {
-    /// Loads the object (maps are created here), then each collector in
-    /// `specs`: its programs are verified, loaded and attached, and its maps
-    /// handed to it. Only a failure of the object itself is an error.
     /// Whether the kernel keeps BPF run statistics for us (`--bpf.run-stats`).
     pub(crate) fn run_stats_on(&self) -> bool {
         self._run_stats.is_some()
@@ -98,19 +89,11 @@ impl Kernel {
         }
     }
 
-    /// Loads the allowlist socket filter (attached to sockets, not to a
-    /// tracepoint, so it is no collector) and takes its maps.
-    pub(crate) fn open_allowlist(
-        &mut self,
-    ) -> Result<
-        (
-            crate::front_door::allowlist::Filter,
-            crate::front_door::allowlist::Trie,
-            crate::front_door::allowlist::Counters,
-        ),
-        crate::front_door::allowlist::AllowlistError,
-    > {
-        crate::front_door::allowlist::open(&mut self.ebpf)
+    /// The loaded object, for what is not a collector: the allowlist
+    /// socket filter (attached to sockets, not to a tracepoint) takes its
+    /// program and maps from here.
+    pub(crate) fn object(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 
     /// Calls `each` with the name, total run time and run count of every
@@ -124,20 +107,27 @@ impl Kernel {
         }
     }
 
+    /// Loads the object (maps are created here), then each collector in
+    /// `specs`: its programs are verified, loaded and attached, and `open`
+    /// takes its maps out of the object. Only a failure of the object itself
+    /// is an error; each collector's own outcome is in the list, in order.
+    ///
     /// `sources_tracked` bounds the allowlist's per-source map
     /// (`--web.allowlist-sources-tracked`); it is sized at load.
-    pub(crate) fn load(
-        specs: &[&'static CollectorSpec],
-        options: &CollectorOptions,
+    /// `run_stats` (`--bpf.run-stats`) keeps the kernel's run statistics on.
+    pub(crate) fn load<S: Programs, T>(
+        specs: &[&S],
         sources_tracked: u32,
-    ) -> Result<(Self, Vec<LoadedCollector>), LoadError> {
+        run_stats: bool,
+        mut open: impl FnMut(&S, &mut Ebpf) -> Result<T, CollectorError>,
+    ) -> Result<(Self, Vec<Result<T, CollectorError>>), LoadError> {
         let tracefs = Tracefs::find();
         // The kernel's BTF is parsed once, only if a collector needs it,
         // and released when every collector is open.
         // Tracepoints and member offsets are checked against this kernel
         // before loading, because the offsets go into the object.
         let prepared: Vec<Result<Prepared, CollectorError>> =
-            specs.iter().map(|spec| prepare(tracefs.as_ref(), spec)).collect();
+            specs.iter().map(|&spec| prepare(tracefs.as_ref(), spec)).collect();
 
         // The programs need no CO-RE relocations (member offsets come from
         // `btf.rs`), so the loader gets no BTF; ours is dropped first.
@@ -167,18 +157,18 @@ impl Kernel {
         let collectors = specs
             .iter()
             .zip(prepared)
-            .map(|(spec, prepared)| {
+            .map(|(&spec, prepared)| {
                 let state = prepared
                     .and_then(|prepared| attach(&mut ebpf, spec, &prepared))
-                    .and_then(|()| (spec.open)(&mut ebpf, options));
+                    .and_then(|()| open(spec, &mut ebpf));
                 match &state {
-                    Ok(_) => info!(collector = spec.name, programs = spec.tracepoints.len(), "collector attached"),
+                    Ok(_) => info!(collector = spec.name(), programs = spec.tracepoints().len(), "collector attached"),
                     Err(error) => {
                         detach(&mut ebpf, spec);
-                        error!(collector = spec.name, "collector is down: {}", down_reason(error));
+                        error!(collector = spec.name(), "collector is down: {}", down_reason(error));
                     }
                 }
-                LoadedCollector { name: spec.name, state }
+                state
             })
             .collect();
         crate::kernel::btf::release_kernel();
@@ -186,7 +176,7 @@ impl Kernel {
         Ok((
             Self {
                 ebpf,
-                _run_stats: if options.bpf_run_stats { enable_run_stats() } else { None },
+                _run_stats: if run_stats { enable_run_stats() } else { None },
                 map_counters: std::sync::Mutex::new(MapCounters { counters: map_counters, counted: None }),
             },
             collectors,
@@ -209,9 +199,9 @@ struct Prepared {
 /// Checks that every tracepoint of `spec` exists (where tracefs shows
 /// it; raw tracepoints attach without tracefs), and finds the kernel member
 /// offsets and BTF type ids its programs need.
-fn prepare(tracefs: Option<&Tracefs>, spec: &CollectorSpec) -> Result<Prepared, CollectorError> {
+fn prepare(tracefs: Option<&Tracefs>, spec: &impl Programs) -> Result<Prepared, CollectorError> {
     if let Some(tracefs) = tracefs {
-        for tp in spec.tracepoints {
+        for tp in spec.tracepoints() {
             // Checked first so a kernel without the tracepoint gets an error
             // that says so, not a bare ENOENT from deep inside attach.
             let name = tracepoint_name(spec, tp.name);
@@ -221,12 +211,12 @@ fn prepare(tracefs: Option<&Tracefs>, spec: &CollectorSpec) -> Result<Prepared, 
         }
     }
     let needs_btf = |tp: &&Tracepoint| tp.kind == TracepointKind::Btf;
-    if spec.offsets.is_empty() && !spec.tracepoints.iter().any(|tp| needs_btf(&tp)) {
+    if spec.offsets().is_empty() && !spec.tracepoints().iter().any(|tp| needs_btf(&tp)) {
         return Ok(Prepared::default());
     }
     let btf = crate::kernel::btf::kernel()?;
     let mut globals = spec
-        .offsets
+        .offsets()
         .iter()
         .map(|wanted| {
             btf.member(wanted.type_name, wanted.member)
@@ -239,9 +229,9 @@ fn prepare(tracefs: Option<&Tracefs>, spec: &CollectorSpec) -> Result<Prepared, 
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    globals.extend(crate::collectors::kernel_values(spec, &btf)?);
+    globals.extend(spec.kernel_values(&btf)?);
     let btf_ids = spec
-        .tracepoints
+        .tracepoints()
         .iter()
         .filter(needs_btf)
         .map(|tp| {
@@ -251,7 +241,7 @@ fn prepare(tracefs: Option<&Tracefs>, spec: &CollectorSpec) -> Result<Prepared, 
                 .ok_or(CollectorError::MissingTracepoint { category: tp.category, name })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    debug!(collector = spec.name, ?globals, ?btf_ids, "kernel member offsets and BTF ids");
+    debug!(collector = spec.name(), ?globals, ?btf_ids, "kernel member offsets and BTF ids");
     Ok(Prepared { globals, btf_ids })
 }
 
@@ -264,16 +254,16 @@ pub(crate) fn own_netns_inum() -> io::Result<u32> {
 }
 
 /// The tracepoint name to use, after the test-only hook.
-fn tracepoint_name(spec: &CollectorSpec, name: &'static str) -> &'static str {
-    if std::env::var_os(TEST_MISSING_TRACEPOINT_ENV).is_some_and(|broken| broken == spec.name) {
+fn tracepoint_name(spec: &impl Programs, name: &'static str) -> &'static str {
+    if std::env::var_os(TEST_MISSING_TRACEPOINT_ENV).is_some_and(|broken| broken == spec.name()) {
         TEST_MISSING_TRACEPOINT
     } else {
         name
     }
 }
 
-fn attach(ebpf: &mut Ebpf, spec: &CollectorSpec, prepared: &Prepared) -> Result<(), CollectorError> {
-    for tp in spec.tracepoints {
+fn attach(ebpf: &mut Ebpf, spec: &impl Programs, prepared: &Prepared) -> Result<(), CollectorError> {
+    for tp in spec.tracepoints() {
         let name = tracepoint_name(spec, tp.name);
         let load_error = |source: ProgramError| {
             if let ProgramError::LoadError { verifier_log, .. } = &source {
@@ -317,8 +307,8 @@ fn attach(ebpf: &mut Ebpf, spec: &CollectorSpec, prepared: &Prepared) -> Result<
 
 /// Unloads whatever part of a failed collector got loaded, so a half
 /// attached collector never counts.
-fn detach(ebpf: &mut Ebpf, spec: &CollectorSpec) {
-    for tp in spec.tracepoints {
+fn detach(ebpf: &mut Ebpf, spec: &impl Programs) {
+    for tp in spec.tracepoints() {
         let Some(program) = ebpf.program_mut(tp.program) else { continue };
         // Unloading a program that was never loaded fails harmlessly.
         let _ = match tp.kind {

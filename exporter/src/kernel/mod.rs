@@ -7,5 +7,6 @@
 pub(crate) mod batch;
 pub(crate) mod bpf;
 pub(crate) mod btf;
+pub(crate) mod programs;
 pub(crate) mod test_hooks;
 pub(crate) mod tracefs;

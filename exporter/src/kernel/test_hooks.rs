@@ -10,7 +10,7 @@
 
 use tracing::warn;
 
-use crate::collectors::CollectorSpec;
+use super::programs::Programs;
 
 /// `KERNEL_EXPORTER_TEST_VERIFIER_REJECTS=<collector>`: that collector's
 /// last program is loaded with its final `exit` instruction turned into a
@@ -47,11 +47,11 @@ impl BpfObject {
 }
 
 /// The object with any test hook applied.
-pub(crate) fn bpf_object(embedded: &'static [u8], specs: &[&CollectorSpec]) -> BpfObject {
+pub(crate) fn bpf_object<S: Programs>(embedded: &'static [u8], specs: &[&S]) -> BpfObject {
     let unpatched = || BpfObject::Embedded(embedded);
     let Some(wanted) = std::env::var_os(VERIFIER_REJECTS_ENV) else { return unpatched() };
     let Some(program) =
-        specs.iter().find(|spec| wanted == spec.name).and_then(|spec| spec.tracepoints.last()).map(|tp| tp.program)
+        specs.iter().find(|spec| wanted == spec.name()).and_then(|spec| spec.tracepoints().last()).map(|tp| tp.program)
     else {
         warn!("{VERIFIER_REJECTS_ENV}={}: no such enabled collector; loading unchanged", wanted.to_string_lossy());
         return unpatched();
@@ -128,6 +128,31 @@ fn last_instruction(elf: &[u8], symbol: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::{
+        btf::Btf,
+        programs::{CollectorError, KernelOffset, Tracepoint},
+    };
+
+    /// A stand-in for the collectors' registry entries.
+    struct NoCollector;
+
+    impl Programs for NoCollector {
+        fn name(&self) -> &'static str {
+            "none"
+        }
+
+        fn tracepoints(&self) -> &'static [Tracepoint] {
+            &[]
+        }
+
+        fn offsets(&self) -> &'static [KernelOffset] {
+            &[]
+        }
+
+        fn kernel_values(&self, _btf: &Btf) -> Result<Vec<(&'static str, u32)>, CollectorError> {
+            Ok(Vec::new())
+        }
+    }
 
     #[test]
     fn finds_and_patches_the_final_exit_of_a_program() {
@@ -151,7 +176,7 @@ mod tests {
         // The test runner never sets the variable.
         assert!(std::env::var_os(VERIFIER_REJECTS_ENV).is_none());
         let object = crate::kernel::bpf::embedded_object();
-        let chosen = bpf_object(object, &[]);
+        let chosen = bpf_object::<NoCollector>(object, &[]);
         assert_eq!(chosen.bytes().as_ptr(), object.as_ptr());
     }
 }

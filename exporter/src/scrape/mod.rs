@@ -14,9 +14,9 @@ use bytes::{Bytes, BytesMut};
 use tracing::warn;
 
 use crate::{
+    collectors::LoadedCollector,
     collectors::{Collector, CollectorError, REGISTRY},
     exposition::encode::{Encoder, Family, Format, Series},
-    kernel::bpf::LoadedCollector,
     scrape::self_metrics::SelfMetrics,
 };
 
