@@ -30,11 +30,11 @@ use tracing::{info, warn};
 
 use crate::{
     front_door::{
-        allowlist, connections, listener,
+        allowlist, listener,
         metrics::{ConnectionMetrics, FrontDoorMetrics},
-        reload, server,
+        reload, requests, server,
     },
-    process::{logging, privileges},
+    process::{limits, logging, privileges, signals},
     scrape::{program_stats, self_metrics},
 };
 
@@ -92,7 +92,7 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
     privileges::ensure_can_load_bpf()?;
     // Before anything opens files: the connection bound, not the soft
     // limit, should decide how many connections are held.
-    match connections::raise_open_files_limit() {
+    match limits::raise_open_files_limit() {
         Ok((before, after)) => {
             if before != after {
                 info!(before, after, "raised the open files limit");
@@ -156,7 +156,7 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
         let in_flight = self_metrics.requests_in_flight();
         let reloader = tokio::spawn(reload::watch(Arc::clone(&front_door), front_door_metrics.clone(), hangup));
         let kernel = Arc::new(kernel);
-        let requests = allowlist::Requests::new(config.sources_tracked);
+        let requests = requests::Requests::new(config.sources_tracked);
         let scraper = scrape::Scraper::new(collectors, self_metrics)
             .with_internal(Box::new(program_stats::ProgramStats::new(Arc::clone(&kernel))))
             .with_internal(Box::new(allowlist_counters))
@@ -186,30 +186,6 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
     // here rather than holding the exit hostage.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     Ok(())
-}
-
-/// Holding signals pending across start-up.
-mod signals {
-    /// Blocks `signals` in this thread (and the threads it starts).
-    pub(super) fn hold(signals: &[libc::c_int]) -> libc::sigset_t {
-        // SAFETY: a zeroed sigset_t is initialised by sigemptyset; the mask
-        // calls only read the set.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&raw mut set);
-            for &signal in signals {
-                libc::sigaddset(&raw mut set, signal);
-            }
-            libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut());
-            set
-        }
-    }
-
-    /// Unblocks them in this thread: pending ones are delivered now.
-    pub(super) fn release(set: &libc::sigset_t) {
-        // SAFETY: reads the set only.
-        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, set, std::ptr::null_mut()) };
-    }
 }
 
 /// `kernel-exporter check-config`: everything start-up would check about

@@ -13,6 +13,7 @@ pub(crate) mod connections;
 pub(crate) mod listener;
 pub(crate) mod metrics;
 pub(crate) mod reload;
+pub(crate) mod requests;
 pub(crate) mod routes;
 pub(crate) mod server;
 pub(crate) mod tls;

@@ -61,12 +61,12 @@ use crate::front_door::access_log::{self, AccessLog, Connection};
 
 use crate::{
     exposition::encode::Format,
-    front_door::allowlist::Requests,
     front_door::auth::{self, Authenticator},
     front_door::connections::{Admission, CloseReason, Connections, Slot},
     front_door::listener::ListenAddress,
     front_door::metrics::{ConnectionMetrics, FrontDoorMetrics},
     front_door::reload::FrontDoor,
+    front_door::requests::Requests,
     front_door::routes::{
         accepts_gzip, collector_filters, gzip, landing_page, method_not_allowed, refused, response, source_removed,
     },
