@@ -40,6 +40,8 @@ pub(super) const SPEC: CollectorSpec = CollectorSpec {
     default_enabled: false,
     tracepoints: &[tracepoint("irq_handler_entry"), tracepoint("softirq_entry"), tracepoint("softirq_exit")],
     offsets: &[],
+    kernel_values: None,
+    options: &[],
     #[cfg(test)]
     families: &[HARDIRQS, SOFTIRQS, SOFTIRQ_SECONDS],
     open,

@@ -52,12 +52,25 @@ pub(crate) struct CollectorSpec {
     pub(crate) tracepoints: &'static [Tracepoint],
     /// Kernel struct members whose offsets the programs read from globals.
     pub(crate) offsets: &'static [KernelOffset],
+    /// Other values from the kernel's BTF the programs read from globals
+    /// ([`Programs::kernel_values`]); `None` for a collector without any.
+    pub(crate) kernel_values: Option<KernelValuesFn>,
+    /// The collector's `--collector.NAME.OPTION=REGEX` flags; their values
+    /// reach `open` in [`CollectorOptions`].
+    pub(crate) options: &'static [CollectorOption],
     /// Every family the collector may write, for the naming tests.
     #[cfg(test)]
     pub(crate) families: &'static [Family],
     /// Takes the collector's maps out of the loaded object once its programs
     /// are attached.
     pub(crate) open: OpenFn,
+}
+
+impl CollectorOptions {
+    /// The value given for `collector`'s option `option`, if any.
+    pub(crate) fn regex(&self, collector: &str, option: &str) -> Option<&regex::Regex> {
+        self.regexes.iter().find(|(c, o, _)| *c == collector && *o == option).map(|(_, _, regex)| regex)
+    }
 }
 
 impl Programs for CollectorSpec {
@@ -74,7 +87,7 @@ impl Programs for CollectorSpec {
     }
 
     fn kernel_values(&self, btf: &Btf) -> Result<Vec<(&'static str, u32)>, CollectorError> {
-        kernel_values(self, btf)
+        self.kernel_values.map_or_else(|| Ok(Vec::new()), |values| values(btf))
     }
 }
 
@@ -100,15 +113,23 @@ pub(crate) fn load(
 /// How a collector takes its maps out of the loaded object.
 pub(crate) type OpenFn = fn(&mut Ebpf, &CollectorOptions) -> Result<Box<dyn Collector>, CollectorError>;
 
-/// Options of individual collectors, from `--collector.NAME.OPTION` flags.
+/// Finds a collector's [`Programs::kernel_values`] in the kernel's BTF.
+pub(crate) type KernelValuesFn = fn(&Btf) -> Result<Vec<(&'static str, u32)>, CollectorError>;
+
+/// A `--collector.<collector>.<name>=REGEX` flag, declared by its collector.
+#[derive(Debug)]
+pub(crate) struct CollectorOption {
+    pub(crate) name: &'static str,
+    /// One line for `--help`.
+    pub(crate) help: &'static str,
+}
+
+/// Options of individual collectors, from the `--collector.NAME.OPTION`
+/// flags their specs declare.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct CollectorOptions {
-    /// `--collector.block.device-exclude`: block devices (by name, as in
-    /// /proc/diskstats) whose series are not exported.
-    pub(crate) block_device_exclude: Option<regex::Regex>,
-    /// `--collector.net.device-exclude`: network devices (by name, as in
-    /// /proc/net/dev) whose series are not exported.
-    pub(crate) net_device_exclude: Option<regex::Regex>,
+    /// `(collector, option, value)` of every option given.
+    pub(crate) regexes: Vec<(&'static str, &'static str, regex::Regex)>,
     /// `--bpf.run-stats`: keep the kernel's BPF run statistics on, for
     /// `kernel_exporter_bpf_program_*`.
     pub(crate) bpf_run_stats: bool,
@@ -208,13 +229,6 @@ where
     Ok(crate::kernel::batch::BatchedPerCpuHash::new(data, cpus))
 }
 
-/// Values from the kernel's BTF other than member offsets (flag values
-/// that moved between kernels) that `spec`'s programs read from globals,
-/// as `(global, value)`; written in before load like the offsets.
-fn kernel_values(spec: &CollectorSpec, btf: &Btf) -> Result<Vec<(&'static str, u32)>, CollectorError> {
-    if spec.name == block::SPEC.name { block::kernel_values(btf) } else { Ok(Vec::new()) }
-}
-
 /// Takes a per-CPU array out of the object for a collector to own.
 pub(crate) fn take_per_cpu_array<T: aya::Pod>(
     ebpf: &mut Ebpf,
@@ -293,11 +307,51 @@ mod tests {
             assert!(names.insert(spec.name), "collector {} registered twice", spec.name);
             assert!(spec.name.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{}", spec.name);
             assert!(!spec.tracepoints.is_empty(), "{} attaches nothing", spec.name);
+            for option in spec.options {
+                assert!(option.name.chars().all(|c| c.is_ascii_lowercase() || c == '-'), "{}", option.name);
+                assert_eq!(spec.options.iter().filter(|o| o.name == option.name).count(), 1, "{}", option.name);
+            }
             for family in spec.families {
                 assert!(family.is_valid(), "{family:?}");
                 assert!(family.name.starts_with("kernel_"), "{}", family.name);
                 assert!(!family.name.starts_with("kernel_exporter_"), "{} is a host statistic", family.name);
             }
         }
+    }
+
+    /// Everything collector-specific reaches the loader and the command
+    /// line through the collector's spec: a test-only collector, built as
+    /// the real ones are, needs no line anywhere else.
+    #[test]
+    fn a_collector_reaches_the_loader_through_its_spec_alone() {
+        fn values(_: &Btf) -> Result<Vec<(&'static str, u32)>, CollectorError> {
+            Ok(vec![("TEST_GLOBAL", 7)])
+        }
+        fn open(_: &mut Ebpf, _: &CollectorOptions) -> Result<Box<dyn Collector>, CollectorError> {
+            Err(CollectorError::MissingMap { map: "test" })
+        }
+        const OPTION: CollectorOption = CollectorOption { name: "thing-exclude", help: "Things to leave out" };
+        const TEST: CollectorSpec = CollectorSpec {
+            name: "test",
+            help: "a collector for this test",
+            default_enabled: false,
+            tracepoints: &[],
+            offsets: &[],
+            kernel_values: Some(values),
+            options: &[OPTION],
+            families: &[],
+            open,
+        };
+        let btf = Btf::parse(crate::kernel::btf::tracepoint_stand_in("test", 1)).expect("a BTF");
+        assert_eq!(Programs::kernel_values(&TEST, &btf).unwrap(), [("TEST_GLOBAL", 7)]);
+        let without = REGISTRY.iter().find(|spec| spec.kernel_values.is_none()).expect("a collector without");
+        assert_eq!(Programs::kernel_values(without, &btf).unwrap(), []);
+        let options = CollectorOptions {
+            regexes: vec![("test", "thing-exclude", regex::Regex::new("^x").unwrap())],
+            ..Default::default()
+        };
+        // What `open` reads its option with.
+        assert!(options.regex(TEST.name, OPTION.name).is_some());
+        assert!(options.regex("block", "thing-exclude").is_none());
     }
 }

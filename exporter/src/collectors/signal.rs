@@ -81,6 +81,8 @@ pub(super) const SPEC: CollectorSpec = CollectorSpec {
     default_enabled: true,
     tracepoints: &[Tracepoint::raw("signal_generate", "signal", "signal_generate")],
     offsets: &[],
+    kernel_values: None,
+    options: &[],
     #[cfg(test)]
     families: &[GENERATED],
     open,

@@ -48,6 +48,8 @@ pub(super) const SPEC: CollectorSpec = CollectorSpec {
         Tracepoint::raw("sys_exit", "raw_syscalls", "sys_exit"),
     ],
     offsets: &[SYSCALL_NR],
+    kernel_values: None,
+    options: &[],
     #[cfg(test)]
     families: &[CALLS, ERRORS],
     open,

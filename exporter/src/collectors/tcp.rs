@@ -69,6 +69,8 @@ pub(super) const SPEC: CollectorSpec = CollectorSpec {
         KernelOffset { global: offsets::SHINFO_GSO_SEGS, type_name: "skb_shared_info", member: "gso_segs", size: 2 },
         KernelOffset { global: NET_NS_INUM, type_name: "net", member: "ns.inum", size: 4 },
     ],
+    kernel_values: None,
+    options: &[],
     #[cfg(test)]
     families: &[OPENS, CONNECT_LATENCY, RETRANSMITS, RESETS],
     open,
