@@ -15,18 +15,12 @@ use tracing::{debug, error, info, warn};
 
 use super::{
     programs::{CollectorError, Programs, Tracepoint, TracepointKind},
+    test_hooks::{self, tracepoint_name},
     tracefs::Tracefs,
 };
 
 /// The object built from `exporter-ebpf` by `build.rs`.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kernel-exporter-bpf"));
-
-/// Test-only hook: the collector named in this variable looks for a
-/// tracepoint no kernel has, so the end-to-end tests can prove that a
-/// missing tracepoint takes down that collector and nothing else. (A
-/// verifier rejection is injected by `test_hooks`.)
-const TEST_MISSING_TRACEPOINT_ENV: &str = "KERNEL_EXPORTER_TEST_MISSING_TRACEPOINT";
-const TEST_MISSING_TRACEPOINT: &str = "kernel_exporter_test_missing";
 
 /// The embedded BPF object, for the test hooks' unit tests.
 #[cfg(test)]
@@ -148,9 +142,11 @@ impl Kernel {
             }
         }
         loader.map_max_entries(exporter_common::allowlist::SOURCES_MAP, sources_tracked);
-        let object = crate::kernel::test_hooks::bpf_object(BPF_OBJECT, specs);
-        let mut ebpf = loader.load(object.bytes()).map_err(LoadError)?;
-        drop(object);
+        let mut ebpf = {
+            // A patched copy, if a test hook made one, is freed at once.
+            let object = test_hooks::bpf_object(BPF_OBJECT, specs);
+            loader.load(object.bytes()).map_err(LoadError)?
+        };
         // Before the collectors take their maps out of the object.
         let map_counters = hash_map_counters(&ebpf);
 
@@ -251,15 +247,6 @@ pub(crate) fn own_netns_inum() -> io::Result<u32> {
     use std::os::unix::fs::MetadataExt as _;
     let inode = std::fs::metadata("/proc/self/ns/net")?.ino();
     u32::try_from(inode).map_err(|_| io::Error::other(format!("namespace inode {inode} is not a 32-bit number")))
-}
-
-/// The tracepoint name to use, after the test-only hook.
-fn tracepoint_name(spec: &impl Programs, name: &'static str) -> &'static str {
-    if std::env::var_os(TEST_MISSING_TRACEPOINT_ENV).is_some_and(|broken| broken == spec.name()) {
-        TEST_MISSING_TRACEPOINT
-    } else {
-        name
-    }
 }
 
 fn attach(ebpf: &mut Ebpf, spec: &impl Programs, prepared: &Prepared) -> Result<(), CollectorError> {

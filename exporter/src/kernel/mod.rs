@@ -8,5 +8,11 @@ pub(crate) mod batch;
 pub(crate) mod bpf;
 pub(crate) mod btf;
 pub(crate) mod programs;
+// Fault injection for the end-to-end tests, only where asked for: see
+// test_hooks.rs.
+#[cfg(any(test, feature = "test-hooks"))]
+pub(crate) mod test_hooks;
+#[cfg(not(any(test, feature = "test-hooks")))]
+#[path = "no_test_hooks.rs"]
 pub(crate) mod test_hooks;
 pub(crate) mod tracefs;

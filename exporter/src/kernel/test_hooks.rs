@@ -2,11 +2,13 @@
 //! collector the kernel refuses is reported down while the others serve.
 //!
 //! Each hook is an environment variable named `KERNEL_EXPORTER_TEST_*`
-//! holding a collector's name; unset (as in every deployment: the systemd
-//! unit sets no such variable), the hooks change nothing and cost one
-//! `getenv` at start-up. The other hook, for a missing tracepoint, lives
-//! next to the tracepoint lookup in `bpf.rs`
-//! (`KERNEL_EXPORTER_TEST_MISSING_TRACEPOINT`).
+//! holding a collector's name; unset, the hooks change nothing.
+//!
+//! Compiled only with the `test-hooks` feature, which `cargo xtask test`
+//! turns on for the binary the end-to-end tests run (and in unit tests).
+//! Every other build, the release binary included, gets
+//! `no_test_hooks.rs` in its place: the same calls, changing nothing, and
+//! no `KERNEL_EXPORTER_TEST_*` variable is ever read.
 
 use tracing::warn;
 
@@ -18,6 +20,21 @@ use super::programs::Programs;
 /// fails at load time after its other programs were loaded and attached,
 /// which is the case where a half-attached collector must be unloaded.
 pub(crate) const VERIFIER_REJECTS_ENV: &str = "KERNEL_EXPORTER_TEST_VERIFIER_REJECTS";
+
+/// `KERNEL_EXPORTER_TEST_MISSING_TRACEPOINT=<collector>`: that collector
+/// looks for a tracepoint no kernel has, so the end-to-end tests can prove
+/// that a missing tracepoint takes down that collector and nothing else.
+const MISSING_TRACEPOINT_ENV: &str = "KERNEL_EXPORTER_TEST_MISSING_TRACEPOINT";
+const MISSING_TRACEPOINT: &str = "kernel_exporter_test_missing";
+
+/// The tracepoint name to use for `spec`'s tracepoint `name`.
+pub(crate) fn tracepoint_name(spec: &impl Programs, name: &'static str) -> &'static str {
+    if std::env::var_os(MISSING_TRACEPOINT_ENV).is_some_and(|broken| broken == spec.name()) {
+        MISSING_TRACEPOINT
+    } else {
+        name
+    }
+}
 
 /// `BPF_JMP | BPF_EXIT`.
 const EXIT: u8 = 0x95;
