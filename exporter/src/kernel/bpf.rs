@@ -38,7 +38,7 @@ pub(crate) struct Kernel {
     ebpf: Ebpf,
     /// Keeps the kernel's BPF run-time statistics on for as long as the
     /// daemon runs (`BPF_ENABLE_STATS`); `None` when the kernel refused
-    /// (it needs CAP_SYS_ADMIN), and then run times read as zero.
+    /// (it needs CAP_SYS_ADMIN), and then run times are not exposed.
     _run_stats: Option<std::os::fd::OwnedFd>,
     /// Every hash-type map, by name, with its bound: their fill is
     /// `kernel_exporter_bpf_map_entries`.
@@ -350,7 +350,7 @@ fn enable_run_stats() -> Option<std::os::fd::OwnedFd> {
         Err(error) => {
             info!(
                 "--bpf.run-stats: the kernel refused to enable BPF run statistics (it needs CAP_SYS_ADMIN): {}; \
-                 kernel_exporter_bpf_program_* report zero",
+                 kernel_exporter_bpf_program_run* are left out",
                 error.io_error
             );
             None

@@ -18,11 +18,11 @@ use crate::{
 
 const RUN_SECONDS: Family = Family::counter(
     "kernel_exporter_bpf_program_run_seconds_total",
-    "Time the kernel spent running each of the exporter's BPF programs (zero unless --bpf.run-stats).",
+    "Time the kernel spent running each of the exporter's BPF programs (only with --bpf.run-stats).",
 );
 const RUNS: Family = Family::counter(
     "kernel_exporter_bpf_program_runs_total",
-    "Runs of each of the exporter's BPF programs (zero unless --bpf.run-stats).",
+    "Runs of each of the exporter's BPF programs (only with --bpf.run-stats).",
 );
 
 const MAP_ENTRIES: Family =
@@ -81,25 +81,23 @@ impl Collector for ProgramStats {
             }
             filled += 1;
         };
+        // Without run statistics the kernel would report zeros, which
+        // would read as programs that never run: the families are left out.
         if self.kernel.run_stats_on() {
             self.kernel.program_stats(&mut record);
-        } else {
-            // Without run statistics the kernel reports zeros: no need to
-            // ask it for every program at every scrape.
-            self.series.keys().for_each(|name| record(name, std::time::Duration::ZERO, 0));
-        }
-        rows.truncate(filled);
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
-        out.family(&RUN_SECONDS);
-        for (name, seconds, _) in rows.iter() {
-            if let Some((series, _)) = self.series.get(name) {
-                out.sample_f64(series, *seconds);
+            rows.truncate(filled);
+            rows.sort_by(|a, b| a.0.cmp(&b.0));
+            out.family(&RUN_SECONDS);
+            for (name, seconds, _) in rows.iter() {
+                if let Some((series, _)) = self.series.get(name) {
+                    out.sample_f64(series, *seconds);
+                }
             }
-        }
-        out.family(&RUNS);
-        for (name, _, runs) in rows.iter() {
-            if let Some((_, series)) = self.series.get(name) {
-                out.sample(series, *runs);
+            out.family(&RUNS);
+            for (name, _, runs) in rows.iter() {
+                if let Some((_, series)) = self.series.get(name) {
+                    out.sample(series, *runs);
+                }
             }
         }
         // Reuse the scratch rows: (name, entries, bound).
