@@ -5,6 +5,11 @@
 //! lets the fuzz targets (`fuzz/`) reach the parsers, through [`fuzzing`]
 //! only; nothing else here is public.
 //!
+//! This file is the composition root: `run` builds each stage (`kernel`,
+//! `collectors`, `scrape`, `front_door`, `process`) and wires them together;
+//! the stages do not reach into each other beyond the one-way references
+//! `exporter/tests/module_cycles.rs` checks.
+//!
 //! [`main`] stays thin: command line → validated `cli::Config` → `run`
 //! (or `check-config` → `check_config`).
 //! It is the only place where an error becomes an exit code, and it prints

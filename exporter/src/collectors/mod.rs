@@ -4,7 +4,11 @@
 //! (`exporter-ebpf/src/<name>.rs`), its map layout
 //! (`exporter-common/src/<name>.rs`) and the module here that turns its maps
 //! into metric families. Adding one means those three files plus one line in
-//! [`REGISTRY`].
+//! [`REGISTRY`]: everything collector-specific (kernel values, options)
+//! reaches the loader and the command line through its [`CollectorSpec`].
+//!
+//! Collectors read their own maps and write through the encoder; they know
+//! nothing of scrapes' bookkeeping, HTTP or the front door.
 
 mod block;
 mod irq;

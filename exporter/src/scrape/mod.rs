@@ -1,6 +1,9 @@
 //! One scrape: every collector's families, the collectors' health and the
 //! build information, written into one buffer that is reused from scrape to
 //! scrape and handed to hyper without a copy; and the exporter's own metrics.
+//!
+//! It builds bodies; serving them (HTTP, auth, negotiation) is the front
+//! door's, which depends on this module and never the other way round.
 
 pub(crate) mod program_stats;
 pub(crate) mod self_metrics;
