@@ -74,8 +74,16 @@ impl Toolchain {
     /// The debug daemon with the `test-hooks` feature (fault injection
     /// through `KERNEL_EXPORTER_TEST_*` variables): the binary the
     /// end-to-end tests run, and the only build that has the hooks.
+    ///
+    /// Copied to its own name: any later build of the package without the
+    /// feature (`cargo test` builds the binary for the package's own
+    /// integration tests) writes `target/debug/kernel-exporter` again.
     pub(crate) fn build_for_tests(&self) -> anyhow::Result<PathBuf> {
-        self.build_with(false, &["test-hooks"])
+        let built = self.build_with(false, &["test-hooks"])?;
+        let copy = built.with_file_name("kernel-exporter-test-hooks");
+        fs::copy(&built, &copy).with_context(|| format!("cannot copy {} to {}", built.display(), copy.display()))?;
+        say("ok", &format!("with the test hooks: {}", copy.display()));
+        Ok(copy)
     }
 
     fn build_with(&self, release: bool, features: &[&str]) -> anyhow::Result<PathBuf> {
