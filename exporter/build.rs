@@ -1,5 +1,5 @@
 //! Builds the BPF object (`exporter-ebpf`, target `bpfel-unknown-none`) into
-//! `OUT_DIR`, where `src/bpf.rs` embeds it, and records what
+//! `OUT_DIR`, where `src/kernel/bpf.rs` embeds it, and records what
 //! `kernel_exporter_build_info` reports.
 
 use std::{

@@ -7,17 +7,18 @@
 
 #![allow(dead_code, unreachable_pub, reason = "the daemon's modules, compiled here for their encoder alone")]
 
-#[path = "../src/encode.rs"]
-mod encode;
-#[path = "../src/histogram.rs"]
-mod histogram;
+#[path = "../src/exposition/mod.rs"]
+mod exposition;
 
 use std::hint::black_box;
 
 use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use encode::{Encoder, Family, Format, Series};
 use exporter_common::histogram::Log2Histogram;
+use exposition::{
+    encode::{Encoder, Family, Format, Series},
+    histogram,
+};
 
 const SYSCALLS: Family = Family::counter("kernel_syscalls_total", "Syscalls entered, by syscall.");
 const LATENCY: Family = Family::histogram("kernel_block_io_latency_seconds", "Block I/O latency.");

@@ -14,7 +14,7 @@
 
 #![allow(dead_code, unreachable_pub, reason = "the daemon's module, compiled here for its reader alone")]
 
-#[path = "../src/batch.rs"]
+#[path = "../src/kernel/batch.rs"]
 mod batch;
 
 use std::{

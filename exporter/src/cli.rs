@@ -3,14 +3,16 @@
 //! kernel or the network.
 
 use std::{
-    fmt,
     net::{IpAddr, Ipv6Addr, SocketAddr},
     path::PathBuf,
 };
 
 use clap::{Arg, ArgAction, ArgMatches, Command, FromArgMatches as _, Parser};
 
-use crate::collectors::{self, CollectorOptions, CollectorSpec};
+use crate::{
+    collectors::{self, CollectorOption, CollectorOptions, CollectorSpec},
+    front_door::listener::ListenAddress,
+};
 
 /// `--version`: what was built, from what, with which BPF object.
 const LONG_VERSION: &str = concat!(
@@ -102,7 +104,7 @@ struct RawArgs {
     ban_after_failures: u32,
 
     /// How long a ban lasts (a Go duration: 10m, 1h30m); 0 disables bans.
-    #[arg(long = "web.ban-duration", value_name = "DURATION", default_value = "10m", value_parser = crate::web_config::parse_go_duration, help_heading = "Web")]
+    #[arg(long = "web.ban-duration", value_name = "DURATION", default_value = "10m", value_parser = crate::front_door::web_config::parse_go_duration, help_heading = "Web")]
     ban_duration: std::time::Duration,
 
     /// Password checks (bcrypt) one source address may start per second,
@@ -118,16 +120,6 @@ struct RawArgs {
     /// Output format of log messages.
     #[arg(long = "log.format", value_name = "FORMAT", default_value = "logfmt", help_heading = "Logging")]
     log_format: LogFormat,
-
-    /// Regex of block devices (names as in /proc/diskstats) to leave out of
-    /// the block collector's series.
-    #[arg(long = "collector.block.device-exclude", value_name = "REGEX", help_heading = "Collectors")]
-    block_device_exclude: Option<String>,
-
-    /// Regex of network devices (names as in /proc/net/dev) to leave out of
-    /// the net collector's series.
-    #[arg(long = "collector.net.device-exclude", value_name = "REGEX", help_heading = "Collectors")]
-    net_device_exclude: Option<String>,
 
     /// Disable all collectors that are on by default; enable the ones you
     /// want with --collector.NAME.
@@ -182,7 +174,7 @@ pub(crate) struct Config {
     pub(crate) web_config_file: Option<PathBuf>,
     pub(crate) allow_insecure: bool,
     /// `--web.allow-from`; `None` when not given.
-    pub(crate) allow_from: Option<Vec<crate::web_config::Cidr>>,
+    pub(crate) allow_from: Option<Vec<crate::front_door::web_config::Cidr>>,
     /// `--web.allowlist-sources-tracked`.
     pub(crate) sources_tracked: u32,
     /// `--runtime.user`.
@@ -200,21 +192,6 @@ pub(crate) struct Config {
     /// Enabled collectors, in registry order.
     pub(crate) collectors: Vec<&'static CollectorSpec>,
     pub(crate) collector_options: CollectorOptions,
-}
-
-/// One `--web.listen-address`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct ListenAddress {
-    pub(crate) addr: SocketAddr,
-    /// Set for ":PORT": one IPv6 socket that also accepts IPv4, as Go's
-    /// listener (and so node_exporter) does.
-    pub(crate) dual_stack: bool,
-}
-
-impl fmt::Display for ListenAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.dual_stack { write!(f, ":{}", self.addr.port()) } else { self.addr.fmt(f) }
-    }
 }
 
 impl Invocation {
@@ -264,18 +241,23 @@ impl Config {
             return Err("every collector is disabled; enable at least one with --collector.NAME".to_owned());
         }
 
-        let collector_options = CollectorOptions {
-            block_device_exclude: device_regex("collector.block.device-exclude", raw.block_device_exclude.as_deref())?,
-            net_device_exclude: device_regex("collector.net.device-exclude", raw.net_device_exclude.as_deref())?,
-            bpf_run_stats: raw.bpf_run_stats,
-        };
+        let mut collector_options = CollectorOptions { regexes: Vec::new(), bpf_run_stats: raw.bpf_run_stats };
+        for spec in collectors::REGISTRY {
+            for option in spec.options {
+                let flag = option_flag(spec, option);
+                if let Some(regex) = device_regex(&flag, matches.get_one::<String>(&flag).map(String::as_str))? {
+                    collector_options.regexes.push((spec.name, option.name, regex));
+                }
+            }
+        }
 
         let allow_from = if raw.allow_from.is_empty() {
             None
         } else {
-            let ranges = crate::web_config::parse_allowed_sources(&raw.allow_from).map_err(|(key, problem)| {
-                format!("--web.allow-from: {}: {problem}", key.replace("allowed_sources", "value"))
-            })?;
+            let ranges =
+                crate::front_door::web_config::parse_allowed_sources(&raw.allow_from).map_err(|(key, problem)| {
+                    format!("--web.allow-from: {}: {problem}", key.replace("allowed_sources", "value"))
+                })?;
             Some(ranges)
         };
 
@@ -300,8 +282,9 @@ impl Config {
     }
 }
 
-/// The clap command: the fixed flags plus `--collector.NAME` and
-/// `--no-collector.NAME` for every registered collector.
+/// The clap command: the fixed flags plus `--collector.NAME`,
+/// `--no-collector.NAME` and the collector's own options for every
+/// registered collector.
 fn command() -> Command {
     use clap::CommandFactory as _;
     let mut command = RawArgs::command();
@@ -327,8 +310,19 @@ fn command() -> Command {
                     .overrides_with(enable)
                     .help(format!("Disable the {} collector", spec.name)),
             );
+        for option in spec.options {
+            let flag = option_flag(spec, option);
+            command = command.arg(
+                Arg::new(flag.clone()).long(flag).value_name("REGEX").help_heading("Collectors").help(option.help),
+            );
+        }
     }
     command
+}
+
+/// `collector.NAME.OPTION`, the flag (without dashes) and its clap id.
+fn option_flag(spec: &CollectorSpec, option: &CollectorOption) -> String {
+    format!("collector.{}.{}", spec.name, option.name)
 }
 
 fn collector_enabled(matches: &ArgMatches, spec: &CollectorSpec, disable_defaults: bool) -> bool {
@@ -459,10 +453,10 @@ mod tests {
     #[test]
     fn device_exclude_flags_are_regexes() {
         let config = parse(&["--collector.net.device-exclude=^veth"]).unwrap();
-        let exclude = config.collector_options.net_device_exclude.unwrap();
+        let exclude = config.collector_options.regex("net", "device-exclude").unwrap();
         assert!(exclude.is_match("veth0a1b"));
         assert!(!exclude.is_match("eth0"));
-        assert!(config.collector_options.block_device_exclude.is_none());
+        assert!(config.collector_options.regex("block", "device-exclude").is_none());
         let error = parse(&["--collector.block.device-exclude=(loop"]).unwrap_err();
         assert!(error.contains("--collector.block.device-exclude=\"(loop\" is not a valid regex"), "{error}");
     }

@@ -20,14 +20,16 @@ use base64::{Engine as _, engine::general_purpose::STANDARD};
 use hyper::header::HeaderValue;
 
 use crate::{
-    allowlist, auth,
-    bpf::LoadedCollector,
+    collectors::LoadedCollector,
     collectors::{CollectorError, REGISTRY},
-    encode::Format,
+    exposition::encode::Format,
+    front_door::allowlist,
+    front_door::auth,
+    front_door::routes,
+    front_door::tls,
+    front_door::web_config::{self, Cidr, WebConfig},
+    scrape::self_metrics::SelfMetrics,
     scrape::{Scraper, SelectError},
-    self_metrics::SelfMetrics,
-    server, tls,
-    web_config::{self, Cidr, WebConfig},
 };
 
 /// A fuzz target's function: panics on a property it finds broken.
@@ -125,13 +127,13 @@ pub fn negotiation(data: &[u8]) {
         assert_eq!(Format::negotiate(Some(&longer)), format, "{accept:?} and {longer:?}");
     }
 
-    let gzip = server::accepts_gzip(Some(accept_encoding));
+    let gzip = routes::accepts_gzip(Some(accept_encoding));
     for variant in [accept_encoding.to_ascii_uppercase(), accept_encoding.to_ascii_lowercase()] {
-        assert_eq!(server::accepts_gzip(Some(&variant)), gzip, "{accept_encoding:?} and {variant:?}");
+        assert_eq!(routes::accepts_gzip(Some(&variant)), gzip, "{accept_encoding:?} and {variant:?}");
     }
     for refused in ["gzip;q=0", "identity", "br"] {
         let longer = format!("{accept_encoding},{refused}");
-        assert_eq!(server::accepts_gzip(Some(&longer)), gzip, "{accept_encoding:?} and {longer:?}");
+        assert_eq!(routes::accepts_gzip(Some(&longer)), gzip, "{accept_encoding:?} and {longer:?}");
     }
 }
 
@@ -214,11 +216,11 @@ fn check_probe(cidr: &Cidr, probe: IpAddr) {
 /// itself.
 pub fn query_filters(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    let (collect, exclude) = server::collector_filters(Some(&text));
+    let (collect, exclude) = routes::collector_filters(Some(&text));
 
     for (key, names) in [("collect%5B%5D", &collect), ("exclude[]", &exclude)] {
         let query: Vec<String> = names.iter().map(|name| format!("{key}={}", percent_encode(name))).collect();
-        let (again_collect, again_exclude) = server::collector_filters(Some(&query.join("&")));
+        let (again_collect, again_exclude) = routes::collector_filters(Some(&query.join("&")));
         let again = if key.starts_with("collect") { again_collect } else { again_exclude };
         assert_eq!(&again, names, "{query:?}");
     }

@@ -5,6 +5,11 @@
 //! lets the fuzz targets (`fuzz/`) reach the parsers, through [`fuzzing`]
 //! only; nothing else here is public.
 //!
+//! This file is the composition root: `run` builds each stage (`kernel`,
+//! `collectors`, `scrape`, `front_door`, `process`) and wires them together;
+//! the stages do not reach into each other beyond the one-way references
+//! `exporter/tests/module_cycles.rs` checks.
+//!
 //! [`main`] stays thin: command line → validated `cli::Config` → `run`
 //! (or `check-config` → `check_config`).
 //! It is the only place where an error becomes an exit code, and it prints
@@ -12,29 +17,13 @@
 
 #![deny(missing_docs)]
 
-mod access_log;
-mod allowlist;
-mod auth;
-mod batch;
-mod bpf;
-mod btf;
 mod cli;
 mod collectors;
-mod connections;
-mod encode;
-mod histogram;
-mod kernel_log;
-mod logging;
-mod privileges;
-mod program_stats;
-mod reload;
+mod exposition;
+mod front_door;
+mod kernel;
+mod process;
 mod scrape;
-mod self_metrics;
-mod server;
-mod test_hooks;
-mod tls;
-mod tracefs;
-mod web_config;
 
 #[doc(hidden)]
 pub mod fuzzing;
@@ -43,6 +32,16 @@ use std::{path::Path, process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
 use tracing::{info, warn};
+
+use crate::{
+    front_door::{
+        allowlist, listener,
+        metrics::{ConnectionMetrics, FrontDoorMetrics},
+        reload, requests, server,
+    },
+    process::{limits, logging, privileges, signals},
+    scrape::{program_stats, self_metrics},
+};
 
 /// The daemon's `main` (`main.rs` calls it): parses the command line and
 /// serves, or checks a web config; the exit code says how it ended.
@@ -98,7 +97,7 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
     privileges::ensure_can_load_bpf()?;
     // Before anything opens files: the connection bound, not the soft
     // limit, should decide how many connections are held.
-    match connections::raise_open_files_limit() {
+    match limits::raise_open_files_limit() {
         Ok((before, after)) => {
             if before != after {
                 info!(before, after, "raised the open files limit");
@@ -126,11 +125,11 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
     // attach, open the listeners, then give every privilege up before the
     // runtime starts its threads (capabilities are per thread).
     let (mut kernel, collectors) =
-        bpf::Kernel::load(&config.collectors, &config.collector_options, config.sources_tracked)?;
-    let (filter, trie, allowlist_counters, ban_map) = kernel.open_allowlist(config.sources_tracked)?;
+        collectors::load(&config.collectors, &config.collector_options, config.sources_tracked)?;
+    let (filter, trie, allowlist_counters, ban_map) = allowlist::open(kernel.object(), config.sources_tracked)?;
     let bans = allowlist::Bans::new(ban_map, config.ban).map(Arc::new);
     front_door.enforce(trie)?;
-    let listeners = server::bind_all(&config.listen_addresses, filter.program())?;
+    let listeners = listener::bind_all(&config.listen_addresses, filter.program())?;
     // Each listener holds the program now.
     drop(filter);
     let keep_bpf = privileges::maps_need_cap_bpf();
@@ -161,21 +160,36 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
         // threads keep them blocked, as they inherited).
         signals::release(&start_up_signals);
 
-        let self_metrics = self_metrics::SelfMetrics::new();
-        let front_door_metrics = self_metrics.front_door();
+        let mut self_metrics = self_metrics::SelfMetrics::new();
+        // Registered after the exporter's scrape and process metrics, in
+        // this order: the registry encodes in the order of registration.
+        let front_door_metrics = FrontDoorMetrics::register(self_metrics.registry());
+        let connection_metrics = ConnectionMetrics::register(self_metrics.registry());
         let in_flight = self_metrics.requests_in_flight();
-        let connection_metrics = self_metrics.connections();
         let reloader = tokio::spawn(reload::watch(Arc::clone(&front_door), front_door_metrics.clone(), hangup));
-        let kernel_log = kernel.take_logger().map(|logger| tokio::spawn(kernel_log::forward(logger)));
+        let kernel_log = kernel.take_logger().map(|logger| tokio::spawn(kernel::program_log::forward(logger)));
         let kernel = Arc::new(kernel);
-        let requests = allowlist::Requests::new(config.sources_tracked, allowlist_counters.handshakes());
+        let requests = requests::Requests::new(config.sources_tracked, allowlist_counters.handshakes());
         let scraper = scrape::Scraper::new(collectors, self_metrics)
             .with_internal(Box::new(program_stats::ProgramStats::new(Arc::clone(&kernel))))
             .with_internal(Box::new(allowlist_counters))
             .with_internal(Box::new(requests.clone()));
-        let app =
-            server::App::new(scraper, &config, front_door, front_door_metrics, in_flight, requests, connection_metrics)
-                .with_bans(bans);
+        let settings = server::Settings {
+            telemetry_path: config.telemetry_path.clone(),
+            max_requests: config.max_requests,
+            max_connections: config.max_connections,
+            max_auth_checks_per_source: config.max_auth_checks_per_source,
+        };
+        let app = server::App::new(
+            scraper,
+            &settings,
+            front_door,
+            front_door_metrics,
+            in_flight,
+            requests,
+            connection_metrics,
+        )
+        .with_bans(bans);
 
         server::serve(listeners, app, shutdown).await;
         reloader.abort();
@@ -190,30 +204,6 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
     // here rather than holding the exit hostage.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     Ok(())
-}
-
-/// Holding signals pending across start-up.
-mod signals {
-    /// Blocks `signals` in this thread (and the threads it starts).
-    pub(super) fn hold(signals: &[libc::c_int]) -> libc::sigset_t {
-        // SAFETY: a zeroed sigset_t is initialised by sigemptyset; the mask
-        // calls only read the set.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&raw mut set);
-            for &signal in signals {
-                libc::sigaddset(&raw mut set, signal);
-            }
-            libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut());
-            set
-        }
-    }
-
-    /// Unblocks them in this thread: pending ones are delivered now.
-    pub(super) fn release(set: &libc::sigset_t) {
-        // SAFETY: reads the set only.
-        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, set, std::ptr::null_mut()) };
-    }
 }
 
 /// `kernel-exporter check-config`: everything start-up would check about

@@ -6,7 +6,7 @@
 #![deny(missing_docs)]
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     env,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -247,6 +247,33 @@ impl Metrics {
     pub fn get(&self, key: &str) -> f64 {
         *self.samples.get(key).unwrap_or_else(|| panic!("no sample {key} in:\n{}", self.text))
     }
+}
+
+impl Metrics {
+    /// Every family this scrape declares (`# TYPE`), with the `_bucket`,
+    /// `_sum` and `_count` series of its histograms.
+    pub fn family_names(&self) -> HashSet<String> {
+        let mut names = HashSet::new();
+        for line in self.text.lines() {
+            let mut words = line.split_whitespace();
+            if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+                (words.next(), words.next(), words.next(), words.next())
+            {
+                names.insert(name.to_owned());
+                if kind == "histogram" {
+                    names.extend(["_bucket", "_sum", "_count"].map(|suffix| format!("{name}{suffix}")));
+                }
+            }
+        }
+        names
+    }
+}
+
+/// What the exporter can serve: the families of a real scrape with every
+/// collector on and `--bpf.run-stats`, for documents that name metrics.
+pub fn served_metric_names() -> HashSet<String> {
+    let args: Vec<&str> = EVERY_COLLECTOR_ARGS.iter().copied().chain(["--bpf.run-stats"]).collect();
+    Exporter::start(&args).scrape().family_names()
 }
 
 /// A counter of `/proc/stat` (`ctxt`, `processes`, ...).

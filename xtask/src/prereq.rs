@@ -68,12 +68,35 @@ impl Toolchain {
 
     /// Builds the BPF object and the daemon; returns the daemon's path.
     pub(crate) fn build(&self, release: bool) -> anyhow::Result<PathBuf> {
+        self.build_with(release, &[])
+    }
+
+    /// The debug daemon with the `test-hooks` feature (fault injection
+    /// through `KERNEL_EXPORTER_TEST_*` variables): the binary the
+    /// end-to-end tests run, and the only build that has the hooks.
+    ///
+    /// Copied to its own name: any later build of the package without the
+    /// feature (`cargo test` builds the binary for the package's own
+    /// integration tests) writes `target/debug/kernel-exporter` again.
+    pub(crate) fn build_for_tests(&self) -> anyhow::Result<PathBuf> {
+        let built = self.build_with(false, &["test-hooks"])?;
+        let copy = built.with_file_name("kernel-exporter-test-hooks");
+        fs::copy(&built, &copy).with_context(|| format!("cannot copy {} to {}", built.display(), copy.display()))?;
+        say("ok", &format!("with the test hooks: {}", copy.display()));
+        Ok(copy)
+    }
+
+    fn build_with(&self, release: bool, features: &[&str]) -> anyhow::Result<PathBuf> {
         let profile = if release { "release" } else { "debug" };
-        say("build", &format!("kernel-exporter and its BPF object ({profile})"));
+        let with = if features.is_empty() { String::new() } else { format!(", features {}", features.join(",")) };
+        say("build", &format!("kernel-exporter and its BPF object ({profile}{with})"));
         let mut cargo = self.cargo();
         cargo.args(["build", "--package", "kernel-exporter"]);
         if release {
             cargo.arg("--release");
+        }
+        if !features.is_empty() {
+            cargo.args(["--features", &features.join(",")]);
         }
         run_checked(&mut cargo, "cargo build --package kernel-exporter")?;
         let binary = target_dir().join(profile).join("kernel-exporter");

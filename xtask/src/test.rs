@@ -52,7 +52,8 @@ pub(crate) fn test(filter: Option<&str>) -> anyhow::Result<()> {
     prereq::ensure_tracefs()?;
     prereq::ensure_debian_packages(E2E_COMMANDS)?;
     prereq::ensure_python_modules(E2E_PYTHON_MODULES)?;
-    let binary = toolchain.build(false)?;
+    // With the fault-injection hooks the faults tests need; no other build has them.
+    let binary = toolchain.build_for_tests()?;
 
     // Generated files must be what their generator makes, before anything
     // is built from them.

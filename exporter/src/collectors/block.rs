@@ -34,11 +34,14 @@ use exporter_common::block::{BLOCK_IO_MAP, BlockIoKey, BlockIoStats, OP_LABELS, 
 use regex::Regex;
 use tracing::debug;
 
-use super::{Collector, CollectorError, CollectorOptions, CollectorSpec, KernelOffset, PerCpuHashRead, Tracepoint};
+use super::{
+    Collector, CollectorError, CollectorOption, CollectorOptions, CollectorSpec, KernelOffset, PerCpuHashRead,
+    Tracepoint,
+};
 use crate::{
-    btf::Btf,
-    encode::{Encoder, Family, Series},
-    histogram::HistogramSeries,
+    exposition::encode::{Encoder, Family, Series},
+    exposition::histogram::HistogramSeries,
+    kernel::btf::Btf,
 };
 
 const REQUESTS: Family = Family::counter(
@@ -80,9 +83,17 @@ pub(super) const SPEC: CollectorSpec = CollectorSpec {
         KernelOffset { global: offsets::GENDISK_MAJOR, type_name: "gendisk", member: "major", size: 4 },
         KernelOffset { global: offsets::GENDISK_FIRST_MINOR, type_name: "gendisk", member: "first_minor", size: 4 },
     ],
+    kernel_values: Some(kernel_values),
+    options: &[DEVICE_EXCLUDE],
     #[cfg(test)]
     families: &[REQUESTS, BYTES, LATENCY],
     open,
+};
+
+/// `--collector.block.device-exclude`.
+const DEVICE_EXCLUDE: CollectorOption = CollectorOption {
+    name: "device-exclude",
+    help: "Regex of block devices (names as in /proc/diskstats) to leave out of the block collector's series",
 };
 
 /// The kernel's enum of request flag bits (Linux 6.9 on); before it,
@@ -93,7 +104,7 @@ const RQF_FLUSH_SEQ_BEFORE_ENUM: u32 = 1 << 4;
 
 /// `RQF_FLUSH_SEQ` of the running kernel, for the programs to tell the
 /// data phase of a flush sequence from a request's end.
-pub(super) fn kernel_values(btf: &Btf) -> Result<Vec<(&'static str, u32)>, CollectorError> {
+fn kernel_values(btf: &Btf) -> Result<Vec<(&'static str, u32)>, CollectorError> {
     Ok(vec![(RQF_FLUSH_SEQ_GLOBAL, flush_seq_flag(btf.enum_values(RQF_ENUM).as_deref())?)])
 }
 
@@ -110,7 +121,7 @@ fn flush_seq_flag(rqf_flags: Option<&[(String, i64)]>) -> Result<u32, CollectorE
 fn open(ebpf: &mut Ebpf, options: &CollectorOptions) -> Result<Box<dyn Collector>, CollectorError> {
     let map = super::take_per_cpu_hash::<BlockIoKey, BlockIoStats>(ebpf, BLOCK_IO_MAP)?;
     let devices = SysDevBlock { root: PathBuf::from(SYS_DEV_BLOCK) };
-    Ok(Box::new(Block::new(map, devices, options.block_device_exclude.clone())))
+    Ok(Box::new(Block::new(map, devices, options.regex(SPEC.name, DEVICE_EXCLUDE.name).cloned())))
 }
 
 /// Block devices by number. Behind a trait so the churn logic is tested

@@ -6,7 +6,7 @@ use aya::{Ebpf, maps::MapError};
 use exporter_common::irq::{IRQ_COUNTERS_MAP, IrqCounters, NR_SOFTIRQS};
 
 use super::{Collector, CollectorError, CollectorOptions, CollectorSpec, PerCpuRead, Tracepoint};
-use crate::encode::{Encoder, Family, Series};
+use crate::exposition::encode::{Encoder, Family, Series};
 
 const HARDIRQS: Family = Family::counter(
     "kernel_hardirqs_total",
@@ -40,6 +40,8 @@ pub(super) const SPEC: CollectorSpec = CollectorSpec {
     default_enabled: false,
     tracepoints: &[tracepoint("irq_handler_entry"), tracepoint("softirq_entry"), tracepoint("softirq_exit")],
     offsets: &[],
+    kernel_values: None,
+    options: &[],
     #[cfg(test)]
     families: &[HARDIRQS, SOFTIRQS, SOFTIRQ_SECONDS],
     open,

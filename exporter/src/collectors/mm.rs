@@ -13,8 +13,8 @@ use super::{
     procfs::{self, ProcFile},
 };
 use crate::{
-    encode::{Encoder, Family},
-    histogram::HistogramSeries,
+    exposition::encode::{Encoder, Family},
+    exposition::histogram::HistogramSeries,
 };
 
 const PAGE_FAULTS: Family = Family::counter(
@@ -52,6 +52,8 @@ pub(super) const SPEC: CollectorSpec = CollectorSpec {
         tracepoint("vmscan", "mm_vmscan_direct_reclaim_end"),
     ],
     offsets: &[],
+    kernel_values: None,
+    options: &[],
     #[cfg(test)]
     families: &[PAGE_FAULTS, MAJOR_PAGE_FAULTS, OOM_KILLS, DIRECT_RECLAIM_LATENCY],
     open,

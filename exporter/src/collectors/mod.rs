@@ -4,7 +4,11 @@
 //! (`exporter-ebpf/src/<name>.rs`), its map layout
 //! (`exporter-common/src/<name>.rs`) and the module here that turns its maps
 //! into metric families. Adding one means those three files plus one line in
-//! [`REGISTRY`].
+//! [`REGISTRY`]: everything collector-specific (kernel values, options)
+//! reaches the loader and the command line through its [`CollectorSpec`].
+//!
+//! Collectors read their own maps and write through the encoder; they know
+//! nothing of scrapes' bookkeeping, HTTP or the front door.
 
 mod block;
 mod irq;
@@ -23,9 +27,19 @@ use aya::{
     maps::{MapData, MapError, PerCpuArray, PerCpuHashMap},
 };
 
-use crate::encode::Encoder;
+// The loader's view of a collector lives in `kernel`; the collectors name
+// these types from here, with the rest of what they share.
 #[cfg(test)]
-use crate::encode::Family;
+use crate::exposition::encode::Family;
+pub(crate) use crate::kernel::programs::{CollectorError, KernelOffset, Tracepoint};
+use crate::{
+    exposition::encode::Encoder,
+    kernel::{
+        bpf::{Kernel, LoadError},
+        btf::Btf,
+        programs::Programs,
+    },
+};
 
 /// Every collector the daemon knows, in the order they appear in scrapes.
 pub(crate) const REGISTRY: &[CollectorSpec] =
@@ -43,6 +57,12 @@ pub(crate) struct CollectorSpec {
     pub(crate) tracepoints: &'static [Tracepoint],
     /// Kernel struct members whose offsets the programs read from globals.
     pub(crate) offsets: &'static [KernelOffset],
+    /// Other values from the kernel's BTF the programs read from globals
+    /// ([`Programs::kernel_values`]); `None` for a collector without any.
+    pub(crate) kernel_values: Option<KernelValuesFn>,
+    /// The collector's `--collector.NAME.OPTION=REGEX` flags; their values
+    /// reach `open` in [`CollectorOptions`].
+    pub(crate) options: &'static [CollectorOption],
     /// Every family the collector may write, for the naming tests.
     #[cfg(test)]
     pub(crate) families: &'static [Family],
@@ -51,66 +71,73 @@ pub(crate) struct CollectorSpec {
     pub(crate) open: OpenFn,
 }
 
+impl CollectorOptions {
+    /// The value given for `collector`'s option `option`, if any.
+    pub(crate) fn regex(&self, collector: &str, option: &str) -> Option<&regex::Regex> {
+        self.regexes.iter().find(|(c, o, _)| *c == collector && *o == option).map(|(_, _, regex)| regex)
+    }
+}
+
+impl Programs for CollectorSpec {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn tracepoints(&self) -> &'static [Tracepoint] {
+        self.tracepoints
+    }
+
+    fn offsets(&self) -> &'static [KernelOffset] {
+        self.offsets
+    }
+
+    fn kernel_values(&self, btf: &Btf) -> Result<Vec<(&'static str, u32)>, CollectorError> {
+        self.kernel_values.map_or_else(|| Ok(Vec::new()), |values| values(btf))
+    }
+}
+
+/// An enabled collector, working or not.
+pub(crate) struct LoadedCollector {
+    pub(crate) name: &'static str,
+    pub(crate) state: Result<Box<dyn Collector>, CollectorError>,
+}
+
+/// Loads the BPF object and the collectors in `specs` ([`Kernel::load`]),
+/// each opened with `options`; the kernel keeps the programs attached.
+pub(crate) fn load(
+    specs: &[&'static CollectorSpec],
+    options: &CollectorOptions,
+    sources_tracked: u32,
+) -> Result<(Kernel, Vec<LoadedCollector>), LoadError> {
+    let (kernel, states) =
+        Kernel::load(specs, sources_tracked, options.bpf_run_stats, |spec, ebpf| (spec.open)(ebpf, options))?;
+    let collectors = specs.iter().zip(states).map(|(spec, state)| LoadedCollector { name: spec.name, state }).collect();
+    Ok((kernel, collectors))
+}
+
 /// How a collector takes its maps out of the loaded object.
 pub(crate) type OpenFn = fn(&mut Ebpf, &CollectorOptions) -> Result<Box<dyn Collector>, CollectorError>;
 
-/// Options of individual collectors, from `--collector.NAME.OPTION` flags.
+/// Finds a collector's [`Programs::kernel_values`] in the kernel's BTF.
+pub(crate) type KernelValuesFn = fn(&Btf) -> Result<Vec<(&'static str, u32)>, CollectorError>;
+
+/// A `--collector.<collector>.<name>=REGEX` flag, declared by its collector.
+#[derive(Debug)]
+pub(crate) struct CollectorOption {
+    pub(crate) name: &'static str,
+    /// One line for `--help`.
+    pub(crate) help: &'static str,
+}
+
+/// Options of individual collectors, from the `--collector.NAME.OPTION`
+/// flags their specs declare.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct CollectorOptions {
-    /// `--collector.block.device-exclude`: block devices (by name, as in
-    /// /proc/diskstats) whose series are not exported.
-    pub(crate) block_device_exclude: Option<regex::Regex>,
-    /// `--collector.net.device-exclude`: network devices (by name, as in
-    /// /proc/net/dev) whose series are not exported.
-    pub(crate) net_device_exclude: Option<regex::Regex>,
+    /// `(collector, option, value)` of every option given.
+    pub(crate) regexes: Vec<(&'static str, &'static str, regex::Regex)>,
     /// `--bpf.run-stats`: keep the kernel's BPF run statistics on, for
     /// `kernel_exporter_bpf_program_*`.
     pub(crate) bpf_run_stats: bool,
-}
-
-/// A tracepoint program and where it attaches.
-#[derive(Debug)]
-pub(crate) struct Tracepoint {
-    /// The program's function name in `exporter-ebpf`.
-    pub(crate) program: &'static str,
-    pub(crate) category: &'static str,
-    pub(crate) name: &'static str,
-    pub(crate) kind: TracepointKind,
-}
-
-/// How a program attaches to its tracepoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TracepointKind {
-    /// A raw tracepoint: arguments as plain numbers, struct members read
-    /// with `bpf_probe_read_kernel`. Needs nothing but the name.
-    Raw,
-    /// A BTF tracepoint (`tp_btf`): the verifier knows the arguments'
-    /// types, so members are read with plain loads (tens of nanoseconds
-    /// cheaper per read). Loading needs the kernel's BTF id of the
-    /// tracepoint, which the daemon's own BTF parser finds. For hot paths.
-    Btf,
-}
-
-impl Tracepoint {
-    pub(crate) const fn raw(program: &'static str, category: &'static str, name: &'static str) -> Self {
-        Self { program, category, name, kind: TracepointKind::Raw }
-    }
-
-    pub(crate) const fn btf(program: &'static str, category: &'static str, name: &'static str) -> Self {
-        Self { program, category, name, kind: TracepointKind::Btf }
-    }
-}
-
-/// A kernel struct member a program reads: its offset in the running
-/// kernel, from BTF, is written into the BPF object's global `global`
-/// before it is loaded.
-#[derive(Debug)]
-pub(crate) struct KernelOffset {
-    pub(crate) global: &'static str,
-    pub(crate) type_name: &'static str,
-    pub(crate) member: &'static str,
-    /// Size in bytes the program reads; a kernel with another size is refused.
-    pub(crate) size: u32,
 }
 
 /// A collector whose programs are attached: it reads its maps at scrape time.
@@ -118,50 +145,6 @@ pub(crate) trait Collector: Send + Sync {
     /// Writes the collector's metric families. On error nothing it wrote is
     /// kept; the caller reports the collector down for this scrape.
     fn collect(&self, out: &mut Encoder<'_>) -> Result<(), MapError>;
-}
-
-/// Why a collector is down. Each variant names the thing and, where there
-/// is one, the fix.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum CollectorError {
-    #[error("tracepoint {category}/{name} does not exist in this kernel")]
-    MissingTracepoint { category: &'static str, name: &'static str },
-    #[error("{0}")]
-    Btf(#[from] crate::btf::BtfError),
-    #[error("the kernel has no {type_name}.{member} of {size} bytes (from its BTF)")]
-    KernelType { type_name: &'static str, member: &'static str, size: u32 },
-    #[error("the BPF object has no program {program}: the daemon and BPF object were built from different sources")]
-    MissingProgram { program: &'static str },
-    #[error("the kernel rejected program {program}: {source}")]
-    Load {
-        program: &'static str,
-        #[source]
-        source: Box<aya::programs::ProgramError>,
-    },
-    #[error("cannot attach program {program} to tracepoint {category}/{name}: {source}")]
-    Attach {
-        program: &'static str,
-        category: &'static str,
-        name: &'static str,
-        #[source]
-        source: Box<aya::programs::ProgramError>,
-    },
-    #[error("the kernel has no enum {name} (from its BTF)")]
-    KernelEnum { name: &'static str },
-    #[error("cannot {what}: {source}")]
-    Io {
-        what: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the BPF object has no map {map}: the daemon and BPF object were built from different sources")]
-    MissingMap { map: &'static str },
-    #[error("map {map} does not have the expected type or layout: {source}")]
-    Map {
-        map: &'static str,
-        #[source]
-        source: Box<MapError>,
-    },
 }
 
 /// Reading one entry of a per-CPU map, all CPUs at once. Behind a trait so
@@ -192,7 +175,7 @@ pub(crate) trait PerCpuHashRead<K, V>: Send + Sync {
     fn remove(&mut self, key: &K) -> Result<(), MapError>;
 }
 
-impl<K, V> PerCpuHashRead<K, V> for crate::batch::BatchedPerCpuHash<K, V>
+impl<K, V> PerCpuHashRead<K, V> for crate::kernel::batch::BatchedPerCpuHash<K, V>
 where
     K: aya::Pod + Eq + std::hash::Hash + Send + Sync,
     V: aya::Pod + Send + Sync,
@@ -228,11 +211,11 @@ impl<K: aya::Pod + Send + Sync, V: aya::Pod + Send + Sync> PerCpuHashRead<K, V> 
 }
 
 /// Takes a per-CPU hash map out of the object for a collector to own,
-/// read in batches ([`crate::batch`]).
+/// read in batches ([`crate::kernel::batch`]).
 pub(crate) fn take_per_cpu_hash<K, V>(
     ebpf: &mut Ebpf,
     map: &'static str,
-) -> Result<crate::batch::BatchedPerCpuHash<K, V>, CollectorError>
+) -> Result<crate::kernel::batch::BatchedPerCpuHash<K, V>, CollectorError>
 where
     K: aya::Pod + Eq + std::hash::Hash,
     V: aya::Pod,
@@ -248,17 +231,7 @@ where
     };
     let cpus = aya::util::nr_cpus()
         .map_err(|(_, io_error)| CollectorError::Map { map, source: Box::new(MapError::IoError(io_error)) })?;
-    Ok(crate::batch::BatchedPerCpuHash::new(data, cpus))
-}
-
-/// Values from the kernel's BTF other than member offsets (flag values
-/// that moved between kernels) that `spec`'s programs read from globals,
-/// as `(global, value)`; written in before load like the offsets.
-pub(crate) fn kernel_values(
-    spec: &CollectorSpec,
-    btf: &crate::btf::Btf,
-) -> Result<Vec<(&'static str, u32)>, CollectorError> {
-    if spec.name == block::SPEC.name { block::kernel_values(btf) } else { Ok(Vec::new()) }
+    Ok(crate::kernel::batch::BatchedPerCpuHash::new(data, cpus))
 }
 
 /// Takes a per-CPU array out of the object for a collector to own.
@@ -339,11 +312,51 @@ mod tests {
             assert!(names.insert(spec.name), "collector {} registered twice", spec.name);
             assert!(spec.name.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{}", spec.name);
             assert!(!spec.tracepoints.is_empty(), "{} attaches nothing", spec.name);
+            for option in spec.options {
+                assert!(option.name.chars().all(|c| c.is_ascii_lowercase() || c == '-'), "{}", option.name);
+                assert_eq!(spec.options.iter().filter(|o| o.name == option.name).count(), 1, "{}", option.name);
+            }
             for family in spec.families {
                 assert!(family.is_valid(), "{family:?}");
                 assert!(family.name.starts_with("kernel_"), "{}", family.name);
                 assert!(!family.name.starts_with("kernel_exporter_"), "{} is a host statistic", family.name);
             }
         }
+    }
+
+    /// Everything collector-specific reaches the loader and the command
+    /// line through the collector's spec: a test-only collector, built as
+    /// the real ones are, needs no line anywhere else.
+    #[test]
+    fn a_collector_reaches_the_loader_through_its_spec_alone() {
+        fn values(_: &Btf) -> Result<Vec<(&'static str, u32)>, CollectorError> {
+            Ok(vec![("TEST_GLOBAL", 7)])
+        }
+        fn open(_: &mut Ebpf, _: &CollectorOptions) -> Result<Box<dyn Collector>, CollectorError> {
+            Err(CollectorError::MissingMap { map: "test" })
+        }
+        const OPTION: CollectorOption = CollectorOption { name: "thing-exclude", help: "Things to leave out" };
+        const TEST: CollectorSpec = CollectorSpec {
+            name: "test",
+            help: "a collector for this test",
+            default_enabled: false,
+            tracepoints: &[],
+            offsets: &[],
+            kernel_values: Some(values),
+            options: &[OPTION],
+            families: &[],
+            open,
+        };
+        let btf = Btf::parse(crate::kernel::btf::tracepoint_stand_in("test", 1)).expect("a BTF");
+        assert_eq!(Programs::kernel_values(&TEST, &btf).unwrap(), [("TEST_GLOBAL", 7)]);
+        let without = REGISTRY.iter().find(|spec| spec.kernel_values.is_none()).expect("a collector without");
+        assert_eq!(Programs::kernel_values(without, &btf).unwrap(), []);
+        let options = CollectorOptions {
+            regexes: vec![("test", "thing-exclude", regex::Regex::new("^x").unwrap())],
+            ..Default::default()
+        };
+        // What `open` reads its option with.
+        assert!(options.regex(TEST.name, OPTION.name).is_some());
+        assert!(options.regex("block", "thing-exclude").is_none());
     }
 }

@@ -37,10 +37,10 @@ use exporter_common::net::{DropCounts, MAX_DROP_REASONS, NET_DROPS_MAP, offsets}
 use regex::Regex;
 
 use super::{
-    Collector, CollectorError, CollectorOptions, CollectorSpec, KernelOffset, PerCpuRead, Tracepoint,
+    Collector, CollectorError, CollectorOption, CollectorOptions, CollectorSpec, KernelOffset, PerCpuRead, Tracepoint,
     procfs::{self, ProcFile},
 };
-use crate::encode::{Encoder, Family, Series};
+use crate::exposition::encode::{Encoder, Family, Series};
 
 const RECEIVE_PACKETS: Family = Family::counter(
     "kernel_net_receive_packets_total",
@@ -85,6 +85,12 @@ const fn offset(global: &'static str, type_name: &'static str, member: &'static 
     KernelOffset { global, type_name, member, size }
 }
 
+/// `--collector.net.device-exclude`.
+const DEVICE_EXCLUDE: CollectorOption = CollectorOption {
+    name: "device-exclude",
+    help: "Regex of network devices (names as in /proc/net/dev) to leave out of the net collector's series",
+};
+
 pub(super) const SPEC: CollectorSpec = CollectorSpec {
     name: "net",
     help: "packets and bytes per network device (from /proc/net/dev) and drops per reason; its program fires \
@@ -98,6 +104,8 @@ pub(super) const SPEC: CollectorSpec = CollectorSpec {
         offset(offsets::SOCK_COMMON_NET, "sock_common", "skc_net.net", 8),
         offset(offsets::NET_NS_INUM, "net", "ns.inum", 4),
     ],
+    kernel_values: None,
+    options: &[DEVICE_EXCLUDE],
     #[cfg(test)]
     families: &[RECEIVE_PACKETS, RECEIVE_BYTES, TRANSMIT_PACKETS, TRANSMIT_BYTES, DROPS],
     open,
@@ -106,15 +114,20 @@ pub(super) const SPEC: CollectorSpec = CollectorSpec {
 fn open(ebpf: &mut Ebpf, options: &CollectorOptions) -> Result<Box<dyn Collector>, CollectorError> {
     // The program was loaded with this namespace's inode; 0 (unreadable)
     // would have it count nothing.
-    crate::bpf::own_netns_inum().map_err(|source| CollectorError::Io {
+    crate::kernel::bpf::own_netns_inum().map_err(|source| CollectorError::Io {
         what: "read the exporter's network namespace (/proc/self/ns/net)",
         source,
     })?;
-    let reasons = crate::btf::kernel()?
+    let reasons = crate::kernel::btf::kernel()?
         .enum_values(DROP_REASON_ENUM)
         .ok_or(CollectorError::KernelEnum { name: DROP_REASON_ENUM })?;
     let drops = super::take_per_cpu_array::<DropCounts>(ebpf, NET_DROPS_MAP)?;
-    Ok(Box::new(Net::new(ProcFile::new("/proc/net/dev"), options.net_device_exclude.clone(), drops, &reasons)))
+    Ok(Box::new(Net::new(
+        ProcFile::new("/proc/net/dev"),
+        options.regex(SPEC.name, DEVICE_EXCLUDE.name).cloned(),
+        drops,
+        &reasons,
+    )))
 }
 
 /// The `reason` label of every drop reason below [`MAX_DROP_REASONS`]:
@@ -424,7 +437,7 @@ mod tests {
     fn reads_the_running_kernels_drop_reasons() {
         // As btf::tests::reads_the_running_kernel: the project's machines
         // have BTF.
-        let Ok(btf) = crate::btf::Btf::from_kernel() else { return };
+        let Ok(btf) = crate::kernel::btf::Btf::from_kernel() else { return };
         let labels = reason_labels(&btf.enum_values(DROP_REASON_ENUM).expect("enum skb_drop_reason"));
         let named: Vec<&str> = labels.iter().flatten().map(String::as_str).collect();
         assert!(named.contains(&"NO_SOCKET") && named.contains(&"NOT_SPECIFIED"), "{named:?}");

@@ -15,8 +15,8 @@ use super::{
     procfs::{self, ProcFile},
 };
 use crate::{
-    encode::{Encoder, Family, Series},
-    histogram::HistogramSeries,
+    exposition::encode::{Encoder, Family, Series},
+    exposition::histogram::HistogramSeries,
 };
 
 const CONTEXT_SWITCHES: Family = Family::counter(
@@ -74,6 +74,8 @@ pub(super) const SPEC: CollectorSpec = CollectorSpec {
         KernelOffset { global: offsets::CFS_RQ_RQ, type_name: "cfs_rq", member: "rq", size: 8 },
         KernelOffset { global: offsets::RQ_CLOCK, type_name: "rq", member: "clock", size: 8 },
     ],
+    kernel_values: None,
+    options: &[],
     #[cfg(test)]
     families: &[CONTEXT_SWITCHES, FORKS, EXECS, EXITS, MIGRATIONS, RUNQUEUE_LATENCY, CPU_IDLE],
     open,

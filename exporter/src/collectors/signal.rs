@@ -10,7 +10,7 @@ use aya::{Ebpf, maps::MapError};
 use exporter_common::signal::{MAX_SIGNAL, SIGNALS_GENERATED_MAP, SignalCounts};
 
 use super::{Collector, CollectorError, CollectorOptions, CollectorSpec, PerCpuRead, Tracepoint};
-use crate::encode::{Encoder, Family, Series};
+use crate::exposition::encode::{Encoder, Family, Series};
 
 const GENERATED: Family = Family::counter(
     "kernel_signals_generated_total",
@@ -82,6 +82,8 @@ pub(super) const SPEC: CollectorSpec = CollectorSpec {
     default_enabled: true,
     tracepoints: &[Tracepoint::raw("signal_generate", "signal", "signal_generate")],
     offsets: &[],
+    kernel_values: None,
+    options: &[],
     #[cfg(test)]
     families: &[GENERATED],
     open,

@@ -20,7 +20,7 @@ use super::{
     Collector, CollectorError, CollectorOptions, CollectorSpec, KernelOffset, PerCpuRead, Tracepoint,
     syscall_names::syscall_name,
 };
-use crate::encode::{Encoder, Family, Series};
+use crate::exposition::encode::{Encoder, Family, Series};
 
 const CALLS: Family =
     Family::counter("kernel_syscalls_total", "Syscalls entered, by syscall (raw_syscalls:sys_enter).");
@@ -48,6 +48,8 @@ pub(super) const SPEC: CollectorSpec = CollectorSpec {
         Tracepoint::raw("sys_exit", "raw_syscalls", "sys_exit"),
     ],
     offsets: &[SYSCALL_NR],
+    kernel_values: None,
+    options: &[],
     #[cfg(test)]
     families: &[CALLS, ERRORS],
     open,

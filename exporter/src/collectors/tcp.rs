@@ -15,8 +15,8 @@ use exporter_common::{
 
 use super::{Collector, CollectorError, CollectorOptions, CollectorSpec, KernelOffset, PerCpuRead, Tracepoint};
 use crate::{
-    encode::{Encoder, Family, Series},
-    histogram::HistogramSeries,
+    exposition::encode::{Encoder, Family, Series},
+    exposition::histogram::HistogramSeries,
 };
 
 const OPENS: Family = Family::counter(
@@ -71,6 +71,8 @@ pub(super) const SPEC: CollectorSpec = CollectorSpec {
         KernelOffset { global: offsets::SHINFO_GSO_SEGS, type_name: "skb_shared_info", member: "gso_segs", size: 2 },
         KernelOffset { global: NET_NS_INUM, type_name: "net", member: "ns.inum", size: 4 },
     ],
+    kernel_values: None,
+    options: &[],
     #[cfg(test)]
     families: &[OPENS, CONNECT_LATENCY, RETRANSMITS, RESETS],
     open,
@@ -79,7 +81,7 @@ pub(super) const SPEC: CollectorSpec = CollectorSpec {
 fn open(ebpf: &mut Ebpf, _options: &CollectorOptions) -> Result<Box<dyn Collector>, CollectorError> {
     // Without its namespace's inode the daemon wrote 0 into the programs,
     // which then match no socket: report that rather than count nothing.
-    crate::bpf::own_netns_inum().map_err(|source| CollectorError::Io {
+    crate::kernel::bpf::own_netns_inum().map_err(|source| CollectorError::Io {
         what: "read the exporter's network namespace from /proc/self/ns/net",
         source,
     })?;

@@ -89,7 +89,7 @@ fn error_lines(log: &str) -> Vec<&str> {
 #[test]
 fn a_collector_the_verifier_rejects_is_down_and_the_others_serve() {
     let mut command = Command::new(exporter_binary());
-    // Test-only hook (exporter/src/test_hooks.rs): the last program of
+    // Test-only hook (exporter/src/kernel/test_hooks.rs): the last program of
     // `syscalls`, sys_exit, ends in an endless loop. sys_enter is loaded
     // and attached first, so this is also the half-attached case.
     command.env("KERNEL_EXPORTER_TEST_VERIFIER_REJECTS", "syscalls");
@@ -97,7 +97,11 @@ fn a_collector_the_verifier_rejects_is_down_and_the_others_serve() {
     exporter.wait_until_listening();
 
     let metrics = exporter.scrape();
-    assert_eq!(metrics.get("kernel_exporter_collector_up{collector=\"syscalls\"}"), 0.0);
+    assert_eq!(
+        metrics.get("kernel_exporter_collector_up{collector=\"syscalls\"}"),
+        0.0,
+        "the hook did nothing: was the binary built with `--features test-hooks` (as `cargo xtask test` does)?"
+    );
     for (collector, _) in COLLECTOR_PROGRAMS.iter().filter(|(name, _)| *name != "syscalls") {
         assert_eq!(metrics.get(&format!("kernel_exporter_collector_up{{collector=\"{collector}\"}}")), 1.0);
     }

@@ -14,20 +14,14 @@ use aya::{
 use exporter_common::map_updates::{MAP_UPDATE_FAILURES_MAP, MapUpdateFailures, UPDATED_MAPS};
 use tracing::{debug, error, info, warn};
 
-use crate::{
-    collectors::{Collector, CollectorError, CollectorOptions, CollectorSpec, Tracepoint, TracepointKind},
+use super::{
+    programs::{CollectorError, Programs, Tracepoint, TracepointKind},
+    test_hooks::{self, tracepoint_name},
     tracefs::Tracefs,
 };
 
 /// The object built from `exporter-ebpf` by `build.rs`.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kernel-exporter-bpf"));
-
-/// Test-only hook: the collector named in this variable looks for a
-/// tracepoint no kernel has, so the end-to-end tests can prove that a
-/// missing tracepoint takes down that collector and nothing else. (A
-/// verifier rejection is injected by `test_hooks`.)
-const TEST_MISSING_TRACEPOINT_ENV: &str = "KERNEL_EXPORTER_TEST_MISSING_TRACEPOINT";
-const TEST_MISSING_TRACEPOINT: &str = "kernel_exporter_test_missing";
 
 /// The embedded BPF object, for the test hooks' unit tests.
 #[cfg(test)]
@@ -55,7 +49,7 @@ pub(crate) struct Kernel {
     ebpf: Ebpf,
     /// Keeps the kernel's BPF run-time statistics on for as long as the
     /// daemon runs (`BPF_ENABLE_STATS`); `None` when the kernel refused
-    /// (it needs CAP_SYS_ADMIN), and then run times read as zero.
+    /// (it needs CAP_SYS_ADMIN), and then run times are not exposed.
     _run_stats: Option<std::os::fd::OwnedFd>,
     /// Every hash-type map, by name, with its bound: their fill is
     /// `kernel_exporter_bpf_map_entries`.
@@ -63,19 +57,10 @@ pub(crate) struct Kernel {
     /// Failed map updates per map, counted by the programs.
     update_failures: Option<aya::maps::PerCpuArray<aya::maps::MapData, MapUpdateFailures>>,
     /// The programs' log buffer, until the runtime takes it to forward it.
-    logger: std::sync::Mutex<Option<aya_log::EbpfLogger<crate::kernel_log::KernelLog>>>,
-}
-
-/// An enabled collector, working or not.
-pub(crate) struct LoadedCollector {
-    pub(crate) name: &'static str,
-    pub(crate) state: Result<Box<dyn Collector>, CollectorError>,
+    logger: std::sync::Mutex<Option<aya_log::EbpfLogger<crate::kernel::program_log::KernelLog>>>,
 }
 
 impl Kernel {
-    /// Loads the object (maps are created here), then each collector in
-    /// `specs`: its programs are verified, loaded and attached, and its maps
-    /// handed to it. Only a failure of the object itself is an error.
     /// Whether the kernel keeps BPF run statistics for us (`--bpf.run-stats`).
     pub(crate) fn run_stats_on(&self) -> bool {
         self._run_stats.is_some()
@@ -113,9 +98,9 @@ impl Kernel {
         }
     }
 
-    /// The programs' log, for [`crate::kernel_log::forward`] to read; `None`
+    /// The programs' log, for [`crate::kernel::program_log::forward`] to read; `None`
     /// once taken or when the object logs nothing.
-    pub(crate) fn take_logger(&self) -> Option<aya_log::EbpfLogger<crate::kernel_log::KernelLog>> {
+    pub(crate) fn take_logger(&self) -> Option<aya_log::EbpfLogger<crate::kernel::program_log::KernelLog>> {
         self.logger.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
     }
 
@@ -138,16 +123,11 @@ impl Kernel {
         }
     }
 
-    /// Loads the allowlist socket filter (attached to sockets, not to a
-    /// tracepoint, so it is no collector) and takes its maps.
-    pub(crate) fn open_allowlist(
-        &mut self,
-        sources_tracked: u32,
-    ) -> Result<
-        (crate::allowlist::Filter, crate::allowlist::Trie, crate::allowlist::Counters, crate::allowlist::BanMap),
-        crate::allowlist::AllowlistError,
-    > {
-        crate::allowlist::open(&mut self.ebpf, sources_tracked)
+    /// The loaded object, for what is not a collector: the allowlist
+    /// socket filter (attached to sockets, not to a tracepoint) takes its
+    /// program and maps from here.
+    pub(crate) fn object(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 
     /// Calls `each` with the name, total run time and run count of every
@@ -161,24 +141,31 @@ impl Kernel {
         }
     }
 
+    /// Loads the object (maps are created here), then each collector in
+    /// `specs`: its programs are verified, loaded and attached, and `open`
+    /// takes its maps out of the object. Only a failure of the object itself
+    /// is an error; each collector's own outcome is in the list, in order.
+    ///
     /// `sources_tracked` bounds the allowlist's per-source map
     /// (`--web.allowlist-sources-tracked`); it is sized at load.
-    pub(crate) fn load(
-        specs: &[&'static CollectorSpec],
-        options: &CollectorOptions,
+    /// `run_stats` (`--bpf.run-stats`) keeps the kernel's run statistics on.
+    pub(crate) fn load<S: Programs, T>(
+        specs: &[&S],
         sources_tracked: u32,
-    ) -> Result<(Self, Vec<LoadedCollector>), LoadError> {
+        run_stats: bool,
+        mut open: impl FnMut(&S, &mut Ebpf) -> Result<T, CollectorError>,
+    ) -> Result<(Self, Vec<Result<T, CollectorError>>), LoadError> {
         let tracefs = Tracefs::find();
         // The kernel's BTF is parsed once, only if a collector needs it,
         // and released when every collector is open.
         // Tracepoints and member offsets are checked against this kernel
         // before loading, because the offsets go into the object.
         let prepared: Vec<Result<Prepared, CollectorError>> =
-            specs.iter().map(|spec| prepare(tracefs.as_ref(), spec)).collect();
+            specs.iter().map(|&spec| prepare(tracefs.as_ref(), spec)).collect();
 
         // The programs need no CO-RE relocations (member offsets come from
         // `btf.rs`), so the loader gets no BTF; ours is dropped first.
-        crate::btf::release_kernel();
+        crate::kernel::btf::release_kernel();
         release_freed_memory();
         let mut loader = loader_without_btf();
         loader.btf(None);
@@ -195,49 +182,53 @@ impl Kernel {
             }
         }
         loader.map_max_entries(exporter_common::allowlist::SOURCES_MAP, sources_tracked);
-        let test_bound = crate::test_hooks::map_max_entries();
+        // Borrowed by the loader until it loads.
+        let test_bound = test_hooks::map_max_entries();
         if let Some((map, entries)) = &test_bound {
             loader.map_max_entries(map, *entries);
         }
-        let object = crate::test_hooks::bpf_object(BPF_OBJECT, specs);
-        let mut ebpf = loader.load(object.bytes()).map_err(LoadError::Object)?;
-        drop(object);
+        let mut ebpf = {
+            // A patched copy, if a test hook made one, is freed at once.
+            let object = test_hooks::bpf_object(BPF_OBJECT, specs);
+            loader.load(object.bytes()).map_err(LoadError::Object)?
+        };
         // Before the collectors take their maps out of the object.
         let cpus = aya::util::nr_cpus().map_err(|(path, source)| LoadError::Cpus { path, source })?;
         let map_counters = hash_map_counters(&ebpf, cpus);
         let update_failures =
             ebpf.take_map(MAP_UPDATE_FAILURES_MAP).and_then(|map| aya::maps::PerCpuArray::try_from(map).ok());
-        let logger = match aya_log::EbpfLogger::init_with_logger(&mut ebpf, crate::kernel_log::KernelLog::new()) {
-            Ok(logger) => Some(logger),
-            Err(error) => {
-                warn!("the BPF programs' messages will not be logged: {error}");
-                None
-            }
-        };
+        let logger =
+            match aya_log::EbpfLogger::init_with_logger(&mut ebpf, crate::kernel::program_log::KernelLog::new()) {
+                Ok(logger) => Some(logger),
+                Err(error) => {
+                    warn!("the BPF programs' messages will not be logged: {error}");
+                    None
+                }
+            };
 
         let collectors = specs
             .iter()
             .zip(prepared)
-            .map(|(spec, prepared)| {
+            .map(|(&spec, prepared)| {
                 let state = prepared
                     .and_then(|prepared| attach(&mut ebpf, spec, &prepared))
-                    .and_then(|()| (spec.open)(&mut ebpf, options));
+                    .and_then(|()| open(spec, &mut ebpf));
                 match &state {
-                    Ok(_) => info!(collector = spec.name, programs = spec.tracepoints.len(), "collector attached"),
+                    Ok(_) => info!(collector = spec.name(), programs = spec.tracepoints().len(), "collector attached"),
                     Err(error) => {
                         detach(&mut ebpf, spec);
-                        error!(collector = spec.name, "collector is down: {}", down_reason(error));
+                        error!(collector = spec.name(), "collector is down: {}", down_reason(error));
                     }
                 }
-                LoadedCollector { name: spec.name, state }
+                state
             })
             .collect();
-        crate::btf::release_kernel();
+        crate::kernel::btf::release_kernel();
         release_freed_memory();
         Ok((
             Self {
                 ebpf,
-                _run_stats: if options.bpf_run_stats { enable_run_stats() } else { None },
+                _run_stats: if run_stats { enable_run_stats() } else { None },
                 map_counters: std::sync::Mutex::new(MapCounters { counters: map_counters, counted: None }),
                 update_failures,
                 logger: std::sync::Mutex::new(logger),
@@ -262,9 +253,9 @@ struct Prepared {
 /// Checks that every tracepoint of `spec` exists (where tracefs shows
 /// it; raw tracepoints attach without tracefs), and finds the kernel member
 /// offsets and BTF type ids its programs need.
-fn prepare(tracefs: Option<&Tracefs>, spec: &CollectorSpec) -> Result<Prepared, CollectorError> {
+fn prepare(tracefs: Option<&Tracefs>, spec: &impl Programs) -> Result<Prepared, CollectorError> {
     if let Some(tracefs) = tracefs {
-        for tp in spec.tracepoints {
+        for tp in spec.tracepoints() {
             // Checked first so a kernel without the tracepoint gets an error
             // that says so, not a bare ENOENT from deep inside attach.
             let name = tracepoint_name(spec, tp.name);
@@ -274,12 +265,12 @@ fn prepare(tracefs: Option<&Tracefs>, spec: &CollectorSpec) -> Result<Prepared, 
         }
     }
     let needs_btf = |tp: &&Tracepoint| tp.kind == TracepointKind::Btf;
-    if spec.offsets.is_empty() && !spec.tracepoints.iter().any(|tp| needs_btf(&tp)) {
+    if spec.offsets().is_empty() && !spec.tracepoints().iter().any(|tp| needs_btf(&tp)) {
         return Ok(Prepared::default());
     }
-    let btf = crate::btf::kernel()?;
+    let btf = crate::kernel::btf::kernel()?;
     let mut globals = spec
-        .offsets
+        .offsets()
         .iter()
         .map(|wanted| {
             btf.member(wanted.type_name, wanted.member)
@@ -292,9 +283,9 @@ fn prepare(tracefs: Option<&Tracefs>, spec: &CollectorSpec) -> Result<Prepared, 
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    globals.extend(crate::collectors::kernel_values(spec, &btf)?);
+    globals.extend(spec.kernel_values(&btf)?);
     let btf_ids = spec
-        .tracepoints
+        .tracepoints()
         .iter()
         .filter(needs_btf)
         .map(|tp| {
@@ -304,7 +295,7 @@ fn prepare(tracefs: Option<&Tracefs>, spec: &CollectorSpec) -> Result<Prepared, 
                 .ok_or(CollectorError::MissingTracepoint { category: tp.category, name })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    debug!(collector = spec.name, ?globals, ?btf_ids, "kernel member offsets and BTF ids");
+    debug!(collector = spec.name(), ?globals, ?btf_ids, "kernel member offsets and BTF ids");
     Ok(Prepared { globals, btf_ids })
 }
 
@@ -316,17 +307,8 @@ pub(crate) fn own_netns_inum() -> io::Result<u32> {
     u32::try_from(inode).map_err(|_| io::Error::other(format!("namespace inode {inode} is not a 32-bit number")))
 }
 
-/// The tracepoint name to use, after the test-only hook.
-fn tracepoint_name(spec: &CollectorSpec, name: &'static str) -> &'static str {
-    if std::env::var_os(TEST_MISSING_TRACEPOINT_ENV).is_some_and(|broken| broken == spec.name) {
-        TEST_MISSING_TRACEPOINT
-    } else {
-        name
-    }
-}
-
-fn attach(ebpf: &mut Ebpf, spec: &CollectorSpec, prepared: &Prepared) -> Result<(), CollectorError> {
-    for tp in spec.tracepoints {
+fn attach(ebpf: &mut Ebpf, spec: &impl Programs, prepared: &Prepared) -> Result<(), CollectorError> {
+    for tp in spec.tracepoints() {
         let name = tracepoint_name(spec, tp.name);
         let load_error = |source: ProgramError| {
             if let ProgramError::LoadError { verifier_log, .. } = &source {
@@ -354,8 +336,9 @@ fn attach(ebpf: &mut Ebpf, spec: &CollectorSpec, prepared: &Prepared) -> Result<
                     .iter()
                     .find_map(|(program, id)| (*program == tp.program).then_some(*id))
                     .ok_or(CollectorError::MissingTracepoint { category: tp.category, name })?;
-                let stand_in = aya::Btf::parse(&crate::btf::tracepoint_stand_in(name, id), aya::Endianness::Little)
-                    .map_err(|source| load_error(ProgramError::Btf(source)))?;
+                let stand_in =
+                    aya::Btf::parse(&crate::kernel::btf::tracepoint_stand_in(name, id), aya::Endianness::Little)
+                        .map_err(|source| load_error(ProgramError::Btf(source)))?;
                 let program: &mut BtfTracePoint =
                     ebpf.program_mut(tp.program).and_then(|p| p.try_into().ok()).ok_or_else(missing)?;
                 program.load(name, &stand_in).map_err(load_error)?;
@@ -369,8 +352,8 @@ fn attach(ebpf: &mut Ebpf, spec: &CollectorSpec, prepared: &Prepared) -> Result<
 
 /// Unloads whatever part of a failed collector got loaded, so a half
 /// attached collector never counts.
-fn detach(ebpf: &mut Ebpf, spec: &CollectorSpec) {
-    for tp in spec.tracepoints {
+fn detach(ebpf: &mut Ebpf, spec: &impl Programs) {
+    for tp in spec.tracepoints() {
         let Some(program) = ebpf.program_mut(tp.program) else { continue };
         // Unloading a program that was never loaded fails harmlessly.
         let _ = match tp.kind {
@@ -385,14 +368,14 @@ const MAP_COUNT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1
 
 /// The entry counters and their last counts.
 pub(crate) struct MapCounters {
-    counters: Vec<(String, u32, crate::batch::EntryCounter)>,
+    counters: Vec<(String, u32, crate::kernel::batch::EntryCounter)>,
     counted: Option<(std::time::Instant, Vec<u64>)>,
 }
 
 /// Entry counters for every hash-type map of the object, on duplicated
 /// descriptors (a map the kernel does not describe is left out).
 /// `cpus`: possible CPUs, the number of values per key of a per-CPU map.
-fn hash_map_counters(ebpf: &Ebpf, cpus: usize) -> Vec<(String, u32, crate::batch::EntryCounter)> {
+fn hash_map_counters(ebpf: &Ebpf, cpus: usize) -> Vec<(String, u32, crate::kernel::batch::EntryCounter)> {
     use std::os::fd::AsFd as _;
     ebpf.maps()
         .filter_map(|(name, map)| {
@@ -403,7 +386,7 @@ fn hash_map_counters(ebpf: &Ebpf, cpus: usize) -> Vec<(String, u32, crate::batch
             };
             let info = data.info().ok()?;
             let fd = data.fd().as_fd().try_clone_to_owned().ok()?;
-            let counter = crate::batch::EntryCounter::new(
+            let counter = crate::kernel::batch::EntryCounter::new(
                 fd,
                 info.key_size() as usize,
                 info.value_size() as usize,
@@ -425,7 +408,7 @@ fn enable_run_stats() -> Option<std::os::fd::OwnedFd> {
         Err(error) => {
             info!(
                 "--bpf.run-stats: the kernel refused to enable BPF run statistics (it needs CAP_SYS_ADMIN): {}; \
-                 kernel_exporter_bpf_program_* report zero",
+                 kernel_exporter_bpf_program_run* are left out",
                 error.io_error
             );
             None

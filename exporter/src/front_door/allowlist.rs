@@ -7,8 +7,8 @@
 //! [`Filter`], whose program descriptor `server::bind` attaches to every
 //! listening socket before `listen()`; [`Trie`], the two kernel tries the
 //! reloader builds a new policy in and switches between; and [`Counters`],
-//! which a scrape reads. [`Requests`] counts
-//! HTTP outcomes per source in userspace.
+//! which a scrape reads. HTTP outcomes per source are counted in userspace,
+//! by [`super::requests`].
 //!
 //! An absent allowlist is the single range `::/0` in the trie, so going
 //! from "everyone" to a list and back is a switch like any other.
@@ -38,8 +38,8 @@ use tracing::{debug, warn};
 
 use crate::{
     collectors::{Collector, CollectorError, PerCpuHashRead, PerCpuRead, take_per_cpu_array, take_per_cpu_hash},
-    encode::{Encoder, Family, Series},
-    web_config::Cidr,
+    exposition::encode::{Encoder, Family, Series},
+    front_door::web_config::Cidr,
 };
 
 const CONNECTIONS: Family = Family::counter(
@@ -54,11 +54,6 @@ const ENTRIES: Family = Family::gauge(
     "kernel_exporter_allowlist_entries",
     "Ranges in the kernel's allowlist trie in force, as read back from the kernel (1, the range ::/0, when no allowlist is configured).",
 );
-const REQUESTS: Family = Family::counter(
-    "kernel_exporter_requests_total",
-    "HTTP responses per source address and status code (the most recently seen sources, up to --web.allowlist-sources-tracked).",
-);
-
 /// The filter could not be put in place; the daemon does not serve without it.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AllowlistError {
@@ -493,7 +488,7 @@ pub(crate) struct Handshakes {
 type HandshakeState = (u64, HashMap<[u8; 16], u64>);
 
 impl Handshakes {
-    fn new(bound: u32) -> Self {
+    pub(super) fn new(bound: u32) -> Self {
         Self { bound: (bound as usize).max(1), state: Arc::new(Mutex::new((0, HashMap::new()))) }
     }
 
@@ -653,81 +648,6 @@ impl Collector for Counters {
     }
 }
 
-/// `kernel_exporter_requests_total{source,code}`, counted by the HTTP
-/// server. Bound: `bound` sources (`--web.allowlist-sources-tracked`, the
-/// kernel map's bound); a new source beyond it evicts the least recently
-/// seen one, whose series then disappear (and restart from zero should it
-/// return). Codes per source are the few the server answers with.
-/// Cloned handles count into the same series.
-#[derive(Clone)]
-pub(crate) struct Requests {
-    bound: usize,
-    state: Arc<Mutex<RequestsState>>,
-    handshakes: Handshakes,
-}
-
-#[derive(Default)]
-struct RequestsState {
-    /// Advances with every request: "recently seen" without reading a clock.
-    tick: u64,
-    sources: HashMap<IpAddr, SourceRequests>,
-}
-
-struct SourceRequests {
-    last_seen: u64,
-    /// (code, requests, series).
-    codes: Vec<(u16, u64, Series)>,
-}
-
-impl Requests {
-    /// `handshakes`: where [`Self::accepted`] records sources (see
-    /// [`Counters::handshakes`]).
-    pub(crate) fn new(bound: u32, handshakes: Handshakes) -> Self {
-        Self { bound: (bound as usize).max(1), state: Arc::new(Mutex::new(RequestsState::default())), handshakes }
-    }
-
-    /// A connection from `source` was accepted: its handshake completed.
-    pub(crate) fn accepted(&self, source: IpAddr) {
-        self.handshakes.completed(source);
-    }
-
-    /// Counts one response with `code` to `source`.
-    pub(crate) fn record(&self, source: IpAddr, code: u16) {
-        let source = source.to_canonical();
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.tick += 1;
-        let tick = state.tick;
-        if !state.sources.contains_key(&source)
-            && state.sources.len() >= self.bound
-            && let Some(oldest) = state.sources.iter().min_by_key(|(_, entry)| entry.last_seen).map(|(ip, _)| *ip)
-        {
-            state.sources.remove(&oldest);
-        }
-        let entry = state.sources.entry(source).or_insert_with(|| SourceRequests { last_seen: 0, codes: Vec::new() });
-        entry.last_seen = tick;
-        match entry.codes.iter_mut().find(|(known, _, _)| *known == code) {
-            Some((_, requests, _)) => *requests += 1,
-            None => {
-                let series = Series::new(&REQUESTS, &[("source", &source.to_string()), ("code", &code.to_string())]);
-                entry.codes.push((code, 1, series));
-            }
-        }
-    }
-}
-
-impl Collector for Requests {
-    fn collect(&self, out: &mut Encoder<'_>) -> Result<(), MapError> {
-        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        out.family(&REQUESTS);
-        for entry in state.sources.values() {
-            for (_, requests, series) in &entry.codes {
-                out.sample(series, *requests);
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -735,7 +655,7 @@ mod tests {
 
     #[test]
     fn families_follow_the_naming_rules() {
-        for family in [CONNECTIONS, PACKETS, ENTRIES, REQUESTS] {
+        for family in [CONNECTIONS, PACKETS, ENTRIES] {
             assert!(family.is_valid(), "{family:?}");
         }
     }
@@ -848,23 +768,5 @@ mod tests {
         let third = encode(&persistent);
         assert!(shown(&third).contains("127.0.0.200"), "{third}");
         assert_eq!(shown(&third).len(), DROPPED_SOURCES_SHOWN + 1, "{third}");
-    }
-
-    #[test]
-    fn requests_evict_the_least_recently_seen_source() {
-        let requests = Requests::new(2, Handshakes::new(2));
-        let ip = |last: u8| IpAddr::from([192, 0, 2, last]);
-        requests.record(ip(1), 200);
-        requests.record(ip(2), 200);
-        requests.record(ip(1), 401);
-        // .2 is the least recently seen now.
-        requests.record(ip(3), 200);
-        // IPv4-mapped peers of dual-stack listeners count as IPv4.
-        requests.record("::ffff:192.0.2.1".parse().unwrap(), 200);
-        let text = encode(&requests);
-        assert!(text.contains("kernel_exporter_requests_total{source=\"192.0.2.1\",code=\"200\"} 2\n"), "{text}");
-        assert!(text.contains("kernel_exporter_requests_total{source=\"192.0.2.1\",code=\"401\"} 1\n"), "{text}");
-        assert!(text.contains("kernel_exporter_requests_total{source=\"192.0.2.3\",code=\"200\"} 1\n"), "{text}");
-        assert!(!text.contains("192.0.2.2"), "{text}");
     }
 }

@@ -28,12 +28,12 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::{
-    allowlist::{AllowlistError, Trie},
-    auth::{Users, UsersError},
-    cli::ListenAddress,
-    self_metrics::FrontDoorMetrics,
-    tls::{self, TlsError},
-    web_config::{Cidr, ConfigError, RateLimit, WebConfig},
+    front_door::allowlist::{AllowlistError, Trie},
+    front_door::auth::{Users, UsersError},
+    front_door::listener::ListenAddress,
+    front_door::metrics::FrontDoorMetrics,
+    front_door::tls::{self, TlsError},
+    front_door::web_config::{Cidr, ConfigError, RateLimit, WebConfig},
 };
 
 /// How often the watched files are looked at.

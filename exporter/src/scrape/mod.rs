@@ -1,6 +1,12 @@
 //! One scrape: every collector's families, the collectors' health and the
 //! build information, written into one buffer that is reused from scrape to
-//! scrape and handed to hyper without a copy.
+//! scrape and handed to hyper without a copy; and the exporter's own metrics.
+//!
+//! It builds bodies; serving them (HTTP, auth, negotiation) is the front
+//! door's, which depends on this module and never the other way round.
+
+pub(crate) mod program_stats;
+pub(crate) mod self_metrics;
 
 use std::{
     sync::{Mutex, PoisonError},
@@ -11,10 +17,10 @@ use bytes::{Bytes, BytesMut};
 use tracing::warn;
 
 use crate::{
-    bpf::LoadedCollector,
+    collectors::LoadedCollector,
     collectors::{Collector, CollectorError, REGISTRY},
-    encode::{Encoder, Family, Format, Series},
-    self_metrics::SelfMetrics,
+    exposition::encode::{Encoder, Family, Format, Series},
+    scrape::self_metrics::SelfMetrics,
 };
 
 const COLLECTOR_UP: Family = Family::gauge(

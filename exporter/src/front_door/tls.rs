@@ -31,7 +31,7 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject as _};
 
-use crate::web_config::{CipherSuite, ClientAuth, Curve, PemSource, TlsSettings, TlsVersion};
+use crate::front_door::web_config::{CipherSuite, ClientAuth, Curve, PemSource, TlsSettings, TlsVersion};
 
 /// PEM material or a setting rustls refuses.
 #[derive(Debug, thiserror::Error)]
@@ -556,8 +556,8 @@ mod tests {
         assert_eq!(subject_common_name(b"garbage"), None);
     }
 
-    const CLIENT_CERT: &str = include_str!("../testdata/client-sans.crt");
-    const CLIENT_KEY: &str = include_str!("../testdata/client-sans.key");
+    const CLIENT_CERT: &str = include_str!("../../testdata/client-sans.crt");
+    const CLIENT_KEY: &str = include_str!("../../testdata/client-sans.key");
 
     fn der(pem: &str) -> CertificateDer<'static> {
         CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
@@ -566,7 +566,7 @@ mod tests {
     fn settings(extra: &str) -> TlsSettings {
         let text =
             format!("tls_server_config:\n  cert: |\n{}  key: |\n{}{extra}", indent(CLIENT_CERT), indent(CLIENT_KEY));
-        crate::web_config::WebConfig::parse(std::path::Path::new("/x/web.yml"), &text).unwrap().tls.unwrap()
+        crate::front_door::web_config::WebConfig::parse(std::path::Path::new("/x/web.yml"), &text).unwrap().tls.unwrap()
     }
 
     fn indent(pem: &str) -> String {

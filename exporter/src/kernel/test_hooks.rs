@@ -2,15 +2,17 @@
 //! collector the kernel refuses is reported down while the others serve.
 //!
 //! Each hook is an environment variable named `KERNEL_EXPORTER_TEST_*`
-//! holding a collector's name; unset (as in every deployment: the systemd
-//! unit sets no such variable), the hooks change nothing and cost one
-//! `getenv` at start-up. The other hook, for a missing tracepoint, lives
-//! next to the tracepoint lookup in `bpf.rs`
-//! (`KERNEL_EXPORTER_TEST_MISSING_TRACEPOINT`).
+//! holding a collector's name; unset, the hooks change nothing.
+//!
+//! Compiled only with the `test-hooks` feature, which `cargo xtask test`
+//! turns on for the binary the end-to-end tests run (and in unit tests).
+//! Every other build, the release binary included, gets
+//! `no_test_hooks.rs` in its place: the same calls, changing nothing, and
+//! no `KERNEL_EXPORTER_TEST_*` variable is ever read.
 
 use tracing::warn;
 
-use crate::collectors::CollectorSpec;
+use super::programs::Programs;
 
 /// `KERNEL_EXPORTER_TEST_VERIFIER_REJECTS=<collector>`: that collector's
 /// last program is loaded with its final `exit` instruction turned into a
@@ -33,6 +35,30 @@ pub(crate) fn map_max_entries() -> Option<(String, u32)> {
         None => warn!("{MAP_MAX_ENTRIES_ENV}={value}: not MAP=N; ignored"),
     }
     parsed
+}
+
+/// `KERNEL_EXPORTER_TEST_ASSUME_MAPS_NEED_CAP_BPF=1`: the daemon takes
+/// this kernel for one where map reads need CAP_BPF (before 6.5, with
+/// `unprivileged_bpf_disabled` set), so the end-to-end tests can prove it
+/// serves with CAP_BPF alone. The reason to log, when set.
+pub(crate) fn assume_maps_need_cap_bpf() -> Option<String> {
+    const ENV: &str = "KERNEL_EXPORTER_TEST_ASSUME_MAPS_NEED_CAP_BPF";
+    std::env::var_os(ENV).map(|_| format!("{ENV} is set (a test hook)"))
+}
+
+/// `KERNEL_EXPORTER_TEST_MISSING_TRACEPOINT=<collector>`: that collector
+/// looks for a tracepoint no kernel has, so the end-to-end tests can prove
+/// that a missing tracepoint takes down that collector and nothing else.
+const MISSING_TRACEPOINT_ENV: &str = "KERNEL_EXPORTER_TEST_MISSING_TRACEPOINT";
+const MISSING_TRACEPOINT: &str = "kernel_exporter_test_missing";
+
+/// The tracepoint name to use for `spec`'s tracepoint `name`.
+pub(crate) fn tracepoint_name(spec: &impl Programs, name: &'static str) -> &'static str {
+    if std::env::var_os(MISSING_TRACEPOINT_ENV).is_some_and(|broken| broken == spec.name()) {
+        MISSING_TRACEPOINT
+    } else {
+        name
+    }
 }
 
 /// `BPF_JMP | BPF_EXIT`.
@@ -63,11 +89,11 @@ impl BpfObject {
 }
 
 /// The object with any test hook applied.
-pub(crate) fn bpf_object(embedded: &'static [u8], specs: &[&CollectorSpec]) -> BpfObject {
+pub(crate) fn bpf_object<S: Programs>(embedded: &'static [u8], specs: &[&S]) -> BpfObject {
     let unpatched = || BpfObject::Embedded(embedded);
     let Some(wanted) = std::env::var_os(VERIFIER_REJECTS_ENV) else { return unpatched() };
     let Some(program) =
-        specs.iter().find(|spec| wanted == spec.name).and_then(|spec| spec.tracepoints.last()).map(|tp| tp.program)
+        specs.iter().find(|spec| wanted == spec.name()).and_then(|spec| spec.tracepoints().last()).map(|tp| tp.program)
     else {
         warn!("{VERIFIER_REJECTS_ENV}={}: no such enabled collector; loading unchanged", wanted.to_string_lossy());
         return unpatched();
@@ -144,10 +170,35 @@ fn last_instruction(elf: &[u8], symbol: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::{
+        btf::Btf,
+        programs::{CollectorError, KernelOffset, Tracepoint},
+    };
+
+    /// A stand-in for the collectors' registry entries.
+    struct NoCollector;
+
+    impl Programs for NoCollector {
+        fn name(&self) -> &'static str {
+            "none"
+        }
+
+        fn tracepoints(&self) -> &'static [Tracepoint] {
+            &[]
+        }
+
+        fn offsets(&self) -> &'static [KernelOffset] {
+            &[]
+        }
+
+        fn kernel_values(&self, _btf: &Btf) -> Result<Vec<(&'static str, u32)>, CollectorError> {
+            Ok(Vec::new())
+        }
+    }
 
     #[test]
     fn finds_and_patches_the_final_exit_of_a_program() {
-        let object = crate::bpf::embedded_object();
+        let object = crate::kernel::bpf::embedded_object();
         let at = last_instruction(object, "sys_exit").expect("sys_exit ends in exit");
         assert_eq!(object[at], EXIT);
         let patched = patched(object, "sys_exit").expect("patched");
@@ -166,8 +217,8 @@ mod tests {
     fn without_the_variable_the_embedded_object_is_loaded() {
         // The test runner never sets the variable.
         assert!(std::env::var_os(VERIFIER_REJECTS_ENV).is_none());
-        let object = crate::bpf::embedded_object();
-        let chosen = bpf_object(object, &[]);
+        let object = crate::kernel::bpf::embedded_object();
+        let chosen = bpf_object::<NoCollector>(object, &[]);
         assert_eq!(chosen.bytes().as_ptr(), object.as_ptr());
     }
 }

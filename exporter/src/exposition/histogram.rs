@@ -18,7 +18,7 @@
 
 use exporter_common::histogram::{LOG2_BUCKETS, Log2Histogram};
 
-use crate::encode::{Encoder, Family, Series};
+use crate::exposition::encode::{Encoder, Family, Series};
 
 /// log2 of the smallest exposed bound, in nanoseconds.
 const FIRST_BOUND_LOG2: usize = 10;

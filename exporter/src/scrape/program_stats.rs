@@ -1,6 +1,6 @@
 //! The daemon's own kernel-side cost: run count and run time of each of
 //! its BPF programs, from the kernel's run statistics (`BPF_ENABLE_STATS`,
-//! held on by [`crate::bpf::Kernel`]), and how full its hash maps are
+//! held on by [`crate::kernel::bpf::Kernel`]), and how full its hash maps are
 //! against their bounds.
 
 use std::{
@@ -11,18 +11,18 @@ use std::{
 use aya::maps::MapError;
 
 use crate::{
-    bpf::Kernel,
     collectors::Collector,
-    encode::{Encoder, Family, Series},
+    exposition::encode::{Encoder, Family, Series},
+    kernel::bpf::Kernel,
 };
 
 const RUN_SECONDS: Family = Family::counter(
     "kernel_exporter_bpf_program_run_seconds_total",
-    "Time the kernel spent running each of the exporter's BPF programs (zero unless --bpf.run-stats).",
+    "Time the kernel spent running each of the exporter's BPF programs (only with --bpf.run-stats).",
 );
 const RUNS: Family = Family::counter(
     "kernel_exporter_bpf_program_runs_total",
-    "Runs of each of the exporter's BPF programs (zero unless --bpf.run-stats).",
+    "Runs of each of the exporter's BPF programs (only with --bpf.run-stats).",
 );
 
 const MAP_ENTRIES: Family =
@@ -93,25 +93,23 @@ impl Collector for ProgramStats {
             }
             filled += 1;
         };
+        // Without run statistics the kernel would report zeros, which
+        // would read as programs that never run: the families are left out.
         if self.kernel.run_stats_on() {
             self.kernel.program_stats(&mut record);
-        } else {
-            // Without run statistics the kernel reports zeros: no need to
-            // ask it for every program at every scrape.
-            self.series.keys().for_each(|name| record(name, std::time::Duration::ZERO, 0));
-        }
-        rows.truncate(filled);
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
-        out.family(&RUN_SECONDS);
-        for (name, seconds, _) in rows.iter() {
-            if let Some((series, _)) = self.series.get(name) {
-                out.sample_f64(series, *seconds);
+            rows.truncate(filled);
+            rows.sort_by(|a, b| a.0.cmp(&b.0));
+            out.family(&RUN_SECONDS);
+            for (name, seconds, _) in rows.iter() {
+                if let Some((series, _)) = self.series.get(name) {
+                    out.sample_f64(series, *seconds);
+                }
             }
-        }
-        out.family(&RUNS);
-        for (name, _, runs) in rows.iter() {
-            if let Some((_, series)) = self.series.get(name) {
-                out.sample(series, *runs);
+            out.family(&RUNS);
+            for (name, _, runs) in rows.iter() {
+                if let Some((_, series)) = self.series.get(name) {
+                    out.sample(series, *runs);
+                }
             }
         }
         // Reuse the scratch rows: (name, entries, bound).

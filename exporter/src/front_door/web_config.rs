@@ -16,9 +16,7 @@ use std::{
     collections::BTreeMap,
     fmt, fs,
     io::{self, Read as _},
-    net::{IpAddr, Ipv6Addr},
     path::{Path, PathBuf},
-    str::FromStr,
     time::Duration,
 };
 
@@ -31,6 +29,13 @@ use serde::{
 /// The largest web config read: a real one is a few kilobytes (a full
 /// allowlist of 1,024 ranges is about 25 KiB).
 pub(crate) const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+// Re-exported: the rest of the daemon takes every part of the web config
+// from here, wherever the type is defined.
+pub(crate) use super::{
+    cidr::{Cidr, parse_allowed_sources},
+    tls_settings::{CipherSuite, ClientAuth, Curve, PemSource, TlsSettings, TlsVersion},
+};
 
 /// A web config file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -261,265 +266,6 @@ impl<'de> Visitor<'de> for Walk<'_> {
         let ((), variant) = data.variant_seed(Walk { left: self.left })?;
         variant.newtype_variant_seed(Walk { left: self.left })
     }
-}
-
-/// Where PEM text comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum PemSource {
-    File(PathBuf),
-    Inline(String),
-}
-
-impl PemSource {
-    /// The config key and the file, for error messages.
-    pub(crate) fn describe(&self, file_key: &str, inline_key: &str) -> String {
-        match self {
-            Self::File(path) => format!("{file_key} ({})", path.display()),
-            Self::Inline(_) => inline_key.to_owned(),
-        }
-    }
-
-    pub(crate) fn file(&self) -> Option<&Path> {
-        match self {
-            Self::File(path) => Some(path),
-            Self::Inline(_) => None,
-        }
-    }
-}
-
-/// `tls_server_config`, validated.
-#[derive(Debug, Clone)]
-pub(crate) struct TlsSettings {
-    pub(crate) cert: PemSource,
-    pub(crate) key: PemSource,
-    pub(crate) client_ca: Option<PemSource>,
-    pub(crate) client_auth: ClientAuth,
-    /// `None`: no SAN check. Never an empty list.
-    pub(crate) client_allowed_sans: Option<Vec<String>>,
-    pub(crate) min_version: TlsVersion,
-    pub(crate) max_version: TlsVersion,
-    /// TLS 1.2 suites, in the file's order; `None` means the provider's
-    /// defaults. TLS 1.3 suites are not configurable (as in Go).
-    pub(crate) tls12_cipher_suites: Option<Vec<CipherSuite>>,
-    /// Key-exchange groups in order; `None` means the provider's defaults.
-    pub(crate) curves: Option<Vec<Curve>>,
-    pub(crate) prefer_server_cipher_suites: bool,
-}
-
-/// exporter-toolkit's `client_auth_type` values, with Go's `crypto/tls`
-/// meanings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ClientAuth {
-    /// No certificate is asked for.
-    NoClientCert,
-    /// Asked for, not required, not verified.
-    RequestClientCert,
-    /// Required, not verified against a CA.
-    RequireAnyClientCert,
-    /// Not required; verified against `client_ca` when given.
-    VerifyClientCertIfGiven,
-    /// Required and verified against `client_ca`.
-    RequireAndVerifyClientCert,
-}
-
-impl ClientAuth {
-    const NAMES: &[(&str, Self)] = &[
-        ("NoClientCert", Self::NoClientCert),
-        ("RequestClientCert", Self::RequestClientCert),
-        ("RequireAnyClientCert", Self::RequireAnyClientCert),
-        // exporter-toolkit keeps this old spelling working.
-        ("RequireClientCert", Self::RequireAnyClientCert),
-        ("VerifyClientCertIfGiven", Self::VerifyClientCertIfGiven),
-        ("RequireAndVerifyClientCert", Self::RequireAndVerifyClientCert),
-    ];
-
-    pub(crate) fn requires_certificate(self) -> bool {
-        matches!(self, Self::RequireAnyClientCert | Self::RequireAndVerifyClientCert)
-    }
-
-    pub(crate) fn verifies(self) -> bool {
-        matches!(self, Self::VerifyClientCertIfGiven | Self::RequireAndVerifyClientCert)
-    }
-}
-
-impl fmt::Display for ClientAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = Self::NAMES.iter().find(|(_, value)| value == self).map_or("?", |(name, _)| name);
-        f.write_str(name)
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum TlsVersion {
-    Tls12,
-    Tls13,
-}
-
-impl fmt::Display for TlsVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Tls12 => "TLS12",
-            Self::Tls13 => "TLS13",
-        })
-    }
-}
-
-/// The TLS 1.2 suites rustls implements, by their Go names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum CipherSuite {
-    EcdheEcdsaAes128Gcm,
-    EcdheEcdsaAes256Gcm,
-    EcdheEcdsaChacha20,
-    EcdheRsaAes128Gcm,
-    EcdheRsaAes256Gcm,
-    EcdheRsaChacha20,
-}
-
-impl CipherSuite {
-    /// Go's names (both spellings Go accepts for ChaCha20).
-    const GO_NAMES: &[(&str, Self)] = &[
-        ("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", Self::EcdheEcdsaAes128Gcm),
-        ("TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", Self::EcdheEcdsaAes256Gcm),
-        ("TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256", Self::EcdheEcdsaChacha20),
-        ("TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305", Self::EcdheEcdsaChacha20),
-        ("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", Self::EcdheRsaAes128Gcm),
-        ("TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384", Self::EcdheRsaAes256Gcm),
-        ("TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256", Self::EcdheRsaChacha20),
-        ("TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305", Self::EcdheRsaChacha20),
-    ];
-    /// TLS 1.3 suites: Go accepts the names but always enables all three,
-    /// and so do we.
-    const TLS13_GO_NAMES: &[&str] =
-        &["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"];
-    /// Suites Go knows that rustls deliberately does not implement (CBC
-    /// modes, RSA key exchange, RC4, 3DES).
-    const GO_ONLY_NAMES: &[&str] = &[
-        "TLS_RSA_WITH_AES_128_CBC_SHA",
-        "TLS_RSA_WITH_AES_256_CBC_SHA",
-        "TLS_RSA_WITH_AES_128_GCM_SHA256",
-        "TLS_RSA_WITH_AES_256_GCM_SHA384",
-        "TLS_RSA_WITH_AES_128_CBC_SHA256",
-        "TLS_RSA_WITH_RC4_128_SHA",
-        "TLS_RSA_WITH_3DES_EDE_CBC_SHA",
-        "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
-        "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA",
-        "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256",
-        "TLS_ECDHE_ECDSA_WITH_RC4_128_SHA",
-        "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
-        "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA",
-        "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256",
-        "TLS_ECDHE_RSA_WITH_RC4_128_SHA",
-        "TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA",
-    ];
-}
-
-/// Key-exchange groups, by exporter-toolkit's names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Curve {
-    X25519,
-    P256,
-    P384,
-}
-
-/// One `allowed_sources` entry: an address and a prefix length whose host
-/// bits are zero.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Cidr {
-    pub(crate) addr: IpAddr,
-    pub(crate) prefix: u8,
-}
-
-impl Cidr {
-    /// Whether `ip` is inside, compared as the kernel's allowlist does: over
-    /// IPv6, IPv4 as IPv4-mapped. So `::/0` takes IPv4 clients too, and
-    /// `10.0.0.0/8` the mapped `::ffff:10.1.2.3`: the daemon never refuses a
-    /// client the socket filter let in, nor serves one it would have dropped.
-    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
-        let (prefix, network) = self.trie_range();
-        let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
-        u128::from_be_bytes(network) == u128::from(ipv6_mapped(ip)) & mask
-    }
-
-    /// The range as the kernel's allowlist trie holds it: a prefix length
-    /// over the 16-byte address, IPv4 as IPv4-mapped IPv6.
-    pub(crate) fn trie_range(&self) -> (u32, [u8; 16]) {
-        let prefix = u32::from(self.prefix) + if self.addr.is_ipv4() { 96 } else { 0 };
-        (prefix, ipv6_mapped(self.addr).octets())
-    }
-}
-
-/// `ip` as the socket filter looks it up: IPv4 sources as IPv4-mapped IPv6.
-fn ipv6_mapped(ip: IpAddr) -> Ipv6Addr {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-        IpAddr::V6(v6) => v6,
-    }
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-
-    /// `10.0.0.0/8`, `2001:db8::/32`, or a bare address (a single host).
-    fn from_str(text: &str) -> Result<Self, String> {
-        let (addr, prefix) = match text.split_once('/') {
-            Some((addr, prefix)) => (addr, Some(prefix)),
-            None => (text, None),
-        };
-        let addr: IpAddr = addr.parse().map_err(|_| format!("{text:?} is not an IP address or CIDR range"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(prefix) => prefix
-                .parse::<u8>()
-                .ok()
-                .filter(|&p| p <= max)
-                .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {max}"))?,
-        };
-        let cidr = Self { addr, prefix };
-        if !cidr.contains(addr) {
-            // The network address with the host bits cleared.
-            let network = match addr {
-                IpAddr::V4(v4) => IpAddr::from(
-                    (u32::from(v4) & u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)).to_be_bytes(),
-                ),
-                IpAddr::V6(v6) => IpAddr::from(
-                    (u128::from(v6) & u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)).to_be_bytes(),
-                ),
-            };
-            return Err(format!("{text:?} has host bits set; the range is {network}/{prefix}"));
-        }
-        Ok(cidr)
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-/// The ranges of `allowed_sources` (or `--web.allow-from`); on error, the
-/// key (`allowed_sources[i]`) and the problem.
-pub(crate) fn parse_allowed_sources(texts: &[String]) -> Result<Vec<Cidr>, (String, String)> {
-    let limit = exporter_common::allowlist::ALLOWLIST_ENTRIES as usize;
-    if texts.is_empty() {
-        return Err((
-            "allowed_sources".to_owned(),
-            "is empty, which would refuse every client, Prometheus included; remove the key to allow every source"
-                .to_owned(),
-        ));
-    }
-    if texts.len() > limit {
-        return Err((
-            "allowed_sources".to_owned(),
-            format!("has {} ranges; the kernel's allowlist holds at most {limit}", texts.len()),
-        ));
-    }
-    texts
-        .iter()
-        .enumerate()
-        .map(|(i, text)| text.trim().parse::<Cidr>().map_err(|problem| (format!("allowed_sources[{i}]"), problem)))
-        .collect()
 }
 
 /// Header names exporter-toolkit lets a web config set, with the values
@@ -1075,24 +821,6 @@ mod tests {
         assert!(e.contains("unknown curve \"P256\""), "{e}");
     }
 
-    #[test]
-    fn cidr_containment() {
-        let net: Cidr = "10.1.0.0/16".parse().unwrap();
-        assert!(net.contains("10.1.200.3".parse().unwrap()));
-        assert!(!net.contains("10.2.0.1".parse().unwrap()));
-        // As the kernel's trie: IPv4 is IPv4-mapped IPv6.
-        assert!(net.contains("::ffff:10.1.0.1".parse().unwrap()));
-        assert!(!net.contains("::10.1.0.1".parse().unwrap()));
-        let all: Cidr = "0.0.0.0/0".parse().unwrap();
-        assert!(all.contains("192.0.2.1".parse().unwrap()));
-        assert!(!all.contains("2001:db8::1".parse().unwrap()));
-        let v6: Cidr = "2001:db8::/32".parse().unwrap();
-        assert!(v6.contains("2001:db8:1::1".parse().unwrap()));
-        assert_eq!(v6.to_string(), "2001:db8::/32");
-        assert!("10.0.0.0/x".parse::<Cidr>().is_err());
-        assert!("host.example".parse::<Cidr>().is_err());
-    }
-
     /// Found by the `web_config` fuzz target (fuzz/regressions/web_config/):
     /// a key with a newline made the error two log lines.
     #[test]
@@ -1102,19 +830,5 @@ mod tests {
         let e = error(&format!("basic_auth_users:\n  \"al\\nice\\t\": {HASH}x\n"));
         assert!(e.contains("basic_auth_users.al\\nice\\t: is not a bcrypt hash"), "{e}");
         assert!(!e.contains(['\n', '\t']), "{e}");
-    }
-
-    /// Found by the `cidr` fuzz target (fuzz/regressions/cidr/): `::/0`
-    /// refused IPv4 clients the socket filter had let in.
-    #[test]
-    fn ipv6_ranges_take_the_ipv4_clients_the_kernel_takes() {
-        let every: Cidr = "::/0".parse().unwrap();
-        assert!(every.contains("127.0.0.1".parse().unwrap()));
-        assert!(every.contains("::ffff:127.0.0.1".parse().unwrap()));
-        let mapped: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
-        assert!(mapped.contains("10.1.2.3".parse().unwrap()));
-        assert!(!mapped.contains("11.1.2.3".parse().unwrap()));
-        let v6: Cidr = "2001:db8::/32".parse().unwrap();
-        assert!(!v6.contains("32.1.13.184".parse().unwrap()), "2001:db8:: as IPv4 bits");
     }
 }

@@ -112,17 +112,11 @@ impl RuntimeUser {
     }
 }
 
-/// `KERNEL_EXPORTER_TEST_ASSUME_MAPS_NEED_CAP_BPF=1` makes
-/// [`maps_need_cap_bpf`] answer yes on any kernel, so the end-to-end tests
-/// can prove the daemon serves with CAP_BPF alone. Unset in every
-/// deployment.
-pub(crate) const ASSUME_MAPS_NEED_CAP_BPF_ENV: &str = "KERNEL_EXPORTER_TEST_ASSUME_MAPS_NEED_CAP_BPF";
-
 /// Why map operations on the descriptors the daemon holds still need
 /// CAP_BPF after start-up; `None` when they need no capability.
 pub(crate) fn maps_need_cap_bpf() -> Option<String> {
-    if std::env::var_os(ASSUME_MAPS_NEED_CAP_BPF_ENV).is_some() {
-        return Some(format!("{ASSUME_MAPS_NEED_CAP_BPF_ENV} is set (a test hook)"));
+    if let Some(reason) = crate::kernel::test_hooks::assume_maps_need_cap_bpf() {
+        return Some(reason);
     }
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let version = kernel_version(&release);

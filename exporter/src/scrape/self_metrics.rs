@@ -11,11 +11,11 @@ use std::{fmt, fs, sync::atomic::AtomicU64};
 use bytes::{BufMut as _, BytesMut};
 use prometheus_client::{
     encoding::{prometheus_text, text},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    metrics::{counter::Counter, gauge::Gauge, histogram::Histogram},
     registry::{Registry, Unit},
 };
 
-use crate::{auth::AuthFailure, connections::CloseReason, encode::Format, tls::HandshakeFailure};
+use crate::exposition::encode::Format;
 
 /// Scrape-duration histogram bounds, in seconds: a kernel-exporter scrape
 /// takes well under a millisecond, a slow one tens of milliseconds.
@@ -32,143 +32,6 @@ pub(crate) struct SelfMetrics {
     open_fds: Gauge,
     max_fds: Gauge,
     requests_in_flight: Gauge,
-    front_door: FrontDoorMetrics,
-    connections: ConnectionMetrics,
-}
-
-/// One `reason` label; the values are the fixed sets of
-/// [`HandshakeFailure`], [`AuthFailure`] and [`CloseReason`].
-type Reason = [(&'static str, &'static str); 1];
-
-/// A counter family by `reason`, registered with a series for every
-/// reason from the start: a `rate()` over a series that appears only with
-/// the first event misses that event.
-fn register_by_reason<const N: usize>(
-    registry: &mut Registry,
-    name: &str,
-    help: &str,
-    reasons: [&'static str; N],
-) -> Family<Reason, Counter> {
-    let family = Family::<Reason, Counter>::default();
-    for reason in reasons {
-        drop(family.get_or_create(&[("reason", reason)]));
-    }
-    registry.register(name, help, family.clone());
-    family
-}
-
-/// The front door's counters and reload gauges, shared with the accept
-/// loops, the request handler and the reloader.
-#[derive(Clone)]
-pub(crate) struct FrontDoorMetrics {
-    tls_handshake_failures: Family<Reason, Counter>,
-    auth_failures: Family<Reason, Counter>,
-    reload_successful: Gauge,
-    reload_success_timestamp: Gauge<f64, AtomicU64>,
-    password_checks: Counter,
-}
-
-impl FrontDoorMetrics {
-    fn register(registry: &mut Registry) -> Self {
-        let tls_handshake_failures = register_by_reason(
-            registry,
-            "kernel_exporter_tls_handshake_failures",
-            "TLS connections that did not get to HTTP, by reason",
-            HandshakeFailure::ALL.map(HandshakeFailure::as_str),
-        );
-        let auth_failures = register_by_reason(
-            registry,
-            "kernel_exporter_auth_failures",
-            "Requests refused by basic auth, by reason",
-            AuthFailure::ALL.map(AuthFailure::as_str),
-        );
-        let reload_successful = Gauge::default();
-        registry.register(
-            "kernel_exporter_config_last_reload_successful",
-            "Whether the last web config reload attempt succeeded (1) or kept the previous configuration (0)",
-            reload_successful.clone(),
-        );
-        let reload_success_timestamp = Gauge::<f64, AtomicU64>::default();
-        registry.register_with_unit(
-            "kernel_exporter_config_last_reload_success_timestamp",
-            "Unix time of the last successful web config load",
-            Unit::Seconds,
-            reload_success_timestamp.clone(),
-        );
-        let password_checks = Counter::default();
-        registry.register(
-            "kernel_exporter_password_checks",
-            "bcrypt comparisons run for basic auth (answers from the cache are not counted)",
-            password_checks.clone(),
-        );
-        Self { tls_handshake_failures, auth_failures, reload_successful, reload_success_timestamp, password_checks }
-    }
-
-    /// The counter the bcrypt threads count their comparisons in.
-    pub(crate) fn password_checks(&self) -> Counter {
-        self.password_checks.clone()
-    }
-
-    pub(crate) fn tls_handshake_failed(&self, reason: HandshakeFailure) {
-        self.tls_handshake_failures.get_or_create(&[("reason", reason.as_str())]).inc();
-    }
-
-    pub(crate) fn auth_failed(&self, reason: AuthFailure) {
-        self.auth_failures.get_or_create(&[("reason", reason.as_str())]).inc();
-    }
-
-    pub(crate) fn reload_succeeded(&self, unix_time: f64) {
-        self.reload_successful.set(1);
-        self.reload_success_timestamp.set(unix_time);
-    }
-
-    pub(crate) fn reload_failed(&self) {
-        self.reload_successful.set(0);
-    }
-}
-
-/// The connection table's gauge and counters (see [`crate::connections`]).
-#[derive(Clone)]
-pub(crate) struct ConnectionMetrics {
-    open: Gauge,
-    closed: Family<Reason, Counter>,
-}
-
-impl ConnectionMetrics {
-    pub(crate) fn register(registry: &mut Registry) -> Self {
-        let open = Gauge::default();
-        registry.register(
-            "kernel_exporter_connections_open",
-            "HTTP connections held now, at most --web.max-connections",
-            open.clone(),
-        );
-        let closed = register_by_reason(
-            registry,
-            "kernel_exporter_connections_closed",
-            "HTTP connections the exporter closed on its own, by reason: max_connections (evicted or refused at \
-             --web.max-connections), header_timeout (no complete request in time)",
-            CloseReason::ALL.map(CloseReason::as_str),
-        );
-        Self { open, closed }
-    }
-
-    pub(crate) fn set_open(&self, connections: usize) {
-        self.open.set(i64::try_from(connections).unwrap_or(i64::MAX));
-    }
-
-    pub(crate) fn closed(&self, reason: CloseReason) {
-        self.closed.get_or_create(&[("reason", reason.as_str())]).inc();
-    }
-
-    #[cfg(test)]
-    pub(crate) fn open(&self) -> i64 {
-        self.open.get()
-    }
-
-    #[cfg(test)]
-    pub(crate) fn closed_count(&self, reason: CloseReason) -> u64 {
-        self.closed.get_or_create(&[("reason", reason.as_str())]).get()
-    }
 }
 
 impl SelfMetrics {
@@ -232,9 +95,6 @@ impl SelfMetrics {
             requests_in_flight.clone(),
         );
 
-        let front_door = FrontDoorMetrics::register(&mut registry);
-        let connections = ConnectionMetrics::register(&mut registry);
-
         Self {
             registry,
             scrapes,
@@ -244,15 +104,8 @@ impl SelfMetrics {
             virtual_memory,
             open_fds,
             max_fds,
-            front_door,
-            connections,
             requests_in_flight,
         }
-    }
-
-    /// Handles on the connection table's metrics.
-    pub(crate) fn connections(&self) -> ConnectionMetrics {
-        self.connections.clone()
     }
 
     /// The in-flight gauge, for the HTTP server to move.
@@ -260,9 +113,10 @@ impl SelfMetrics {
         self.requests_in_flight.clone()
     }
 
-    /// Handles on the front door's metrics.
-    pub(crate) fn front_door(&self) -> FrontDoorMetrics {
-        self.front_door.clone()
+    /// The registry, for the front door to register its own metrics in
+    /// (`front_door::metrics`): they are encoded with these, after them.
+    pub(crate) fn registry(&mut self) -> &mut Registry {
+        &mut self.registry
     }
 
     /// Counts a served scrape that took `seconds` to build.
@@ -429,26 +283,6 @@ mod tests {
         assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
         assert!(text.contains("\nprocess_start_time_seconds "), "{text}");
         assert!(!text.contains("# EOF"), "{text}");
-        assert!(text.contains("kernel_exporter_tls_handshake_failures_total{reason=\"plain_http\"} 0\n"), "{text}");
-        assert!(text.contains("kernel_exporter_auth_failures_total{reason=\"wrong_password\"} 0\n"), "{text}");
-        assert!(text.contains("kernel_exporter_connections_closed_total{reason=\"max_connections\"} 0\n"), "{text}");
-        assert!(text.contains("\nkernel_exporter_connections_open 0\n"), "{text}");
-
-        let front_door = metrics.front_door();
-        front_door.auth_failed(AuthFailure::WrongPassword);
-        front_door.tls_handshake_failed(HandshakeFailure::NoClientCertificate);
-        front_door.reload_succeeded(1.5e9);
-        front_door.reload_failed();
-        let mut text = BytesMut::new();
-        metrics.encode(Format::Text, &mut text);
-        let text = std::str::from_utf8(&text).unwrap();
-        assert!(text.contains("kernel_exporter_auth_failures_total{reason=\"wrong_password\"} 1\n"), "{text}");
-        assert!(
-            text.contains("kernel_exporter_tls_handshake_failures_total{reason=\"no_client_certificate\"} 1\n"),
-            "{text}"
-        );
-        assert!(text.contains("\nkernel_exporter_config_last_reload_successful 0\n"), "{text}");
-        assert!(text.contains("\nkernel_exporter_config_last_reload_success_timestamp_seconds 1500000000"), "{text}");
 
         let mut openmetrics = BytesMut::new();
         metrics.encode(Format::OpenMetrics, &mut openmetrics);

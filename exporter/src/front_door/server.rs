@@ -1,5 +1,6 @@
-//! The HTTP side: listeners, the front door pipeline, routes, the scrape
-//! concurrency bound and an orderly shutdown on SIGINT/SIGTERM.
+//! The HTTP side: serving the listeners ([`super::listener`]), the front door
+//! pipeline, routes ([`super::routes`]), the scrape concurrency bound and an
+//! orderly shutdown on SIGINT/SIGTERM.
 //!
 //! Each connection goes through the pipeline in order: the allowlist socket
 //! filter (in the kernel, attached to every listener before `listen()`, so
@@ -22,7 +23,7 @@
 //! bodies are never read, so a body (a `Content-Length` of a gigabyte, an
 //! endless chunked one) costs at most one socket read, discarded, and the
 //! connection closes after the answer. How many connections are held, and
-//! for how long without a request, is [`crate::connections`]' business.
+//! for how long without a request, is [`crate::front_door::connections`]' business.
 //! Refusals by basic auth are answered no sooner than
 //! [`AUTH_REFUSAL_DELAY`] after the request came in.
 
@@ -30,7 +31,7 @@ use std::{
     future::Future,
     io,
     net::SocketAddr,
-    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, IntoRawFd as _, RawFd},
+    os::fd::{AsRawFd as _, RawFd},
     sync::Arc,
     time::Duration,
 };
@@ -49,26 +50,31 @@ use hyper_util::{
     server::graceful::GracefulConnection,
 };
 use tokio::{
-    net::{TcpListener, TcpSocket, TcpStream},
+    net::{TcpListener, TcpStream},
     signal::unix::{SignalKind, signal},
     sync::{Semaphore, watch},
     task::JoinSet,
 };
 use tracing::{debug, error, info, warn};
 
-use crate::access_log::{self, AccessLog, Connection};
+use crate::front_door::access_log::{self, AccessLog, Connection};
 
 use crate::{
-    allowlist::{Bans, Requests},
-    auth::{self, AuthFailure, Authenticator},
-    cli::{Config, ListenAddress},
-    connections::{Activity, Admission, CloseReason, Connections, Slot},
-    encode::Format,
-    reload::FrontDoor,
+    exposition::encode::Format,
+    front_door::allowlist::Bans,
+    front_door::auth::{self, AuthFailure, Authenticator},
+    front_door::connections::{Activity, Admission, CloseReason, Connections, Slot},
+    front_door::listener::ListenAddress,
+    front_door::metrics::{ConnectionMetrics, FrontDoorMetrics},
+    front_door::reload::FrontDoor,
+    front_door::requests::Requests,
+    front_door::routes::{
+        accepts_gzip, collector_filters, gzip, landing_page, method_not_allowed, rate_limited, refused, response,
+        source_removed,
+    },
+    front_door::tls,
+    front_door::web_config::RateLimit,
     scrape::Scraper,
-    self_metrics::{ConnectionMetrics, FrontDoorMetrics},
-    tls,
-    web_config::RateLimit,
 };
 
 /// How long a client may take to send its request headers; slow-loris
@@ -108,19 +114,6 @@ const HTTP2_MAX_STREAMS: u32 = 16;
 /// must end the process within a second.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
-/// Pending connections the kernel queues per listener.
-const LISTEN_BACKLOG: u32 = 1024;
-
-/// A listen address that could not be opened.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {address}: {source}{hint}")]
-pub(crate) struct BindError {
-    address: ListenAddress,
-    #[source]
-    source: io::Error,
-    hint: &'static str,
-}
-
 /// Resolves on the first SIGINT or SIGTERM. Installed before start-up work
 /// so a signal during it still ends in an orderly exit.
 pub(crate) fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
@@ -133,75 +126,6 @@ pub(crate) fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
         };
         info!(signal = name, "received signal");
     })
-}
-
-/// Opens every listener before serving any, so a bad address fails
-/// start-up instead of leaving a half-listening daemon. The listeners are
-/// plain std sockets: they are opened before the async runtime exists (and
-/// before privileges are dropped), and handed to it by [`serve`].
-/// `filter` (the allowlist socket filter) is attached to each before it
-/// listens.
-pub(crate) fn bind_all(
-    addresses: &[ListenAddress],
-    filter: BorrowedFd<'_>,
-) -> Result<Vec<(ListenAddress, std::net::TcpListener)>, BindError> {
-    addresses.iter().map(|&address| bind(address, filter).map(|listener| (address, listener))).collect()
-}
-
-fn bind(address: ListenAddress, filter: BorrowedFd<'_>) -> Result<std::net::TcpListener, BindError> {
-    let fail = |source: io::Error| {
-        let hint = match source.kind() {
-            io::ErrorKind::AddrInUse => " (another process, perhaps another kernel-exporter, listens there)",
-            io::ErrorKind::PermissionDenied => " (ports below 1024 need CAP_NET_BIND_SERVICE)",
-            io::ErrorKind::AddrNotAvailable => " (no interface of this host has that address)",
-            _ => "",
-        };
-        BindError { address, source, hint }
-    };
-    let socket = match address.addr {
-        SocketAddr::V4(_) => TcpSocket::new_v4(),
-        SocketAddr::V6(_) => TcpSocket::new_v6(),
-    }
-    .map_err(fail)?;
-    socket.set_reuseaddr(true).map_err(fail)?;
-    if address.addr.is_ipv6() {
-        set_ipv6_only(&socket, !address.dual_stack).map_err(fail)?;
-    }
-    socket.bind(address.addr).map_err(fail)?;
-    // Before listen(): from its first SYN on, the socket only sees allowed
-    // sources, and every accepted socket inherits the filter.
-    attach_filter(&socket, filter).map_err(|source| BindError {
-        address,
-        source,
-        hint: " (attaching the allowlist socket filter, SO_ATTACH_BPF)",
-    })?;
-    // tokio's `listen` needs a running runtime; listen on the raw socket.
-    let fd = socket.into_raw_fd();
-    // SAFETY: `fd` is the socket just bound, owned by nobody else now; the
-    // std listener takes ownership and closes it.
-    let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-    // SAFETY: listen(2) on a socket descriptor we own.
-    if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG as libc::c_int) } != 0 {
-        return Err(fail(io::Error::last_os_error()));
-    }
-    listener.set_nonblocking(true).map_err(fail)?;
-    Ok(listener)
-}
-
-fn attach_filter(socket: &TcpSocket, filter: BorrowedFd<'_>) -> io::Result<()> {
-    let program = filter.as_raw_fd();
-    // SAFETY: the descriptor is a live socket owned by `socket`, and the
-    // option value points to the program's descriptor, a c_int.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_BPF,
-            (&raw const program).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// SO_LINGER with a zero timeout: closing `fd` then sends RST and frees the
@@ -221,20 +145,17 @@ fn reset_on_close(fd: RawFd) {
     };
 }
 
-fn set_ipv6_only(socket: &TcpSocket, only: bool) -> io::Result<()> {
-    let value = libc::c_int::from(only);
-    // SAFETY: the descriptor is a live socket owned by `socket`, and the
-    // option value points to a c_int of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IPV6,
-            libc::IPV6_V6ONLY,
-            (&raw const value).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+/// What the handler takes from the command line.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// `--web.telemetry-path`.
+    pub(crate) telemetry_path: String,
+    /// `--web.max-requests`; `None` means no limit.
+    pub(crate) max_requests: Option<usize>,
+    /// `--web.max-connections`.
+    pub(crate) max_connections: usize,
+    /// `--web.max-auth-checks-per-source`; `None` means no bound.
+    pub(crate) max_auth_checks_per_source: Option<u32>,
 }
 
 /// Everything a request handler needs, shared by all connections.
@@ -305,7 +226,7 @@ impl Drop for InFlight<'_> {
 impl App {
     pub(crate) fn new(
         scraper: Scraper,
-        config: &Config,
+        config: &Settings,
         front_door: Arc<FrontDoor>,
         metrics: FrontDoorMetrics,
         in_flight: prometheus_client::metrics::gauge::Gauge,
@@ -458,167 +379,6 @@ impl App {
         headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
         response
     }
-}
-
-/// Whether an `Accept-Encoding` header allows gzip (any `gzip` coding with
-/// a quality above zero; Prometheus sends `gzip` by default). Codings and
-/// the `q` parameter are case-insensitive (RFC 9110).
-pub(crate) fn accepts_gzip(accept_encoding: Option<&str>) -> bool {
-    accept_encoding.is_some_and(|codings| {
-        codings.split(',').any(|coding| {
-            let mut parts = coding.split(';').map(str::trim);
-            parts.next().is_some_and(|name| name.eq_ignore_ascii_case("gzip"))
-                && parts.all(|parameter| match parameter.split_once('=') {
-                    Some((name, q)) if name.trim().eq_ignore_ascii_case("q") => {
-                        q.trim().parse::<f32>().is_ok_and(|q| q > 0.0)
-                    }
-                    _ => true,
-                })
-        })
-    })
-}
-
-/// Compresses a body. Fast compression: bodies are small and scraped often,
-/// so CPU matters more than the last few percent of size.
-fn gzip(body: &[u8]) -> Bytes {
-    use std::io::Write as _;
-    let mut encoder =
-        flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4 + 64), flate2::Compression::fast());
-    // Writing into a Vec cannot fail.
-    let _ = encoder.write_all(body);
-    encoder.finish().unwrap_or_default().into()
-}
-
-/// The `collect[]` and `exclude[]` values of a query string, decoded
-/// (Prometheus sends the brackets percent-encoded).
-pub(crate) fn collector_filters(query: Option<&str>) -> (Vec<String>, Vec<String>) {
-    let mut collect = Vec::new();
-    let mut exclude = Vec::new();
-    for pair in query.unwrap_or_default().split('&').filter(|pair| !pair.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match percent_decode(key).as_str() {
-            "collect[]" => collect.push(percent_decode(value)),
-            "exclude[]" => exclude.push(percent_decode(value)),
-            _ => {}
-        }
-    }
-    (collect, exclude)
-}
-
-/// `application/x-www-form-urlencoded` decoding; malformed escapes are kept
-/// as they are.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let hex = |digit: u8| char::from(digit).to_digit(16);
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = match bytes.get(i..i + 3) {
-            Some(&[b'%', high, low]) => hex(high).zip(hex(low)).map(|(high, low)| (high * 16 + low) as u8),
-            _ => None,
-        };
-        match (bytes[i], escaped) {
-            (_, Some(decoded)) => {
-                out.push(decoded);
-                i += 3;
-            }
-            (b'+', None) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (byte, None) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn response(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-}
-
-/// 401 with the challenge, or 429 when too many checks are waiting or
-/// the source started too many.
-fn refused(failure: AuthFailure) -> Response<Full<Bytes>> {
-    if matches!(failure, AuthFailure::Overloaded | AuthFailure::RateLimited) {
-        let mut response = response(
-            StatusCode::TOO_MANY_REQUESTS,
-            "text/plain; charset=utf-8",
-            Bytes::from_static(b"too many password checks in progress; retry later\n"),
-        );
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return response;
-    }
-    let mut response =
-        response(StatusCode::UNAUTHORIZED, "text/plain; charset=utf-8", Bytes::from_static(b"Unauthorized\n"));
-    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(auth::CHALLENGE));
-    response
-}
-
-/// Over the web config's `rate_limit`, worded as exporter-toolkit does.
-fn rate_limited() -> Response<Full<Bytes>> {
-    let mut response = response(
-        StatusCode::TOO_MANY_REQUESTS,
-        "text/plain; charset=utf-8",
-        Bytes::from_static(b"Too Many Requests\n"),
-    );
-    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    response
-}
-
-/// For a connection whose source was removed from the allowlist after it
-/// connected: hyper closes an HTTP/1 connection after a `Connection: close`
-/// response.
-fn source_removed() -> Response<Full<Bytes>> {
-    let mut response = response(
-        StatusCode::FORBIDDEN,
-        "text/plain; charset=utf-8",
-        Bytes::from_static(b"this source is no longer in the allowlist\n"),
-    );
-    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-    response
-}
-
-fn method_not_allowed() -> Response<Full<Bytes>> {
-    let mut response = response(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "text/plain; charset=utf-8",
-        Bytes::from_static(b"405 method not allowed\n"),
-    );
-    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-    response
-}
-
-fn landing_page(telemetry_path: &str) -> Bytes {
-    let path = html_escape(telemetry_path);
-    format!(
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\"><title>kernel-exporter</title></head>\n\
-         <body>\n<h1>kernel-exporter</h1>\n<p>Prometheus exporter for Linux hosts, fed by eBPF programs on kernel tracepoints.</p>\n\
-         <p><a href=\"{path}\">Metrics</a></p>\n<p>Version {version} ({revision})</p>\n</body>\n</html>\n",
-        version = env!("CARGO_PKG_VERSION"),
-        revision = env!("KERNEL_EXPORTER_REVISION"),
-    )
-    .into()
-}
-
-fn html_escape(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => escaped.push_str("&amp;"),
-            '<' => escaped.push_str("&lt;"),
-            '>' => escaped.push_str("&gt;"),
-            '"' => escaped.push_str("&quot;"),
-            '\'' => escaped.push_str("&#39;"),
-            c => escaped.push(c),
-        }
-    }
-    escaped
 }
 
 /// Serves every listener until `shutdown` resolves, then gives in-flight
@@ -925,46 +685,5 @@ mod tests {
         // A long quiet spell refills no more than the burst.
         let later = start + Duration::from_secs(60);
         assert_eq!((0..10).filter(|_| bucket.allow(limit, later)).count(), 3);
-    }
-
-    #[test]
-    fn gzip_negotiation() {
-        assert!(accepts_gzip(Some("gzip")));
-        assert!(accepts_gzip(Some("deflate, GZIP;q=0.5")));
-        assert!(!accepts_gzip(Some("gzip;q=0")));
-        // Found by the `negotiation` fuzz target (fuzz/regressions/negotiation/).
-        assert!(!accepts_gzip(Some("GZIP;Q=0, identity")));
-        assert!(!accepts_gzip(Some("identity")));
-        assert!(!accepts_gzip(Some("gzipx")));
-        assert!(!accepts_gzip(None));
-    }
-
-    #[test]
-    fn gzip_round_trips() {
-        use std::io::Read as _;
-        let body = b"kernel_sched_forks_total 3\n".repeat(100);
-        let compressed = gzip(&body);
-        assert!(compressed.len() < body.len() / 4);
-        let mut decoded = Vec::new();
-        flate2::read::GzDecoder::new(&compressed[..]).read_to_end(&mut decoded).unwrap();
-        assert_eq!(decoded, body);
-    }
-
-    #[test]
-    fn query_filters_are_decoded() {
-        let (collect, exclude) = collector_filters(Some("collect%5B%5D=sched&collect[]=irq&x=1&exclude%5b%5d=a%2Bb+c"));
-        assert_eq!(collect, ["sched", "irq"]);
-        assert_eq!(exclude, ["a+b c"]);
-        assert_eq!(collector_filters(None), (vec![], vec![]));
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
-        // A sign is not a hex digit; `+` still means a space.
-        assert_eq!(percent_decode("%+1"), "% 1");
-    }
-
-    #[test]
-    fn landing_page_links_the_escaped_path() {
-        let page = landing_page("/m\"<x>");
-        let page = std::str::from_utf8(&page).unwrap();
-        assert!(page.contains("<a href=\"/m&quot;&lt;x&gt;\">Metrics</a>"), "{page}");
     }
 }
