@@ -7,12 +7,15 @@
 //! kind of machine before the program does anything). BPF stays for what
 //! only it can see: latencies, drop reasons, per-cgroup attribution.
 //!
-//! Each file is read whole into a buffer the collector keeps, so a warmed-up
-//! scrape allocates nothing here.
+//! Each file is opened once and read whole from offset 0 at every scrape
+//! (procfs regenerates it on a read from the start), into a buffer the
+//! collector keeps: a warmed-up scrape allocates nothing here and spends no
+//! path lookup on it.
 
 use std::{
     fs::File,
-    io::{self, Read as _},
+    io,
+    os::unix::fs::FileExt as _,
     sync::{Mutex, PoisonError},
 };
 
@@ -20,22 +23,50 @@ use std::{
 #[derive(Debug)]
 pub(crate) struct ProcFile {
     path: &'static str,
-    buffer: Mutex<Vec<u8>>,
+    state: Mutex<(Option<File>, Vec<u8>)>,
 }
 
 impl ProcFile {
     pub(crate) const fn new(path: &'static str) -> Self {
-        Self { path, buffer: Mutex::new(Vec::new()) }
+        Self { path, state: Mutex::new((None, Vec::new())) }
     }
 
     /// Reads the whole file and hands its contents to `parse`.
     pub(crate) fn read<R>(&self, parse: impl FnOnce(&[u8]) -> R) -> io::Result<R> {
-        let mut buffer = self.buffer.lock().unwrap_or_else(PoisonError::into_inner);
-        buffer.clear();
-        File::open(self.path)
-            .and_then(|mut file| file.read_to_end(&mut buffer))
-            .map_err(|error| io::Error::new(error.kind(), format!("cannot read {}: {error}", self.path)))?;
-        Ok(parse(&buffer))
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (file, buffer) = &mut *state;
+        let read = read_from_start(file, self.path, buffer);
+        if read.is_err() {
+            // Reopened at the next scrape.
+            *file = None;
+        }
+        read.map_err(|error| io::Error::new(error.kind(), format!("cannot read {}: {error}", self.path)))?;
+        Ok(parse(buffer))
+    }
+}
+
+/// The whole of `path` into `buffer`, through `file` (opened on first use).
+fn read_from_start(file: &mut Option<File>, path: &str, buffer: &mut Vec<u8>) -> io::Result<()> {
+    let file = match file {
+        Some(file) => file,
+        None => file.insert(File::open(path)?),
+    };
+    buffer.clear();
+    loop {
+        if buffer.capacity() == buffer.len() {
+            buffer.reserve(4096);
+        }
+        let len = buffer.len();
+        let spare = buffer.spare_capacity_mut();
+        // SAFETY: `read_at` only writes into the slice; bytes it did not
+        // write are never exposed (the length grows by what it read).
+        let spare = unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), spare.len()) };
+        let read = file.read_at(spare, len as u64)?;
+        if read == 0 {
+            return Ok(());
+        }
+        // SAFETY: `read` bytes past `len` were just written by `read_at`.
+        unsafe { buffer.set_len(len + read) };
     }
 }
 
@@ -99,9 +130,15 @@ mod tests {
     #[test]
     fn reads_a_real_file_twice_into_one_buffer() {
         let stat = ProcFile::new("/proc/self/stat");
-        let first = stat.read(<[u8]>::len).expect("read");
-        assert!(first > 0);
-        assert!(stat.read(<[u8]>::len).expect("read again") > 0);
+        let first = stat.read(<[u8]>::to_vec).expect("read");
+        assert!(first.ends_with(b"\n"), "{first:?}");
+        // A second read from the same descriptor sees the file anew.
+        let again = stat.read(<[u8]>::to_vec).expect("read again");
+        assert_eq!(first.split(|&b| b == b' ').next(), again.split(|&b| b == b' ').next());
+        assert!(again.ends_with(b"\n"));
+        // Longer than one reservation.
+        let long = ProcFile::new("/proc/self/maps");
+        assert!(long.read(<[u8]>::len).expect("maps") > 0);
         let missing = ProcFile::new("/proc/kernel-exporter-missing");
         let error = missing.read(|_| ()).expect_err("missing file");
         assert!(error.to_string().contains("/proc/kernel-exporter-missing"), "{error}");
