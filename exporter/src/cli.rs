@@ -9,6 +9,7 @@ use std::{
 
 use clap::{Arg, ArgAction, ArgMatches, Command, FromArgMatches as _, Parser};
 
+pub(crate) use crate::process::logging::{LogFormat, LogLevel};
 use crate::{
     collectors::{self, CollectorOption, CollectorOptions, CollectorSpec},
     front_door::listener::ListenAddress,
@@ -148,22 +149,6 @@ pub(crate) enum Invocation {
     Serve(Box<Config>),
     /// `kernel-exporter check-config --web.config.file=PATH`.
     CheckConfig { web_config_file: PathBuf },
-}
-
-/// Severity threshold for logs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum LogLevel {
-    Debug,
-    Info,
-    Warn,
-    Error,
-}
-
-/// How log lines are written to standard error.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum LogFormat {
-    Logfmt,
-    Json,
 }
 
 /// The validated configuration the daemon runs with.

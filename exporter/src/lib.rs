@@ -132,7 +132,7 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
     let listeners = listener::bind_all(&config.listen_addresses, filter.program())?;
     // Each listener holds the program now.
     drop(filter);
-    let keep_bpf = privileges::maps_need_cap_bpf();
+    let keep_bpf = privileges::maps_need_cap_bpf(kernel::test_hooks::assume_maps_need_cap_bpf());
     privileges::drop_privileges(runtime_user.as_ref(), keep_bpf.is_some())?;
     match (&runtime_user, &keep_bpf) {
         (Some(user), None) => info!(user = user.name, uid = user.uid, "dropped every capability and switched user"),

@@ -6,11 +6,12 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
 use tracing::info;
+
+use crate::process::logging::LineBudget;
 
 /// Lines per second the log takes in steady state.
 const RATE: f64 = 20.0;
@@ -38,33 +39,17 @@ pub(crate) struct Request<'a> {
 }
 
 pub(crate) struct AccessLog {
-    bucket: Mutex<Bucket>,
-}
-
-struct Bucket {
-    tokens: f64,
-    refilled: Instant,
-    suppressed: u64,
+    budget: LineBudget,
 }
 
 impl AccessLog {
     pub(crate) fn new() -> Self {
-        Self { bucket: Mutex::new(Bucket { tokens: BURST, refilled: Instant::now(), suppressed: 0 }) }
+        Self { budget: LineBudget::new(RATE, BURST) }
     }
 
     /// `Some(lines suppressed before this one)` when a line may be logged.
     fn admit(&self, now: Instant) -> Option<u64> {
-        let mut bucket = self.bucket.lock().unwrap_or_else(PoisonError::into_inner);
-        let elapsed = now.saturating_duration_since(bucket.refilled).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * RATE).min(BURST);
-        bucket.refilled = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Some(std::mem::take(&mut bucket.suppressed))
-        } else {
-            bucket.suppressed += 1;
-            None
-        }
+        self.budget.admit(now)
     }
 
     pub(crate) fn request(&self, connection: &Connection, request: &Request<'_>) {

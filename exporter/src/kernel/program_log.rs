@@ -9,12 +9,11 @@
 //! bursts of [`BURST`], and the next line admitted says how many were
 //! suppressed.
 
-use std::{
-    sync::{Mutex, PoisonError},
-    time::Instant,
-};
+use std::time::Instant;
 
 use tracing::{debug, error, info, warn};
+
+use crate::process::logging::LineBudget;
 
 /// Lines per second admitted once a burst is spent.
 const RATE: f64 = 1.0;
@@ -23,33 +22,17 @@ const BURST: f64 = 10.0;
 
 /// A [`log::Log`] for aya-log that writes through `tracing`, rate-limited.
 pub(crate) struct KernelLog {
-    bucket: Mutex<Bucket>,
-}
-
-struct Bucket {
-    tokens: f64,
-    refilled: Instant,
-    suppressed: u64,
+    budget: LineBudget,
 }
 
 impl KernelLog {
     pub(crate) fn new() -> Self {
-        Self { bucket: Mutex::new(Bucket { tokens: BURST, refilled: Instant::now(), suppressed: 0 }) }
+        Self { budget: LineBudget::new(RATE, BURST) }
     }
 
     /// `Some(lines suppressed before this one)` when a line may be logged.
     fn admit(&self, now: Instant) -> Option<u64> {
-        let mut bucket = self.bucket.lock().unwrap_or_else(PoisonError::into_inner);
-        let elapsed = now.saturating_duration_since(bucket.refilled).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * RATE).min(BURST);
-        bucket.refilled = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Some(std::mem::take(&mut bucket.suppressed))
-        } else {
-            bucket.suppressed += 1;
-            None
-        }
+        self.budget.admit(now)
     }
 }
 

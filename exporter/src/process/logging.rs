@@ -1,7 +1,11 @@
 //! Structured logs on standard error, as logfmt (the default, as
 //! node_exporter writes them) or JSON, one event per line.
 
-use std::fmt::{self, Write as _};
+use std::{
+    fmt::{self, Write as _},
+    sync::{Mutex, PoisonError},
+    time::Instant,
+};
 
 use tracing::{Event, Level, Subscriber, field::Field, level_filters::LevelFilter};
 use tracing_subscriber::{
@@ -9,7 +13,21 @@ use tracing_subscriber::{
     registry::LookupSpan,
 };
 
-use crate::cli::{LogFormat, LogLevel};
+/// Severity threshold for logs (`--log.level`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// How log lines are written to standard error (`--log.format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    Logfmt,
+    Json,
+}
 
 /// Installs the global subscriber. Called once, first thing in `main`.
 pub(crate) fn init(level: LogLevel, format: LogFormat) {
@@ -23,6 +41,43 @@ pub(crate) fn init(level: LogLevel, format: LogFormat) {
     match format {
         LogFormat::Logfmt => builder.event_format(Logfmt).init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(false).init(),
+    }
+}
+
+/// A token bucket for log lines that a flood could repeat without bound
+/// (access log lines, the kernel programs' messages): `rate` lines a second
+/// once a burst of `burst` is spent, and the next admitted line says how
+/// many were suppressed since the last one.
+pub(crate) struct LineBudget {
+    rate: f64,
+    burst: f64,
+    bucket: Mutex<Bucket>,
+}
+
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+    suppressed: u64,
+}
+
+impl LineBudget {
+    pub(crate) fn new(rate: f64, burst: f64) -> Self {
+        Self { rate, burst, bucket: Mutex::new(Bucket { tokens: burst, refilled: Instant::now(), suppressed: 0 }) }
+    }
+
+    /// `Some(lines suppressed before this one)` when a line may be logged.
+    pub(crate) fn admit(&self, now: Instant) -> Option<u64> {
+        let mut bucket = self.bucket.lock().unwrap_or_else(PoisonError::into_inner);
+        let elapsed = now.saturating_duration_since(bucket.refilled).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
+        bucket.refilled = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Some(std::mem::take(&mut bucket.suppressed))
+        } else {
+            bucket.suppressed += 1;
+            None
+        }
     }
 }
 

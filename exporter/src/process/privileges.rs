@@ -114,9 +114,12 @@ impl RuntimeUser {
 
 /// Why map operations on the descriptors the daemon holds still need
 /// CAP_BPF after start-up; `None` when they need no capability.
-pub(crate) fn maps_need_cap_bpf() -> Option<String> {
-    if let Some(reason) = crate::kernel::test_hooks::assume_maps_need_cap_bpf() {
-        return Some(reason);
+///
+/// `assumed`: a reason given by the caller (the end-to-end tests' hook,
+/// `kernel::test_hooks::assume_maps_need_cap_bpf`), taken as it is.
+pub(crate) fn maps_need_cap_bpf(assumed: Option<String>) -> Option<String> {
+    if assumed.is_some() {
+        return assumed;
     }
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let version = kernel_version(&release);
