@@ -2,12 +2,19 @@
 //! as the kernel's allowlist trie compares them (IPv4 as IPv4-mapped IPv6).
 //!
 //! Parsing and containment only; the trie itself is [`super::allowlist`]'s.
+//! The address is read by the standard library's parser and the range
+//! (prefix length, host bits, containment) is `ipnet`'s. Not `IpNet`'s own
+//! text parser: it is a copy of an older std parser that takes leading zeros
+//! in IPv4 octets, so `010.0.0.0/8` would be 10.0.0.0/8 where `inet_aton`
+//! reads 8.0.0.0/8; std refuses it, as this module always has.
 
 use std::{
     fmt,
     net::{IpAddr, Ipv6Addr},
     str::FromStr,
 };
+
+use ipnet::{IpNet, Ipv6Net};
 
 /// One `allowed_sources` entry: an address and a prefix length whose host
 /// bits are zero.
@@ -23,16 +30,23 @@ impl Cidr {
     /// `10.0.0.0/8` the mapped `::ffff:10.1.2.3`: the daemon never refuses a
     /// client the socket filter let in, nor serves one it would have dropped.
     pub(crate) fn contains(&self, ip: IpAddr) -> bool {
-        let (prefix, network) = self.trie_range();
-        let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
-        u128::from_be_bytes(network) == u128::from(ipv6_mapped(ip)) & mask
+        self.trie_net().contains(&ipv6_mapped(ip))
     }
 
     /// The range as the kernel's allowlist trie holds it: a prefix length
     /// over the 16-byte address, IPv4 as IPv4-mapped IPv6.
     pub(crate) fn trie_range(&self) -> (u32, [u8; 16]) {
-        let prefix = u32::from(self.prefix) + if self.addr.is_ipv4() { 96 } else { 0 };
-        (prefix, ipv6_mapped(self.addr).octets())
+        let net = self.trie_net();
+        (u32::from(net.prefix_len()), net.network().octets())
+    }
+
+    /// The range over IPv6, an IPv4 range as its IPv4-mapped one (96 bits
+    /// of prefix more).
+    fn trie_net(&self) -> Ipv6Net {
+        let prefix = self.prefix.saturating_add(if self.addr.is_ipv4() { 96 } else { 0 });
+        // A prefix above 128 only comes from a `Cidr` built by hand, not
+        // parsed; it means a single address, as 128 does.
+        Ipv6Net::new(ipv6_mapped(self.addr), prefix).unwrap_or_else(|_| Ipv6Net::from(ipv6_mapped(self.addr)))
     }
 }
 
@@ -54,29 +68,21 @@ impl FromStr for Cidr {
             None => (text, None),
         };
         let addr: IpAddr = addr.parse().map_err(|_| format!("{text:?} is not an IP address or CIDR range"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
+        // A bare address is a /32 or a /128.
+        let host = IpNet::from(addr);
+        let net = match prefix {
+            None => host,
             Some(prefix) => prefix
                 .parse::<u8>()
                 .ok()
-                .filter(|&p| p <= max)
-                .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {max}"))?,
+                .and_then(|prefix| IpNet::new(addr, prefix).ok())
+                .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {}", host.max_prefix_len()))?,
         };
-        let cidr = Self { addr, prefix };
-        if !cidr.contains(addr) {
-            // The network address with the host bits cleared.
-            let network = match addr {
-                IpAddr::V4(v4) => IpAddr::from(
-                    (u32::from(v4) & u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)).to_be_bytes(),
-                ),
-                IpAddr::V6(v6) => IpAddr::from(
-                    (u128::from(v6) & u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)).to_be_bytes(),
-                ),
-            };
-            return Err(format!("{text:?} has host bits set; the range is {network}/{prefix}"));
+        if net.trunc() != net {
+            // `trunc` clears the host bits: the network address.
+            return Err(format!("{text:?} has host bits set; the range is {}", net.trunc()));
         }
-        Ok(cidr)
+        Ok(Self { addr, prefix: net.prefix_len() })
     }
 }
 
@@ -130,6 +136,36 @@ mod tests {
         assert_eq!(v6.to_string(), "2001:db8::/32");
         assert!("10.0.0.0/x".parse::<Cidr>().is_err());
         assert!("host.example".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        let error = |text: &str| text.parse::<Cidr>().unwrap_err();
+        assert_eq!(error("10.0.0.0/33"), "\"10.0.0.0/33\": the prefix length must be 0 to 32");
+        assert_eq!(error("2001:db8::/129"), "\"2001:db8::/129\": the prefix length must be 0 to 128");
+        assert_eq!(error("10.1.0.0/8"), "\"10.1.0.0/8\" has host bits set; the range is 10.0.0.0/8");
+        assert_eq!(error("2001:db8::1/32"), "\"2001:db8::1/32\" has host bits set; the range is 2001:db8::/32");
+        assert_eq!(error("10.0.0.0/"), "\"10.0.0.0/\": the prefix length must be 0 to 32");
+        assert_eq!(error("/8"), "\"/8\" is not an IP address or CIDR range");
+        // Leading zeros: octal to `inet_aton`, so refused (IpNet's parser takes them).
+        assert_eq!(error("010.0.0.0/8"), "\"010.0.0.0/8\" is not an IP address or CIDR range");
+        assert!("010.0.0.0/8".parse::<IpNet>().is_ok());
+        // A bare address is a single host.
+        assert_eq!("192.0.2.7".parse(), Ok(Cidr { addr: "192.0.2.7".parse().unwrap(), prefix: 32 }));
+        assert_eq!("2001:db8::1".parse(), Ok(Cidr { addr: "2001:db8::1".parse().unwrap(), prefix: 128 }));
+    }
+
+    #[test]
+    fn trie_ranges_are_ipv4_mapped() {
+        let v4: Cidr = "10.0.0.0/8".parse().unwrap();
+        let mut mapped = [0u8; 16];
+        mapped[10..12].copy_from_slice(&[0xff, 0xff]);
+        mapped[12] = 10;
+        assert_eq!(v4.trie_range(), (104, mapped));
+        let every: Cidr = "::/0".parse().unwrap();
+        assert_eq!(every.trie_range(), (0, [0; 16]));
+        let host: Cidr = "::1".parse().unwrap();
+        assert_eq!(host.trie_range().0, 128);
     }
 
     /// Found by the `cidr` fuzz target (fuzz/regressions/cidr/): `::/0`

@@ -59,34 +59,12 @@ pub(crate) fn collector_filters(query: Option<&str>) -> (Vec<String>, Vec<String
     (collect, exclude)
 }
 
-/// `application/x-www-form-urlencoded` decoding; malformed escapes are kept
-/// as they are.
+/// `application/x-www-form-urlencoded` decoding: `+` is a space, then
+/// percent-encoding's (servo/rust-url's) decoder, which keeps malformed
+/// escapes as they are. `+` goes first: a space is no hex digit, so no
+/// escape is made or broken by it.
 fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let hex = |digit: u8| char::from(digit).to_digit(16);
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = match bytes.get(i..i + 3) {
-            Some(&[b'%', high, low]) => hex(high).zip(hex(low)).map(|(high, low)| (high * 16 + low) as u8),
-            _ => None,
-        };
-        match (bytes[i], escaped) {
-            (_, Some(decoded)) => {
-                out.push(decoded);
-                i += 3;
-            }
-            (b'+', None) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (byte, None) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(&text.replace('+', " ")).decode_utf8_lossy().into_owned()
 }
 
 pub(super) fn response(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {

@@ -11,7 +11,11 @@
 //! equal one listed entry (DNS, e-mail, IP or URI, compared as text as Go
 //! does).
 
-use std::{fmt, fs, io, sync::Arc};
+use std::{
+    fmt, fs, io,
+    net::{Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
 
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -30,6 +34,7 @@ use rustls::{
     },
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject as _};
+use x509_parser::extensions::GeneralName;
 
 use crate::front_door::web_config::{CipherSuite, ClientAuth, Curve, PemSource, TlsSettings, TlsVersion};
 
@@ -339,127 +344,45 @@ pub(crate) async fn accept(
 pub(crate) struct BadDer;
 
 /// The subject alternative names of a DER certificate as Go's `x509`
-/// prints them: DNS names, e-mail addresses, IP addresses, URIs.
+/// prints them: DNS names, e-mail addresses, IP addresses, URIs. Read by
+/// `x509-parser`; a certificate it cannot parse, a SAN extension present
+/// twice, a name that is not UTF-8 or an IP address of neither 4 nor 16
+/// bytes is [`BadDer`].
 pub(crate) fn san_values(cert: &[u8]) -> Result<Vec<String>, BadDer> {
-    const SEQUENCE: u8 = 0x30;
-    const EXTENSIONS: u8 = 0xa3;
-    const OID: u8 = 0x06;
-    const BOOLEAN: u8 = 0x01;
-    const OCTET_STRING: u8 = 0x04;
-    const SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
-
-    let (certificate, _) = Der(cert).expect(SEQUENCE)?;
-    let (tbs, _) = certificate.expect(SEQUENCE)?;
-    // tbsCertificate fields; extensions are the [3] one, last.
-    let mut fields = tbs;
+    let (_, certificate) = x509_parser::parse_x509_certificate(cert).map_err(|_| BadDer)?;
+    let Some(extension) = certificate.subject_alternative_name().map_err(|_| BadDer)? else {
+        return Ok(Vec::new());
+    };
     let mut names = Vec::new();
-    while !fields.0.is_empty() {
-        let (tag, value, rest) = fields.next()?;
-        fields = rest;
-        if tag != EXTENSIONS {
-            continue;
-        }
-        let (mut extensions, _) = value.expect(SEQUENCE)?;
-        while !extensions.0.is_empty() {
-            let (extension, rest) = extensions.expect(SEQUENCE)?;
-            extensions = rest;
-            let (oid, mut rest) = extension.expect(OID)?;
-            if oid.0 != SUBJECT_ALT_NAME {
-                continue;
+    for name in &extension.value.general_names {
+        match name {
+            GeneralName::RFC822Name(text) | GeneralName::DNSName(text) | GeneralName::URI(text) => {
+                names.push((*text).to_owned());
             }
-            if let Ok((_, after)) = rest.expect(BOOLEAN) {
-                rest = after;
-            }
-            let (octets, _) = rest.expect(OCTET_STRING)?;
-            let (mut general_names, _) = octets.expect(SEQUENCE)?;
-            while !general_names.0.is_empty() {
-                let (tag, value, rest) = general_names.next()?;
-                general_names = rest;
-                let text = || String::from_utf8(value.0.to_vec()).map_err(|_| BadDer);
-                match tag {
-                    // rfc822Name, dNSName, uniformResourceIdentifier
-                    0x81 | 0x82 | 0x86 => names.push(text()?),
-                    // iPAddress
-                    0x87 => match value.0.len() {
-                        4 => names.push(
-                            std::net::Ipv4Addr::from(<[u8; 4]>::try_from(value.0).map_err(|_| BadDer)?).to_string(),
-                        ),
-                        16 => names.push(
-                            std::net::Ipv6Addr::from(<[u8; 16]>::try_from(value.0).map_err(|_| BadDer)?).to_string(),
-                        ),
-                        _ => return Err(BadDer),
-                    },
-                    _ => {}
-                }
-            }
+            GeneralName::IPAddress(octets) => names.push(match octets.len() {
+                4 => Ipv4Addr::from(<[u8; 4]>::try_from(*octets).map_err(|_| BadDer)?).to_string(),
+                16 => Ipv6Addr::from(<[u8; 16]>::try_from(*octets).map_err(|_| BadDer)?).to_string(),
+                _ => return Err(BadDer),
+            }),
+            // rfc822Name [1], dNSName [2], uniformResourceIdentifier [6] or
+            // iPAddress [7] that x509-parser could not read (not UTF-8).
+            GeneralName::Invalid(tag, _) if matches!(tag.0, 1 | 2 | 6 | 7) => return Err(BadDer),
+            _ => {}
         }
     }
     Ok(names)
 }
 
-/// The subject common name of a DER certificate (`CN=...`), for the access
-/// log; `None` when it has none or the DER is not understood.
+/// The subject common name of a DER certificate (`CN=...`, the first one),
+/// for the access log; `None` when it has none or `x509-parser` cannot
+/// parse the certificate. Control characters are dropped and the name cut
+/// at 128 characters.
 pub(crate) fn subject_common_name(cert: &[u8]) -> Option<String> {
-    const SEQUENCE: u8 = 0x30;
-    const SET: u8 = 0x31;
-    const COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
-    let (certificate, _) = Der(cert).expect(SEQUENCE).ok()?;
-    let (tbs, _) = certificate.expect(SEQUENCE).ok()?;
-    // version [0] (optional), serialNumber, signature, issuer, validity,
-    // subject: the subject is the fourth SEQUENCE after the serial.
-    let mut fields = tbs;
-    if fields.0.first() == Some(&0xa0) {
-        fields = fields.next().ok()?.2;
-    }
-    let (_, _, rest) = fields.next().ok()?; // serialNumber
-    let (_, rest) = rest.expect(SEQUENCE).ok()?; // signature
-    let (_, rest) = rest.expect(SEQUENCE).ok()?; // issuer
-    let (_, rest) = rest.expect(SEQUENCE).ok()?; // validity
-    let (mut subject, _) = rest.expect(SEQUENCE).ok()?;
-    while !subject.0.is_empty() {
-        let (set, rest) = subject.expect(SET).ok()?;
-        subject = rest;
-        let (attribute, _) = set.expect(SEQUENCE).ok()?;
-        let (oid, value) = attribute.expect(0x06).ok()?;
-        if oid.0 == COMMON_NAME {
-            let (_, text, _) = value.next().ok()?;
-            let name: String = String::from_utf8_lossy(text.0).chars().filter(|c| !c.is_control()).take(128).collect();
-            return Some(format!("CN={name}"));
-        }
-    }
-    None
-}
-
-/// A minimal DER reader: tag, definite length, value.
-#[derive(Clone, Copy)]
-struct Der<'a>(&'a [u8]);
-
-impl<'a> Der<'a> {
-    fn next(self) -> Result<(u8, Self, Self), BadDer> {
-        let (&tag, rest) = self.0.split_first().ok_or(BadDer)?;
-        let (&first, rest) = rest.split_first().ok_or(BadDer)?;
-        let (length, rest) = if first < 0x80 {
-            (usize::from(first), rest)
-        } else {
-            let count = usize::from(first & 0x7f);
-            if count == 0 || count > 4 || rest.len() < count {
-                return Err(BadDer);
-            }
-            let length = rest[..count].iter().fold(0usize, |n, &b| n << 8 | usize::from(b));
-            (length, &rest[count..])
-        };
-        if rest.len() < length {
-            return Err(BadDer);
-        }
-        Ok((tag, Self(&rest[..length]), Self(&rest[length..])))
-    }
-
-    fn expect(self, wanted: u8) -> Result<(Self, Self), BadDer> {
-        match self.next()? {
-            (tag, value, rest) if tag == wanted => Ok((value, rest)),
-            _ => Err(BadDer),
-        }
-    }
+    let (_, certificate) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let common_name = certificate.subject().iter_common_name().next()?;
+    let name: String =
+        String::from_utf8_lossy(common_name.as_slice()).chars().filter(|c| !c.is_control()).take(128).collect();
+    Some(format!("CN={name}"))
 }
 
 /// Why a TLS connection did not get to HTTP, as counted in
@@ -581,6 +504,13 @@ mod tests {
         );
         assert_eq!(san_values(b"\x30\x03\x02\x01"), Err(BadDer));
         assert_eq!(san_values(b""), Err(BadDer));
+        // A DNS name that is not UTF-8 (the signature no longer matters:
+        // nothing here checks it).
+        let mut bad = der(CLIENT_CERT).to_vec();
+        let at = bad.windows(10).position(|w| w == b"prometheus").unwrap();
+        bad[at] = 0xff;
+        assert_eq!(san_values(&bad), Err(BadDer));
+        assert_eq!(subject_common_name(&bad).as_deref(), Some("CN=client"));
     }
 
     #[test]

@@ -297,7 +297,7 @@ impl WebConfig {
     /// Validates `text`, read from `path` (relative file names in it are
     /// relative to the directory of `path`).
     pub(crate) fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let syntax = |error: serde_yaml::Error| ConfigError::Syntax {
+        let syntax = |error: yaml_serde::Error| ConfigError::Syntax {
             path: path.to_owned(),
             message: one_line(&error.to_string()),
         };
@@ -308,8 +308,8 @@ impl WebConfig {
             // Without aliases a document is at most about as large as its
             // text; they may add as much again, and no more.
             let left = Cell::new(text.len().saturating_mul(2).saturating_add(1024));
-            Walk { left: &left }.deserialize(serde_yaml::Deserializer::from_str(text)).map_err(syntax)?;
-            serde_yaml::from_str(text).map_err(syntax)?
+            Walk { left: &left }.deserialize(yaml_serde::Deserializer::from_str(text)).map_err(syntax)?;
+            yaml_serde::from_str(text).map_err(syntax)?
         };
         let invalid = |key: &str, problem: String| ConfigError::Invalid {
             path: path.to_owned(),

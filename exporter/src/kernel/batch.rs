@@ -4,6 +4,10 @@
 //! operations). A container host with thousands of veth devices is read in
 //! a handful of syscalls.
 //!
+//! Hand-written on that figure: a per-CPU hash of 4,096 entries is read in
+//! 0.90 ms in batches, against 8.5 ms one entry per syscall
+//! (`benches/maps.rs`; README, *Performance*).
+//!
 //! A walk takes a snapshot: keys and values land in buffers kept from
 //! scrape to scrape, so a steady-state scrape allocates nothing here.
 

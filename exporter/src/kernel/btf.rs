@@ -9,6 +9,10 @@
 //! into the BPF object's globals before loading it, which is what CO-RE
 //! relocations do for C programs. Only the type section is walked; nothing
 //! is kept after start-up.
+//!
+//! Hand-written rather than aya's BTF parser because of what it costs: with
+//! aya's parse of the same file the start-up peak RSS was 29.4 MiB, with
+//! this walk alone it is 12.8 MiB (README, *Performance*).
 
 use std::{
     fs,
