@@ -12,19 +12,15 @@
 //! relative to the config file's directory, as exporter-toolkit does.
 
 use std::{
-    cell::Cell,
     collections::BTreeMap,
-    fmt, fs,
+    fs,
     io::{self, Read as _},
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use hyper::header::{HeaderName, HeaderValue};
-use serde::{
-    Deserialize,
-    de::{self, DeserializeSeed, Visitor},
-};
+use serde::Deserialize;
 
 /// The largest web config read: a real one is a few kilobytes (a full
 /// allowlist of 1,024 ranges is about 25 KiB).
@@ -34,6 +30,7 @@ pub(crate) const MAX_FILE_BYTES: u64 = 1024 * 1024;
 // from here, wherever the type is defined.
 pub(crate) use super::{
     cidr::{Cidr, parse_allowed_sources},
+    duration::parse_go_duration,
     tls_settings::{CipherSuite, ClientAuth, Curve, PemSource, TlsSettings, TlsVersion},
 };
 
@@ -128,146 +125,6 @@ pub(crate) struct RateLimit {
     pub(crate) burst: u32,
 }
 
-/// A Go `time.ParseDuration` string: a sequence of decimal numbers with
-/// units `ns`, `us` (`µs`), `ms`, `s`, `m`, `h`, e.g. `1m30s`, `0.5s`.
-pub(crate) fn parse_go_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?} is not a duration (like 1s, 100ms or 1m30s)");
-    if text == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut rest = text;
-    let mut total = 0f64;
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let number_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
-        let number: f64 = rest[..number_end].parse().map_err(|_| bad())?;
-        rest = &rest[number_end..];
-        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let seconds = match &rest[..unit_end] {
-            "ns" => 1e-9,
-            "us" | "\u{b5}s" | "\u{3bc}s" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(bad()),
-        };
-        total += number * seconds;
-        rest = &rest[unit_end..];
-    }
-    Duration::try_from_secs_f64(total).map_err(|_| bad())
-}
-
-/// Walks a YAML document without keeping any of it, charging every node
-/// and scalar byte to a budget, aliases expanded as the typed parse would
-/// expand them: a file whose aliases would blow it up (a "billion laughs")
-/// is refused after at most the budget's worth of work.
-struct Walk<'a> {
-    left: &'a Cell<usize>,
-}
-
-impl Walk<'_> {
-    fn charge<E: de::Error>(&self, units: usize) -> Result<(), E> {
-        match self.left.get().checked_sub(units) {
-            Some(left) => {
-                self.left.set(left);
-                Ok(())
-            }
-            None => Err(E::custom(
-                "aliases expand this document to more than twice the size of the file; refusing to expand them",
-            )),
-        }
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for Walk<'_> {
-    type Value = ();
-
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Walk<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any YAML value")
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        self.charge(1)
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
-        self.charge(1)
-    }
-
-    fn visit_i128<E: de::Error>(self, _: i128) -> Result<(), E> {
-        self.charge(1)
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
-        self.charge(1)
-    }
-
-    fn visit_u128<E: de::Error>(self, _: u128) -> Result<(), E> {
-        self.charge(1)
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-        self.charge(1)
-    }
-
-    fn visit_str<E: de::Error>(self, text: &str) -> Result<(), E> {
-        self.charge(1 + text.len())
-    }
-
-    fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<(), E> {
-        self.charge(1 + bytes.len())
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        self.charge(1)
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<(), E> {
-        self.charge(1)
-    }
-
-    fn visit_some<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        self.charge(1)?;
-        deserializer.deserialize_any(self)
-    }
-
-    fn visit_newtype_struct<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
-    }
-
-    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        self.charge(1)?;
-        while seq.next_element_seed(Walk { left: self.left })?.is_some() {}
-        Ok(())
-    }
-
-    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        self.charge(1)?;
-        while map.next_key_seed(Walk { left: self.left })?.is_some() {
-            map.next_value_seed(Walk { left: self.left })?;
-        }
-        Ok(())
-    }
-
-    fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<(), A::Error> {
-        // A tagged value (`!tag value`): the tag, then the value.
-        use de::VariantAccess as _;
-        let ((), variant) = data.variant_seed(Walk { left: self.left })?;
-        variant.newtype_variant_seed(Walk { left: self.left })
-    }
-}
-
 /// Header names exporter-toolkit lets a web config set, with the values
 /// allowed where the header is an enumeration (empty: any value).
 const ALLOWED_HEADERS: &[(&str, &[&str])] = &[
@@ -307,8 +164,7 @@ impl WebConfig {
         } else {
             // Without aliases a document is at most about as large as its
             // text; they may add as much again, and no more.
-            let left = Cell::new(text.len().saturating_mul(2).saturating_add(1024));
-            Walk { left: &left }.deserialize(yaml_serde::Deserializer::from_str(text)).map_err(syntax)?;
+            super::yaml_budget::check_alias_expansion(text).map_err(syntax)?;
             yaml_serde::from_str(text).map_err(syntax)?
         };
         let invalid = |key: &str, problem: String| ConfigError::Invalid {
