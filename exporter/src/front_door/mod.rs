@@ -8,6 +8,7 @@
 pub(crate) mod access_log;
 pub(crate) mod allowlist;
 pub(crate) mod auth;
+mod auth_workers;
 pub(crate) mod cidr;
 pub(crate) mod connections;
 mod duration;
