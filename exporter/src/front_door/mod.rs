@@ -9,6 +9,7 @@ pub(crate) mod access_log;
 pub(crate) mod allowlist;
 pub(crate) mod auth;
 mod auth_workers;
+mod bans;
 pub(crate) mod cidr;
 pub(crate) mod connections;
 mod duration;
