@@ -42,6 +42,31 @@ fn encoder(c: &mut Criterion) {
         });
     });
 
+    // The same 500 labelled counters through prometheus-client, the crate
+    // the front door's own counters use: what moving the per-source,
+    // per-program and per-map families onto it would cost per scrape.
+    {
+        use prometheus_client::{
+            encoding::text::encode,
+            metrics::{counter::Counter, family::Family as ClientFamily},
+            registry::Registry,
+        };
+        let mut registry = Registry::default();
+        let family = ClientFamily::<Vec<(String, String)>, Counter>::default();
+        registry.register("kernel_syscalls", "Syscalls entered, by syscall.", family.clone());
+        for nr in 0..500u64 {
+            family.get_or_create(&vec![("syscall".to_owned(), format!("syscall_{nr}"))]).inc_by(1_000_000 + nr * 7919);
+        }
+        let mut text = String::with_capacity(64 * 1024);
+        group.bench_function("labelled_counters_500_prometheus_client", |b| {
+            b.iter(|| {
+                text.clear();
+                encode(&mut text, &registry).expect("encoding into a String");
+                black_box(text.len())
+            });
+        });
+    }
+
     group.bench_function("float_gauges_500", |b| {
         b.iter(|| {
             buf.clear();

@@ -5,3 +5,4 @@
 
 pub(crate) mod encode;
 pub(crate) mod histogram;
+pub(crate) mod self_families;

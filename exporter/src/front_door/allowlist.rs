@@ -37,24 +37,13 @@ use exporter_common::allowlist::{
 use tracing::debug;
 
 pub(crate) use super::bans::{BanMap, Bans};
+use crate::exposition::self_families::{CONNECTIONS, ENTRIES, PACKETS};
 use crate::{
     collectors::{Collector, CollectorError, PerCpuHashRead, PerCpuRead, take_per_cpu_array, take_per_cpu_hash},
-    exposition::encode::{Encoder, Family, Series},
+    exposition::encode::{Encoder, Series},
     front_door::web_config::Cidr,
 };
 
-const CONNECTIONS: Family = Family::counter(
-    "kernel_exporter_connections_total",
-    "Connection attempts (TCP SYNs) the allowlist socket filter allowed or dropped in the kernel (banned: dropped because the source is banned, also counted as dropped), per source address for the sources the daemon accepted a connection from and for the 10 sources with the most dropped SYNs; all others under source=\"other\" (the sum over sources is exact).",
-);
-const PACKETS: Family = Family::counter(
-    "kernel_exporter_packets_total",
-    "Packets to the exporter's sockets the allowlist socket filter allowed or dropped (all sources; exact).",
-);
-const ENTRIES: Family = Family::gauge(
-    "kernel_exporter_allowlist_entries",
-    "Ranges in the kernel's allowlist trie in force, as read back from the kernel (1, the range ::/0, when no allowlist is configured).",
-);
 /// The filter could not be put in place; the daemon does not serve without it.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AllowlistError {

@@ -6,6 +6,10 @@
 //! Here rather than there so the reasons' label values stay the front
 //! door's enums, and nothing below the front door depends on it.
 
+use crate::exposition::self_families::{
+    AUTH_FAILURES, CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP, CONFIG_LAST_RELOAD_SUCCESSFUL, CONNECTIONS_CLOSED,
+    CONNECTIONS_OPEN, PASSWORD_CHECKS, TLS_HANDSHAKE_FAILURES,
+};
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::{
@@ -51,35 +55,31 @@ impl FrontDoorMetrics {
     pub(crate) fn register(registry: &mut Registry) -> Self {
         let tls_handshake_failures = register_by_reason(
             registry,
-            "kernel_exporter_tls_handshake_failures",
-            "TLS connections that did not get to HTTP, by reason",
+            TLS_HANDSHAKE_FAILURES.name,
+            TLS_HANDSHAKE_FAILURES.help,
             HandshakeFailure::ALL.map(HandshakeFailure::as_str),
         );
         let auth_failures = register_by_reason(
             registry,
-            "kernel_exporter_auth_failures",
-            "Requests refused by basic auth, by reason",
+            AUTH_FAILURES.name,
+            AUTH_FAILURES.help,
             AuthFailure::ALL.map(AuthFailure::as_str),
         );
         let reload_successful = Gauge::default();
         registry.register(
-            "kernel_exporter_config_last_reload_successful",
-            "Whether the last web config reload attempt succeeded (1) or kept the previous configuration (0)",
+            CONFIG_LAST_RELOAD_SUCCESSFUL.name,
+            CONFIG_LAST_RELOAD_SUCCESSFUL.help,
             reload_successful.clone(),
         );
         let reload_success_timestamp = Gauge::<f64, AtomicU64>::default();
         registry.register_with_unit(
-            "kernel_exporter_config_last_reload_success_timestamp",
-            "Unix time of the last successful web config load",
+            CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP.name,
+            CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP.help,
             Unit::Seconds,
             reload_success_timestamp.clone(),
         );
         let password_checks = Counter::default();
-        registry.register(
-            "kernel_exporter_password_checks",
-            "bcrypt comparisons run for basic auth (answers from the cache are not counted)",
-            password_checks.clone(),
-        );
+        registry.register(PASSWORD_CHECKS.name, PASSWORD_CHECKS.help, password_checks.clone());
         Self { tls_handshake_failures, auth_failures, reload_successful, reload_success_timestamp, password_checks }
     }
 
@@ -116,16 +116,11 @@ pub(crate) struct ConnectionMetrics {
 impl ConnectionMetrics {
     pub(crate) fn register(registry: &mut Registry) -> Self {
         let open = Gauge::default();
-        registry.register(
-            "kernel_exporter_connections_open",
-            "HTTP connections held now, at most --web.max-connections",
-            open.clone(),
-        );
+        registry.register(CONNECTIONS_OPEN.name, CONNECTIONS_OPEN.help, open.clone());
         let closed = register_by_reason(
             registry,
-            "kernel_exporter_connections_closed",
-            "HTTP connections the exporter closed on its own, by reason: max_connections (evicted or refused at \
-             --web.max-connections), header_timeout (no complete request in time)",
+            CONNECTIONS_CLOSED.name,
+            CONNECTIONS_CLOSED.help,
             CloseReason::ALL.map(CloseReason::as_str),
         );
         Self { open, closed }

@@ -13,15 +13,11 @@ use std::{
 use aya::maps::MapError;
 
 use super::allowlist::Handshakes;
+use crate::exposition::self_families::REQUESTS;
 use crate::{
     collectors::Collector,
-    exposition::encode::{Encoder, Family, Series},
+    exposition::encode::{Encoder, Series},
 };
-
-const REQUESTS: Family = Family::counter(
-    "kernel_exporter_requests_total",
-    "HTTP responses per source address and status code (the most recently seen sources, up to --web.allowlist-sources-tracked).",
-);
 
 /// `kernel_exporter_requests_total{source,code}`, counted by the HTTP
 /// server. Bound: `bound` sources (`--web.allowlist-sources-tracked`, the

@@ -16,25 +16,13 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use tracing::warn;
 
+use crate::exposition::self_families::{BUILD_INFO, COLLECTOR_DURATION, COLLECTOR_UP};
 use crate::{
     collectors::LoadedCollector,
     collectors::{Collector, CollectorError, REGISTRY},
-    exposition::encode::{Encoder, Family, Format, Series},
+    exposition::encode::{Encoder, Format, Series},
     scrape::self_metrics::SelfMetrics,
 };
-
-const COLLECTOR_UP: Family = Family::gauge(
-    "kernel_exporter_collector_up",
-    "Whether the collector's programs are attached and its maps were read in this scrape (1) or not (0).",
-);
-const COLLECTOR_DURATION: Family = Family::gauge(
-    "kernel_exporter_collector_scrape_duration_seconds",
-    "How long reading the collector's maps took in this scrape.",
-);
-const BUILD_INFO: Family = Family::gauge(
-    "kernel_exporter_build_info",
-    "A metric with a constant '1' value labeled by version, revision and rustc_version from which kernel-exporter was built.",
-);
 
 // Collector health is tracked in a u64 bit set during a scrape.
 const _: () = assert!(REGISTRY.len() <= 64);
@@ -201,6 +189,7 @@ mod tests {
     use aya::maps::MapError;
 
     use super::*;
+    use crate::exposition::encode::Family;
 
     struct Fixed(Result<(), ()>);
 

@@ -10,33 +10,12 @@ use std::{
 
 use aya::maps::MapError;
 
+use crate::exposition::self_families::{MAP_ENTRIES, MAP_MAX_ENTRIES, MAP_UPDATE_FAILURES, RUN_SECONDS, RUNS};
 use crate::{
     collectors::Collector,
-    exposition::encode::{Encoder, Family, Series},
+    exposition::encode::{Encoder, Series},
     kernel::bpf::Kernel,
 };
-
-const RUN_SECONDS: Family = Family::counter(
-    "kernel_exporter_bpf_program_run_seconds_total",
-    "Time the kernel spent running each of the exporter's BPF programs (only with --bpf.run-stats).",
-);
-const RUNS: Family = Family::counter(
-    "kernel_exporter_bpf_program_runs_total",
-    "Runs of each of the exporter's BPF programs (only with --bpf.run-stats).",
-);
-
-const MAP_ENTRIES: Family =
-    Family::gauge("kernel_exporter_bpf_map_entries", "Entries in each of the exporter's BPF hash maps now.");
-const MAP_MAX_ENTRIES: Family = Family::gauge(
-    "kernel_exporter_bpf_map_max_entries",
-    "The bound of each of the exporter's BPF hash maps (LRU maps evict beyond it, others stop counting new keys).",
-);
-
-const MAP_UPDATE_FAILURES: Family = Family::counter(
-    "kernel_exporter_bpf_map_update_failures_total",
-    "Events the exporter's BPF programs could not count because a map refused a new entry (full, or out of \
-     memory), by map; each is also logged, rate-limited.",
-);
 
 /// Bound: one series per program in the object (a few dozen), only those
 /// loaded.

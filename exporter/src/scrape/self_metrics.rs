@@ -16,6 +16,7 @@ use prometheus_client::{
 };
 
 use crate::exposition::encode::Format;
+use crate::exposition::self_families::{REQUESTS_IN_FLIGHT, SCRAPE_DURATION, SCRAPES, START_TIME};
 
 /// Scrape-duration histogram bounds, in seconds: a kernel-exporter scrape
 /// takes well under a millisecond, a slow one tens of milliseconds.
@@ -38,14 +39,9 @@ impl SelfMetrics {
     pub(crate) fn new() -> Self {
         let mut registry = Registry::default();
         let scrapes = Counter::default();
-        registry.register("kernel_exporter_scrapes", "Scrapes of the telemetry path served", scrapes.clone());
+        registry.register(SCRAPES.name, SCRAPES.help, scrapes.clone());
         let scrape_duration = Histogram::new(SCRAPE_BUCKETS);
-        registry.register_with_unit(
-            "kernel_exporter_scrape_duration",
-            "Time to build a scrape's body, from reading the maps to the last byte",
-            Unit::Seconds,
-            scrape_duration.clone(),
-        );
+        registry.register_with_unit(SCRAPE_DURATION.name, SCRAPE_DURATION.help, Unit::Seconds, scrape_duration.clone());
 
         let cpu_seconds = Counter::<f64, AtomicU64>::default();
         registry.register_with_unit(
@@ -82,18 +78,9 @@ impl SelfMetrics {
         );
         // The same instant under the exporter's own name, for dashboards
         // and alerts that select kernel_exporter_* only.
-        registry.register_with_unit(
-            "kernel_exporter_start_time",
-            "When this kernel-exporter process started, in seconds since the epoch",
-            Unit::Seconds,
-            start_time,
-        );
+        registry.register_with_unit(START_TIME.name, START_TIME.help, Unit::Seconds, start_time);
         let requests_in_flight = Gauge::default();
-        registry.register(
-            "kernel_exporter_requests_in_flight",
-            "HTTP requests being served right now",
-            requests_in_flight.clone(),
-        );
+        registry.register(REQUESTS_IN_FLIGHT.name, REQUESTS_IN_FLIGHT.help, requests_in_flight.clone());
 
         Self {
             registry,
