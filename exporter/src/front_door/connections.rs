@@ -103,6 +103,18 @@ impl Table {
         self.entries.get_mut(&id)
     }
 
+    /// Makes connection `id` the most recently idle one, unless it is
+    /// serving a request (a busy connection is not in the idle order).
+    fn restart_idle_clock(&mut self, id: u64, now: Instant) {
+        let Some(entry) = self.entry(id) else { return };
+        if entry.busy > 0 {
+            return;
+        }
+        let before = std::mem::replace(&mut entry.idle_since, now);
+        self.idle.remove(&(before, id));
+        self.idle.insert((now, id));
+    }
+
     /// Takes an entry just removed from `entries` out of the eviction orders.
     fn forget(&mut self, id: u64, entry: &Entry) {
         if entry.busy == 0 {
@@ -205,14 +217,7 @@ impl Slot {
     /// its own, is done.
     pub(crate) fn handshake_done(&self) {
         let now = Instant::now();
-        let mut table = self.connections.lock();
-        let Some(entry) = table.entry(self.id) else { return };
-        if entry.busy > 0 {
-            return;
-        }
-        let before = std::mem::replace(&mut entry.idle_since, now);
-        table.idle.remove(&(before, self.id));
-        table.idle.insert((now, self.id));
+        self.connections.lock().restart_idle_clock(self.id, now);
     }
 
     /// Resolves once the connection has been idle for the idle timeout, with
@@ -274,14 +279,7 @@ impl Activity {
     /// idle one.
     pub(crate) fn arrived(&self) {
         let now = Instant::now();
-        let mut table = self.connections.lock();
-        let Some(entry) = table.entry(self.id) else { return };
-        if entry.busy > 0 {
-            return;
-        }
-        let before = std::mem::replace(&mut entry.idle_since, now);
-        table.idle.remove(&(before, self.id));
-        table.idle.insert((now, self.id));
+        self.connections.lock().restart_idle_clock(self.id, now);
     }
 
     /// The connection is handling a request (one that passed basic auth)
