@@ -282,14 +282,15 @@ fn header_static(name: &str) -> &'static str {
     }
 }
 
+/// `tls_server_config`, validated: `None` when TLS is off. Each step below
+/// checks one group of keys and names the key it refuses.
 fn tls_settings(
     raw: RawTls,
     dir: &Path,
     invalid: &impl Fn(&str, String) -> ConfigError,
     warnings: &mut Vec<String>,
 ) -> Result<Option<TlsSettings>, ConfigError> {
-    const PREFIX: &str = "tls_server_config";
-    let key = |name: &str| format!("{PREFIX}.{name}");
+    let keys = TlsKeys { invalid };
     // Empty strings count as unset, as in Go.
     let set = |value: Option<String>| value.filter(|v| !v.is_empty());
     let (cert, cert_file) = (set(raw.cert), set(raw.cert_file));
@@ -313,160 +314,28 @@ fn tls_settings(
             ("client_allowed_sans", raw.client_allowed_sans.is_some()),
         ];
         if let Some((name, _)) = stray.iter().find(|(_, present)| *present) {
-            warnings.push(format!("{}: ignored, since TLS is off (no cert_file/key_file)", key(name)));
+            warnings.push(format!("{}: ignored, since TLS is off (no cert_file/key_file)", TlsKeys::<()>::key(name)));
         }
         return Ok(None);
     }
 
-    let source = |inline: Option<String>, file: Option<String>, inline_key: &str, file_key: &str| match (inline, file) {
-        (Some(_), Some(_)) => Err(invalid(&key(file_key), format!("give either {file_key} or {inline_key}, not both"))),
-        (Some(pem), None) => Ok(Some(PemSource::Inline(pem))),
-        (None, Some(file)) => Ok(Some(PemSource::File(dir.join(file)))),
-        (None, None) => Ok(None),
-    };
-    let cert = source(cert, cert_file, "cert", "cert_file")?.ok_or_else(|| {
-        invalid(&key("cert_file"), "TLS is configured but there is no cert_file (or cert)".to_owned())
-    })?;
-    let pem_key = source(pem_key, key_file, "key", "key_file")?
-        .ok_or_else(|| invalid(&key("key_file"), "TLS is configured but there is no key_file (or key)".to_owned()))?;
-    let client_ca = source(client_ca, client_ca_file, "client_ca", "client_ca_file")?;
-
-    let client_auth = match client_auth_type.as_deref() {
-        None => ClientAuth::NoClientCert,
-        Some(name) => {
-            ClientAuth::NAMES.iter().find(|(known, _)| *known == name).map(|(_, auth)| *auth).ok_or_else(|| {
-                let names: Vec<&str> = ClientAuth::NAMES.iter().map(|(name, _)| *name).collect();
-                invalid(&key("client_auth_type"), format!("{name:?} is not one of {}", names.join(", ")))
-            })?
-        }
-    };
-    if client_ca.is_some() && client_auth == ClientAuth::NoClientCert {
-        return Err(invalid(
-            &key("client_auth_type"),
-            "client_ca_file is set but client_auth_type is NoClientCert; set RequireAndVerifyClientCert".to_owned(),
-        ));
-    }
-    if client_auth.verifies() && client_ca.is_none() {
-        return Err(invalid(
-            &key("client_ca_file"),
-            format!(
-                "client_auth_type {client_auth} verifies client certificates and needs client_ca_file (or client_ca)"
-            ),
-        ));
-    }
-
-    let client_allowed_sans = match raw.client_allowed_sans {
-        None => None,
-        Some(sans) if sans.is_empty() => {
-            return Err(invalid(&key("client_allowed_sans"), "an empty list would refuse every client".to_owned()));
-        }
-        Some(sans) if !client_auth.requires_certificate() => {
-            let _ = sans;
-            return Err(invalid(
-                &key("client_allowed_sans"),
-                format!(
-                    "needs client_auth_type RequireAnyClientCert or RequireAndVerifyClientCert, not {client_auth} \
-                     (a client without a certificate has no SAN to check)"
-                ),
-            ));
-        }
-        Some(sans) => Some(sans),
-    };
-
-    let version = |name: &str, value: Option<String>, default: TlsVersion| match value.as_deref() {
-        None => Ok(default),
-        Some("TLS12") => Ok(TlsVersion::Tls12),
-        Some("TLS13") => Ok(TlsVersion::Tls13),
-        Some(old @ ("TLS10" | "TLS11")) => Err(invalid(
-            &key(name),
-            format!("{old} is not supported (rustls implements TLS 1.2 and 1.3 only); use TLS12 or TLS13"),
-        )),
-        Some(other) => Err(invalid(&key(name), format!("{other:?} is not one of TLS12, TLS13"))),
-    };
-    let min_version = version("min_version", raw.min_version, TlsVersion::Tls12)?;
-    let max_version = version("max_version", raw.max_version, TlsVersion::Tls13)?;
+    let cert = keys
+        .pem_source(dir, cert, cert_file, "cert", "cert_file")?
+        .ok_or_else(|| keys.error("cert_file", "TLS is configured but there is no cert_file (or cert)"))?;
+    let pem_key = keys
+        .pem_source(dir, pem_key, key_file, "key", "key_file")?
+        .ok_or_else(|| keys.error("key_file", "TLS is configured but there is no key_file (or key)"))?;
+    let client_ca = keys.pem_source(dir, client_ca, client_ca_file, "client_ca", "client_ca_file")?;
+    let client_auth = keys.client_auth(client_auth_type.as_deref(), client_ca.is_some())?;
+    let client_allowed_sans = keys.client_allowed_sans(raw.client_allowed_sans, client_auth)?;
+    let min_version = keys.version("min_version", raw.min_version.as_deref(), TlsVersion::Tls12)?;
+    let max_version = keys.version("max_version", raw.max_version.as_deref(), TlsVersion::Tls13)?;
     if min_version > max_version {
-        return Err(invalid(
-            &key("min_version"),
-            format!("min_version {min_version} is above max_version {max_version}"),
-        ));
+        return Err(keys.error("min_version", format!("min_version {min_version} is above max_version {max_version}")));
     }
-
-    let tls12_cipher_suites = match raw.cipher_suites {
-        None => None,
-        Some(names) => {
-            let mut suites = Vec::new();
-            for (i, name) in names.iter().enumerate() {
-                let at = key(&format!("cipher_suites[{i}]"));
-                if let Some((_, suite)) = CipherSuite::GO_NAMES.iter().find(|(go, _)| go == name) {
-                    if !suites.contains(suite) {
-                        suites.push(*suite);
-                    }
-                } else if CipherSuite::TLS13_GO_NAMES.contains(&name.as_str()) {
-                    // Go ignores TLS 1.3 names here too.
-                } else if CipherSuite::GO_ONLY_NAMES.contains(&name.as_str()) {
-                    return Err(invalid(
-                        &at,
-                        format!(
-                            "{name} (CBC, RC4, 3DES or RSA key exchange) is not implemented by rustls; use the ECDHE GCM or ChaCha20 suites"
-                        ),
-                    ));
-                } else {
-                    return Err(invalid(
-                        &at,
-                        format!(
-                            "unknown cipher suite {name:?} (use Go's names, e.g. TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)"
-                        ),
-                    ));
-                }
-            }
-            if suites.is_empty() && min_version == TlsVersion::Tls12 {
-                return Err(invalid(
-                    &key("cipher_suites"),
-                    "lists no TLS 1.2 suite, so no TLS 1.2 client could connect; add one or set min_version: TLS13"
-                        .to_owned(),
-                ));
-            }
-            Some(suites)
-        }
-    };
-
-    let curves = match raw.curve_preferences {
-        None => None,
-        Some(names) => {
-            let mut curves = Vec::new();
-            for (i, name) in names.iter().enumerate() {
-                let curve = match name.as_str() {
-                    "X25519" => Curve::X25519,
-                    "CurveP256" => Curve::P256,
-                    "CurveP384" => Curve::P384,
-                    "CurveP521" => {
-                        warnings.push(format!(
-                            "{}: CurveP521 is skipped (rustls's ring backend does not implement it)",
-                            key(&format!("curve_preferences[{i}]"))
-                        ));
-                        continue;
-                    }
-                    other => {
-                        return Err(invalid(
-                            &key(&format!("curve_preferences[{i}]")),
-                            format!("unknown curve {other:?}; expected X25519, CurveP256, CurveP384 or CurveP521"),
-                        ));
-                    }
-                };
-                if !curves.contains(&curve) {
-                    curves.push(curve);
-                }
-            }
-            if curves.is_empty() {
-                return Err(invalid(
-                    &key("curve_preferences"),
-                    "leaves no curve rustls implements (X25519, CurveP256, CurveP384)".to_owned(),
-                ));
-            }
-            Some(curves)
-        }
-    };
+    let tls12_cipher_suites =
+        raw.cipher_suites.map(|names| keys.tls12_cipher_suites(&names, min_version)).transpose()?;
+    let curves = raw.curve_preferences.map(|names| keys.curves(&names, warnings)).transpose()?;
 
     Ok(Some(TlsSettings {
         cert,
@@ -480,6 +349,180 @@ fn tls_settings(
         curves,
         prefer_server_cipher_suites: raw.prefer_server_cipher_suites.unwrap_or(true),
     }))
+}
+
+/// The steps of [`tls_settings`], each refusing with the key it checks.
+struct TlsKeys<'a, F> {
+    invalid: &'a F,
+}
+
+impl<F> TlsKeys<'_, F> {
+    fn key(name: &str) -> String {
+        format!("tls_server_config.{name}")
+    }
+}
+
+impl<F: Fn(&str, String) -> ConfigError> TlsKeys<'_, F> {
+    fn error(&self, name: &str, problem: impl Into<String>) -> ConfigError {
+        (self.invalid)(&Self::key(name), problem.into())
+    }
+
+    /// A PEM given inline (`cert`) or as a file (`cert_file`, relative to
+    /// the config's directory), not both.
+    fn pem_source(
+        &self,
+        dir: &Path,
+        inline: Option<String>,
+        file: Option<String>,
+        inline_key: &str,
+        file_key: &str,
+    ) -> Result<Option<PemSource>, ConfigError> {
+        match (inline, file) {
+            (Some(_), Some(_)) => {
+                Err(self.error(file_key, format!("give either {file_key} or {inline_key}, not both")))
+            }
+            (Some(pem), None) => Ok(Some(PemSource::Inline(pem))),
+            (None, Some(file)) => Ok(Some(PemSource::File(dir.join(file)))),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// `client_auth_type`, consistent with whether a client CA is given.
+    fn client_auth(&self, name: Option<&str>, has_client_ca: bool) -> Result<ClientAuth, ConfigError> {
+        let client_auth = match name {
+            None => ClientAuth::NoClientCert,
+            Some(name) => {
+                ClientAuth::NAMES.iter().find(|(known, _)| *known == name).map(|(_, auth)| *auth).ok_or_else(|| {
+                    let names: Vec<&str> = ClientAuth::NAMES.iter().map(|(name, _)| *name).collect();
+                    self.error("client_auth_type", format!("{name:?} is not one of {}", names.join(", ")))
+                })?
+            }
+        };
+        if has_client_ca && client_auth == ClientAuth::NoClientCert {
+            return Err(self.error(
+                "client_auth_type",
+                "client_ca_file is set but client_auth_type is NoClientCert; set RequireAndVerifyClientCert",
+            ));
+        }
+        if client_auth.verifies() && !has_client_ca {
+            return Err(self.error(
+                "client_ca_file",
+                format!(
+                    "client_auth_type {client_auth} verifies client certificates and needs client_ca_file (or client_ca)"
+                ),
+            ));
+        }
+        Ok(client_auth)
+    }
+
+    /// `client_allowed_sans`: only with a required client certificate, and
+    /// never an empty list (it would refuse everyone).
+    fn client_allowed_sans(
+        &self,
+        sans: Option<Vec<String>>,
+        client_auth: ClientAuth,
+    ) -> Result<Option<Vec<String>>, ConfigError> {
+        match sans {
+            None => Ok(None),
+            Some(sans) if sans.is_empty() => {
+                Err(self.error("client_allowed_sans", "an empty list would refuse every client"))
+            }
+            Some(_) if !client_auth.requires_certificate() => Err(self.error(
+                "client_allowed_sans",
+                format!(
+                    "needs client_auth_type RequireAnyClientCert or RequireAndVerifyClientCert, not {client_auth} \
+                     (a client without a certificate has no SAN to check)"
+                ),
+            )),
+            Some(sans) => Ok(Some(sans)),
+        }
+    }
+
+    /// `min_version` or `max_version`, by Go's names.
+    fn version(&self, name: &str, value: Option<&str>, default: TlsVersion) -> Result<TlsVersion, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some("TLS12") => Ok(TlsVersion::Tls12),
+            Some("TLS13") => Ok(TlsVersion::Tls13),
+            Some(old @ ("TLS10" | "TLS11")) => Err(self.error(
+                name,
+                format!("{old} is not supported (rustls implements TLS 1.2 and 1.3 only); use TLS12 or TLS13"),
+            )),
+            Some(other) => Err(self.error(name, format!("{other:?} is not one of TLS12, TLS13"))),
+        }
+    }
+
+    /// `cipher_suites` by Go's names; TLS 1.3 names are ignored as Go does.
+    fn tls12_cipher_suites(&self, names: &[String], min_version: TlsVersion) -> Result<Vec<CipherSuite>, ConfigError> {
+        let mut suites = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let at = format!("cipher_suites[{i}]");
+            if let Some((_, suite)) = CipherSuite::GO_NAMES.iter().find(|(go, _)| go == name) {
+                if !suites.contains(suite) {
+                    suites.push(*suite);
+                }
+            } else if CipherSuite::TLS13_GO_NAMES.contains(&name.as_str()) {
+                // Go ignores TLS 1.3 names here too.
+            } else if CipherSuite::GO_ONLY_NAMES.contains(&name.as_str()) {
+                return Err(self.error(
+                    &at,
+                    format!(
+                        "{name} (CBC, RC4, 3DES or RSA key exchange) is not implemented by rustls; use the ECDHE GCM or ChaCha20 suites"
+                    ),
+                ));
+            } else {
+                return Err(self.error(
+                    &at,
+                    format!(
+                        "unknown cipher suite {name:?} (use Go's names, e.g. TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)"
+                    ),
+                ));
+            }
+        }
+        if suites.is_empty() && min_version == TlsVersion::Tls12 {
+            return Err(self.error(
+                "cipher_suites",
+                "lists no TLS 1.2 suite, so no TLS 1.2 client could connect; add one or set min_version: TLS13",
+            ));
+        }
+        Ok(suites)
+    }
+
+    /// `curve_preferences` by Go's names; P-521 is skipped with a warning
+    /// (the ring backend lacks it) rather than refused.
+    fn curves(&self, names: &[String], warnings: &mut Vec<String>) -> Result<Vec<Curve>, ConfigError> {
+        let mut curves = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let at = format!("curve_preferences[{i}]");
+            let curve = match name.as_str() {
+                "X25519" => Curve::X25519,
+                "CurveP256" => Curve::P256,
+                "CurveP384" => Curve::P384,
+                "CurveP521" => {
+                    warnings.push(format!(
+                        "{}: CurveP521 is skipped (rustls's ring backend does not implement it)",
+                        Self::key(&at)
+                    ));
+                    continue;
+                }
+                other => {
+                    return Err(self.error(
+                        &at,
+                        format!("unknown curve {other:?}; expected X25519, CurveP256, CurveP384 or CurveP521"),
+                    ));
+                }
+            };
+            if !curves.contains(&curve) {
+                curves.push(curve);
+            }
+        }
+        if curves.is_empty() {
+            return Err(
+                self.error("curve_preferences", "leaves no curve rustls implements (X25519, CurveP256, CurveP384)")
+            );
+        }
+        Ok(curves)
+    }
 }
 
 #[cfg(test)]
