@@ -5,14 +5,17 @@
 //! `cargo xtask test`), or `target/debug/kernel-exporter`.
 #![deny(missing_docs)]
 
+// One definition of each fixture for tests, soak, benchmarks and
+// `cargo xtask run --tls`; re-exported so a test needs one import path.
+pub use kernel_exporter_fixtures::{self as fixtures, ONE_COLLECTOR, credentials, daemon::Daemon, pki};
+
 use std::{
     collections::{HashMap, HashSet},
-    env,
+    env, fs,
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::PathBuf,
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex},
+    process::{Command, ExitStatus, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -32,20 +35,15 @@ pub fn exporter_binary() -> PathBuf {
 
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").port()
+    fixtures::free_port().expect("a free loopback port")
 }
 
-/// A running daemon, killed when dropped. Its standard error is collected
-/// so a failing test can show it.
+/// A running daemon, killed when dropped. Its standard error goes to a log
+/// file that is removed with it, so a failing test can show it.
 pub struct Exporter {
-    child: Option<Child>,
+    daemon: Daemon,
     /// Where it listens.
     pub addr: SocketAddr,
-    log: Arc<Mutex<String>>,
-    /// Copies standard error into `log`; joined once the process exits so
-    /// the log is complete when a test reads it.
-    log_reader: Option<thread::JoinHandle<()>>,
 }
 
 impl Exporter {
@@ -64,39 +62,24 @@ impl Exporter {
 
     /// Starts `command` (the daemon, perhaps under a wrapper) listening on
     /// `port` with `args`.
-    pub fn spawn_command(mut command: Command, port: u16, args: &[&str]) -> Self {
+    pub fn spawn_command(command: Command, port: u16, args: &[&str]) -> Self {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let mut child = command
-            .arg(format!("--web.listen-address={addr}"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start kernel-exporter");
-        let log = Arc::new(Mutex::new(String::new()));
-        let mut stderr = child.stderr.take().expect("piped stderr");
-        let sink = Arc::clone(&log);
-        let log_reader = thread::spawn(move || {
-            let mut chunk = [0u8; 4096];
-            while let Ok(n) = stderr.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&chunk[..n]));
-            }
-        });
-        Self { child: Some(child), addr, log, log_reader: Some(log_reader) }
+        let dir = env::temp_dir().join("kernel-exporter-e2e-logs");
+        fs::create_dir_all(&dir).expect("create the daemon log folder");
+        let log = dir.join(format!("{}-{port}.log", std::process::id()));
+        let _ = fs::remove_file(&log);
+        let daemon = Daemon::spawn(command, addr, args, &log).expect("start kernel-exporter");
+        Self { daemon, addr }
     }
 
     /// Everything the daemon wrote to standard error so far.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.daemon.log()
     }
 
     /// The daemon's process id.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.daemon.pid()
     }
 
     /// Waits until the daemon accepts connections; panics with its log if
@@ -115,33 +98,15 @@ impl Exporter {
     /// Sends `signal` and waits for the exit; returns the status and how long
     /// the exit took.
     pub fn stop(&mut self, signal: libc::c_int) -> (ExitStatus, Duration) {
-        let mut child = self.child.take().expect("running");
-        let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
-        let sent = Instant::now();
-        // SAFETY: kill(2) with our own child's pid; no memory is involved.
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill({pid}, {signal})");
-        let status = wait_timeout(&mut child, Duration::from_secs(10)).unwrap_or_else(|| {
-            panic!("kernel-exporter did not exit within 10 s of signal {signal}; log:\n{}", self.log())
-        });
-        let took = sent.elapsed();
-        self.join_log();
-        (status, took)
+        self.daemon.stop(signal, Duration::from_secs(10)).unwrap_or_else(|error| panic!("{error}"))
     }
 
     /// Waits for the daemon to exit on its own (for start-up failures).
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let mut child = self.child.take().expect("running");
-        let status =
-            wait_timeout(&mut child, timeout).unwrap_or_else(|| panic!("kernel-exporter still runs after {timeout:?}"));
-        self.join_log();
-        status
-    }
-
-    /// Waits for the log copier to reach the end of standard error.
-    fn join_log(&mut self) {
-        if let Some(reader) = self.log_reader.take() {
-            let _ = reader.join();
-        }
+        self.daemon
+            .wait_exit(timeout)
+            .unwrap_or_else(|error| panic!("{error}"))
+            .unwrap_or_else(|| panic!("kernel-exporter still runs after {timeout:?}"))
     }
 
     /// A request with `method` for `path`.
@@ -159,23 +124,8 @@ impl Exporter {
 
 impl Drop for Exporter {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait for kernel-exporter") {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(10));
+        self.daemon.kill();
+        let _ = fs::remove_file(self.daemon.log_path());
     }
 }
 
@@ -278,7 +228,7 @@ pub fn served_metric_names() -> HashSet<String> {
 
 /// A counter of `/proc/stat` (`ctxt`, `processes`, ...).
 pub fn proc_stat(field: &str) -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").expect("read /proc/stat");
+    let stat = fs::read_to_string("/proc/stat").expect("read /proc/stat");
     stat.lines()
         .find_map(|line| line.strip_prefix(field)?.strip_prefix(' '))
         .and_then(|value| value.trim().parse().ok())
@@ -372,4 +322,54 @@ pub fn assert_close(what: &str, measured: f64, expected: f64, tolerance: f64) {
         (ratio - 1.0).abs() <= tolerance,
         "{what}: exporter says {measured}, kernel says {expected} (ratio {ratio:.4}, allowed 1 ± {tolerance})"
     );
+}
+
+/// The end-to-end tests' PKI, in a fresh scratch folder per test: a CA, a
+/// server certificate for 127.0.0.1 and localhost, client certificates
+/// (`client` for prometheus.example, `grafana`), and a second CA nobody
+/// trusts with a `stranger` client certificate.
+pub struct Pki {
+    inner: pki::Pki,
+    /// The folder.
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    /// The set for the test named `test`.
+    pub fn new(test: &str) -> Self {
+        let dir = env::temp_dir().join(format!("kernel-exporter-e2e-{test}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let inner = pki::Pki::in_dir(&dir, "test", 2).expect("create the PKI folder");
+        let pki = Self { inner, dir };
+        pki.ca("ca");
+        pki.ca("other-ca");
+        pki.leaf("server", "ca", "DNS:localhost,IP:127.0.0.1", "serverAuth");
+        pki.leaf("client", "ca", "DNS:prometheus.example", "clientAuth");
+        pki.leaf("grafana", "ca", "DNS:grafana.example", "clientAuth");
+        pki.leaf("stranger", "other-ca", "DNS:prometheus.example", "clientAuth");
+        pki
+    }
+
+    /// The path of `name` (e.g. `ca.crt`), as a command-line argument.
+    pub fn path(&self, name: &str) -> String {
+        self.inner.path(name).display().to_string()
+    }
+
+    fn ca(&self, name: &str) {
+        self.inner.ca(name).unwrap_or_else(|error| panic!("{error}"));
+    }
+
+    /// A certificate for `name` signed by `ca` (see [`pki::Pki::leaf`]).
+    pub fn leaf(&self, name: &str, ca: &str, san: &str, usage: &str) {
+        self.inner.leaf(name, ca, san, usage).unwrap_or_else(|error| panic!("{error}"));
+    }
+
+    /// Writes a web config with the server's certificate and `extra` lines
+    /// under `tls_server_config`, plus `rest` at the top level.
+    pub fn web_config(&self, extra: &str, rest: &str) -> String {
+        let path = self.path("web.yml");
+        let text = format!("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n{extra}{rest}");
+        fs::write(&path, text).expect("write web config");
+        path
+    }
 }

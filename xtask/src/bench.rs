@@ -8,14 +8,15 @@
 use std::{
     fmt::Write as _,
     fs,
-    net::TcpListener,
+    net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
+use kernel_exporter_fixtures::daemon::Daemon;
 
 use crate::{
     floor,
@@ -89,18 +90,10 @@ pub(crate) fn bench(quick: bool, probes_only: bool) -> anyhow::Result<()> {
         "bench",
         &format!("end to end: {ROUNDS} alternating rounds of {}s, {CLIENTS} keep-alive clients", RUN.as_secs()),
     );
-    let ours_port = free_port()?;
-    let node_port = free_port()?;
-    let mut ours = Server::start(
-        "kernel-exporter",
-        Command::new(&binary).arg(format!("--web.listen-address=127.0.0.1:{ours_port}")),
-        ours_port,
-    )?;
-    let mut node = Server::start(
-        "node_exporter",
-        Command::new(NODE_EXPORTER).arg(format!("--web.listen-address=127.0.0.1:{node_port}")),
-        node_port,
-    )?;
+    let ours_port = kernel_exporter_fixtures::free_port()?;
+    let node_port = kernel_exporter_fixtures::free_port()?;
+    let mut ours = Server::start("kernel-exporter", Command::new(&binary), ours_port, &[])?;
+    let mut node = Server::start("node_exporter", Command::new(NODE_EXPORTER), node_port, &[])?;
     let mut ours_runs = Vec::new();
     let mut node_runs = Vec::new();
     for round in 1..=ROUNDS {
@@ -126,14 +119,10 @@ pub(crate) fn bench(quick: bool, probes_only: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// An exporter under load.
 struct Server {
     name: &'static str,
-    child: Child,
+    daemon: Daemon,
     port: u16,
 }
 
@@ -149,21 +138,14 @@ struct Run {
 }
 
 impl Server {
-    fn start(name: &'static str, command: &mut Command, port: u16) -> anyhow::Result<Self> {
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("cannot start {name}"))?;
-        let server = Self { name, child, port };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("{name} did not listen on 127.0.0.1:{port} within 20 s");
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        Ok(server)
+    /// Starts `command` on `port`, its log in `target/bench/NAME.log`,
+    /// and waits until it accepts connections.
+    fn start(name: &'static str, command: Command, port: u16, args: &[&str]) -> anyhow::Result<Self> {
+        let log = prereq::target_dir().join("bench").join(format!("{name}.log"));
+        let _ = fs::remove_file(&log);
+        let mut daemon = Daemon::spawn(command, SocketAddr::from(([127, 0, 0, 1], port)), args, &log)?;
+        daemon.wait_until_accepting(Duration::from_secs(20))?;
+        Ok(Self { name, daemon, port })
     }
 
     fn url(&self) -> String {
@@ -172,7 +154,7 @@ impl Server {
 
     /// CPU seconds (user + system) the process has used so far.
     fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let stat = fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.daemon.pid()))?;
         let rest = &stat[stat.rfind(')').context("malformed stat")? + 1..];
         let fields: Vec<&str> = rest.split_whitespace().collect();
         let ticks: f64 = fields
@@ -184,7 +166,7 @@ impl Server {
 
     /// `VmHWM`: the peak resident set since start, start-up included.
     fn peak_rss_kib(&self) -> anyhow::Result<u64> {
-        status_kib(self.child.id(), "VmHWM:")
+        status_kib(self.daemon.pid(), "VmHWM:")
     }
 
     /// Bytes and series of one plain scrape.
@@ -199,7 +181,7 @@ impl Server {
 
     fn load(&mut self) -> anyhow::Result<Run> {
         let cpu_before = self.cpu_seconds()?;
-        let pid = self.child.id();
+        let pid = self.daemon.pid();
         let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let sampler = {
             let sampling = std::sync::Arc::clone(&sampling);
@@ -251,14 +233,7 @@ impl Server {
     }
 
     fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
+        self.daemon.kill();
     }
 }
 
@@ -395,12 +370,8 @@ fn probe_overhead(binary: &Path) -> anyhow::Result<Probes> {
     };
     let pingpong = || -> f64 { pinned_ping_pong(ROUND_TRIPS) };
     let exporter = |args: &[&str]| -> anyhow::Result<Server> {
-        let port = free_port()?;
-        Server::start(
-            "kernel-exporter",
-            Command::new(binary).arg(format!("--web.listen-address=127.0.0.1:{port}")).args(args),
-            port,
-        )
+        let port = kernel_exporter_fixtures::free_port()?;
+        Server::start("kernel-exporter", Command::new(binary), port, args)
     };
     let with = |args: &[&str], measure: &dyn Fn() -> f64| -> anyhow::Result<f64> {
         let _server = exporter(args)?;

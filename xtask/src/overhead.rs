@@ -62,15 +62,16 @@ use std::{
     fmt::Write as _,
     fs,
     io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     os::unix::process::ExitStatusExt as _,
     path::{Path, PathBuf},
-    process::{Child, ChildStdout, Command, ExitStatus, Stdio},
+    process::{ChildStdout, Command, ExitStatus, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
+use kernel_exporter_fixtures::daemon::Daemon;
 use serde_json::{Value, json};
 
 use crate::{
@@ -450,108 +451,32 @@ fn measure(config: &Config, binary: &Path, log: &Path, sizes: &Sizes, env: &Env)
 }
 
 /// The daemon, started as root and stopped with SIGTERM.
-struct Exporter {
-    child: Option<Child>,
-    log: PathBuf,
-}
+struct Exporter(Daemon);
 
 impl Exporter {
     /// Starts it on a free loopback port and waits until `/metrics` answers
     /// (its programs are attached by then).
     fn start(binary: &Path, args: &[String], log: &Path) -> anyhow::Result<Self> {
-        let port = free_port()?;
+        let port = kernel_exporter_fixtures::free_port()?;
         let mut file =
             fs::OpenOptions::new().append(true).open(log).with_context(|| format!("cannot open {}", log.display()))?;
         writeln!(file, "--- kernel-exporter {}", args.join(" "))
             .with_context(|| format!("cannot write {}", log.display()))?;
-        let child = Command::new(binary)
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
-        let mut exporter = Self { child: Some(child), log: log.to_owned() };
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let exited = match exporter.child.as_mut() {
-                Some(child) => child.try_wait().context("cannot wait for kernel-exporter")?,
-                None => None,
-            };
-            if let Some(status) = exited {
-                exporter.child = None;
-                return Err(StartError(format!("kernel-exporter exited ({status}): {}", log_tail(log))).into());
-            }
-            if metrics_answers(port) {
-                return Ok(exporter);
-            }
-            if Instant::now() > deadline {
-                return Err(StartError(format!(
-                    "kernel-exporter did not answer on 127.0.0.1:{port}/metrics within {} s: {}",
-                    START_TIMEOUT.as_secs(),
-                    log_tail(log)
-                ))
-                .into());
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
+        let mut daemon = Daemon::spawn(Command::new(binary), SocketAddr::from(([127, 0, 0, 1], port)), args, log)?;
+        daemon
+            .wait_until("answer on /metrics", START_TIMEOUT, |_| metrics_answers(port))
+            .map_err(|error| StartError(error.to_string()))?;
+        Ok(Self(daemon))
     }
 
     /// SIGTERM, then waits for it to exit.
     fn stop(mut self) -> anyhow::Result<()> {
-        let Some(mut child) = self.child.take() else { return Ok(()) };
-        let pid = libc::pid_t::try_from(child.id()).context("kernel-exporter's pid does not fit a pid_t")?;
-        // SAFETY: kill has no memory arguments; the pid is our own child,
-        // not yet reaped, so it cannot have been reused.
-        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-            let error = std::io::Error::last_os_error();
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("cannot send SIGTERM to kernel-exporter: {error}");
+        let (status, _) = self.0.stop(libc::SIGTERM, STOP_TIMEOUT)?;
+        if !status.success() {
+            say("warn", &format!("kernel-exporter exited with {status} after SIGTERM"));
         }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait().context("cannot wait for kernel-exporter")? {
-                if !status.success() {
-                    say("warn", &format!("kernel-exporter exited with {status} after SIGTERM"));
-                }
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!(
-                    "kernel-exporter did not exit within {} s of SIGTERM: {}",
-                    STOP_TIMEOUT.as_secs(),
-                    log_tail(&self.log)
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        Ok(())
     }
-}
-
-impl Drop for Exporter {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// The last lines of the exporter's log, for an error message.
-fn log_tail(log: &Path) -> String {
-    let text = fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let tail = lines[lines.len().saturating_sub(8)..].join("\n");
-    if tail.is_empty() { "(its log is empty)".to_owned() } else { format!("last lines of its log:\n{tail}") }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
-    Ok(listener.local_addr().context("cannot read a bound port")?.port())
 }
 
 /// Whether `GET /metrics` on the port answers 200.
@@ -961,7 +886,7 @@ fn page_faults(pages: usize) -> anyhow::Result<()> {
 /// per datagram the client sent; wall time per datagram from the client's
 /// report.
 fn iperf3(seconds: u64) -> anyhow::Result<Sample> {
-    let port = free_port()?;
+    let port = kernel_exporter_fixtures::free_port()?;
     let mut server = Running::spawn(
         Command::new("iperf3").args(["-s", "-1", "-B", "127.0.0.1", "-p"]).arg(port.to_string()),
         "iperf3 -s",

@@ -3,14 +3,9 @@
 //! CA, a server and a client certificate under `target/dev-pki/` (once) and
 //! start with mutual TLS.
 
-use std::{
-    fs,
-    os::unix::process::CommandExt as _,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{fs, os::unix::process::CommandExt as _, path::PathBuf, process::Command};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 
 use crate::prereq::{self, Toolchain, say};
 
@@ -62,83 +57,18 @@ pub(crate) fn run(release: bool, tls: bool, args: &[String]) -> anyhow::Result<(
     bail!("cannot start {}: {error}", binary.display())
 }
 
-/// `target/dev-pki/`: a CA, a server certificate for localhost and
-/// 127.0.0.1, a client certificate, and a web config requiring mutual TLS.
-/// Made once with the `openssl` CLI; delete the folder to start over.
+/// `target/dev-pki/`: a CA, a server certificate for localhost, 127.0.0.1
+/// and ::1, a client certificate, and a web config requiring mutual TLS
+/// (`kernel_exporter_fixtures::pki::local_mutual_tls`, which the soak uses
+/// too). Made once; delete the folder to start over.
 pub(crate) fn dev_pki() -> anyhow::Result<PathBuf> {
     let dir = prereq::target_dir().join("dev-pki");
-    let config = dir.join("web.yml");
-    if config.is_file() {
-        return Ok(dir);
+    if !dir.join("web.yml").is_file() {
+        prereq::ensure_debian_packages(&[("openssl", "openssl")])?;
+        say("tls", &format!("creating a local CA, a server and a client certificate in {}", dir.display()));
     }
-    prereq::ensure_debian_packages(&[("openssl", "openssl")])?;
-    say("tls", &format!("creating a local CA, a server and a client certificate in {}", dir.display()));
-    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let path = |name: &str| dir.join(name).display().to_string();
-    let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-    openssl(
-        &dir,
-        &[
-            &["req", "-x509"],
-            &key[..],
-            &["-days", "3650", "-subj", "/CN=kernel-exporter dev CA"],
-            &["-keyout", &path("ca.key"), "-out", &path("ca.crt")],
-        ]
-        .concat(),
-    )?;
-    for (name, san, usage) in [
-        ("server", "DNS:localhost,IP:127.0.0.1,IP:::1", "serverAuth"),
-        ("client", "DNS:prometheus.local", "clientAuth"),
-    ] {
-        let ext = path(&format!("{name}.ext"));
-        fs::write(&ext, format!("subjectAltName={san}\nextendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\n"))?;
-        openssl(
-            &dir,
-            &[
-                &["req", "-new"],
-                &key[..],
-                &["-subj", &format!("/CN=kernel-exporter dev {name}")],
-                &["-keyout", &path(&format!("{name}.key")), "-out", &path(&format!("{name}.csr"))],
-            ]
-            .concat(),
-        )?;
-        openssl(
-            &dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &path(&format!("{name}.csr")),
-                "-days",
-                "825",
-                "-CA",
-                &path("ca.crt"),
-                "-CAkey",
-                &path("ca.key"),
-                "-CAcreateserial",
-                "-extfile",
-                &ext,
-                "-out",
-                &path(&format!("{name}.crt")),
-            ],
-        )?;
-    }
-    // Written last: its presence means the folder is complete.
-    fs::write(
-        &config,
-        "# Made by `cargo xtask run --tls`: mutual TLS with the local CA.\n\
-         tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_ca_file: ca.crt\n  \
-         client_auth_type: RequireAndVerifyClientCert\n",
-    )?;
-    Ok(dir)
-}
-
-fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().context("cannot run openssl")?;
-    if !out.status.success() {
-        bail!("openssl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
+    let pki = kernel_exporter_fixtures::pki::local_mutual_tls(&dir)?;
+    Ok(pki.dir().to_owned())
 }
 
 /// The URL a user should scrape, from the first listen address and the

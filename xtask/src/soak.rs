@@ -27,9 +27,9 @@ use std::{
     fmt::Write as _,
     fs,
     io::{self, Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -39,6 +39,11 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+
+use kernel_exporter_fixtures::{
+    credentials::{self, PASSWORD, USER},
+    daemon::Daemon,
+};
 
 use crate::{
     prereq::{self, Toolchain, say},
@@ -59,12 +64,6 @@ const IDLE_CLOSE_BOUND: Duration = Duration::from_secs(15);
 
 /// Silent connections held open at once.
 const IDLE_CONNECTIONS: usize = 10;
-
-/// The dev credentials of the end-to-end tests: bcrypt (cost 10) of
-/// [`PASSWORD`].
-const HASH: &str = "$2b$10$P7KNnE0SOcZo.DckZEwNd.O4a6Ogy5oBcjd3E4TyL16m.F6RE7oSi";
-const USER: &str = "prometheus";
-const PASSWORD: &str = "s3cret";
 
 /// A source on `lo` outside the allowlist (127.0.0.1/32).
 const OUTSIDE: &str = "127.0.0.2";
@@ -199,6 +198,20 @@ pub(crate) fn soak(minutes: u64) -> anyhow::Result<()> {
     if minutes == 0 {
         bail!("--minutes must be at least 1");
     }
+    let binary = prepare()?;
+    let target = Arc::new(Target::prepare()?);
+    let mut daemon = start_daemon(&binary, &target)?;
+    let rest_start = prime(&target, &daemon)?;
+    let run = run_clients(&target, &mut daemon, minutes, rest_start)?;
+    let end = wind_down(&target, daemon)?;
+    let figures = Figures::of(&run);
+    print!("{}", report(&target, &run, &figures, &end, minutes));
+    verdict(&run, &figures, &end)
+}
+
+/// Builds the release daemon and checks what the soak needs: root, tracefs,
+/// curl and openssl.
+fn prepare() -> anyhow::Result<PathBuf> {
     let toolchain = Toolchain::ensure()?;
     let binary = toolchain.build(true)?;
     if !run::can_load_bpf() {
@@ -206,73 +219,93 @@ pub(crate) fn soak(minutes: u64) -> anyhow::Result<()> {
     }
     prereq::ensure_tracefs()?;
     prereq::ensure_debian_packages(&[("curl", "curl"), ("openssl", "openssl")])?;
-    let pki = run::dev_pki()?;
-    let dir = prereq::target_dir().join("soak");
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let config = dir.join("web.yml");
-    let pki_file = |name: &str| pki.join(name).display().to_string();
-    fs::write(
-        &config,
-        format!(
-            "# Made by `cargo xtask soak`.\ntls_server_config:\n  cert_file: {}\n  key_file: {}\n  client_ca_file: {}\n  \
-             client_auth_type: RequireAndVerifyClientCert\nbasic_auth_users:\n  {USER}: {HASH}\n\
-             allowed_sources: [127.0.0.1/32]\n",
-            pki_file("server.crt"),
-            pki_file("server.key"),
-            pki_file("ca.crt"),
-        ),
-    )?;
-    let mut header = String::from("X-Soak-Padding: ");
-    header.extend(std::iter::repeat_n('a', 512 * 1024));
-    fs::write(dir.join("oversized-header.txt"), header + "\n")?;
+    Ok(binary)
+}
 
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let log_path = dir.join("exporter.log");
-    let log = fs::File::create(&log_path)?;
-    say("soak", &format!("starting {} on {addr} (log: {})", binary.display(), log_path.display()));
-    let mut daemon = Daemon(
-        Command::new(&binary)
-            .arg(format!("--web.listen-address={addr}"))
-            .arg(format!("--web.config.file={}", config.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?,
-    );
-    let pid = daemon.0.id();
-    let started = Instant::now();
-    // Watched in its log rather than probed: a probe connection would count
-    // as a failed handshake.
-    while !fs::read_to_string(&log_path)?.contains("msg=listening") {
-        if started.elapsed() > Duration::from_secs(30) || daemon.0.try_wait()?.is_some() {
-            bail!("the daemon did not start listening; its log:\n{}", fs::read_to_string(&log_path)?);
-        }
-        thread::sleep(Duration::from_millis(50));
+impl Target {
+    /// The dev PKI, a scratch folder with the soak's web config (mutual TLS,
+    /// basic auth, 127.0.0.1/32 allowed) and the oversized header, and a
+    /// free loopback port.
+    fn prepare() -> anyhow::Result<Self> {
+        let pki = run::dev_pki()?;
+        let dir = prereq::target_dir().join("soak");
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let pki_file = |name: &str| pki.join(name).display().to_string();
+        fs::write(
+            dir.join("web.yml"),
+            format!(
+                "# Made by `cargo xtask soak`.\ntls_server_config:\n  cert_file: {}\n  key_file: {}\n  client_ca_file: {}\n  \
+                 client_auth_type: RequireAndVerifyClientCert\n{}allowed_sources: [127.0.0.1/32]\n",
+                pki_file("server.crt"),
+                pki_file("server.key"),
+                pki_file("ca.crt"),
+                credentials::basic_auth_users(),
+            ),
+        )?;
+        let mut header = String::from("X-Soak-Padding: ");
+        header.extend(std::iter::repeat_n('a', 512 * 1024));
+        fs::write(dir.join("oversized-header.txt"), header + "\n")?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], kernel_exporter_fixtures::free_port()?));
+        Ok(Self { addr, pki, dir })
     }
-    let target = Arc::new(Target { addr, pki, dir: dir.clone() });
+}
 
-    // One round of every good variant first, so whatever the daemon opens
-    // once on first use is open before the descriptors at rest are counted.
+/// Starts the daemon with the soak's web config; ready once it logs that it
+/// listens (a probe connection would count as a failed handshake).
+fn start_daemon(binary: &Path, target: &Target) -> anyhow::Result<Daemon> {
+    let log = target.dir.join("exporter.log");
+    say("soak", &format!("starting {} on {} (log: {})", binary.display(), target.addr, log.display()));
+    let config = format!("--web.config.file={}", target.dir.join("web.yml").display());
+    let mut daemon = Daemon::spawn(Command::new(binary), target.addr, &[config], &log)?;
+    daemon.wait_until_logged("msg=listening", Duration::from_secs(30))?;
+    Ok(daemon)
+}
+
+/// What is open at rest, counted after one round of every good variant (so
+/// whatever the daemon opens once on first use is already open).
+#[derive(Clone, Copy)]
+struct AtRest {
+    fds: usize,
+    rss_kib: u64,
+}
+
+fn prime(target: &Target, daemon: &Daemon) -> anyhow::Result<AtRest> {
     for kind in [Kind::KeepAliveHttp1, Kind::KeepAliveHttp2] {
-        for outcome in round(kind, &target, 0) {
+        for outcome in round(kind, target, 0) {
             outcome.map_err(|why| anyhow::anyhow!("priming scrape ({}) failed: {why}", kind.name()))?;
         }
     }
     thread::sleep(Duration::from_secs(1));
-    let rest_start = fds(pid)?;
-    let rss_start = rss_kib(pid)?;
+    Ok(AtRest { fds: fds(daemon.pid())?, rss_kib: rss_kib(daemon.pid())? })
+}
 
+/// The load phase: what was sampled and tallied.
+struct ClientsRun {
+    rest_start: AtRest,
+    total: Duration,
+    warm_up: Duration,
+    samples: Vec<Sample>,
+    tallies: BTreeMap<Kind, Tally>,
+}
+
+/// Runs every client kind in its own thread for `minutes`, sampling the
+/// daemon's RSS and descriptors and printing progress every minute.
+fn run_clients(
+    target: &Arc<Target>,
+    daemon: &mut Daemon,
+    minutes: u64,
+    rest_start: AtRest,
+) -> anyhow::Result<ClientsRun> {
     let total = Duration::from_secs(minutes * 60);
     let warm_up = if minutes >= 3 { Duration::from_secs(60) } else { total / 5 };
     say(
         "soak",
         &format!(
-            "{minutes} min of mixed clients ({} s warm-up); at rest: RSS {}, {rest_start} fds",
+            "{minutes} min of mixed clients ({} s warm-up); at rest: RSS {}, {} fds",
             warm_up.as_secs(),
-            mib(rss_start)
+            mib(rest_start.rss_kib),
+            rest_start.fds
         ),
     );
     let tallies: Arc<BTreeMap<Kind, Tally>> =
@@ -281,7 +314,7 @@ pub(crate) fn soak(minutes: u64) -> anyhow::Result<()> {
     let workers: Vec<_> = Kind::ALL
         .iter()
         .map(|&kind| {
-            let (target, tallies, stop) = (Arc::clone(&target), Arc::clone(&tallies), Arc::clone(&stop));
+            let (target, tallies, stop) = (Arc::clone(target), Arc::clone(&tallies), Arc::clone(&stop));
             thread::spawn(move || {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -295,103 +328,151 @@ pub(crate) fn soak(minutes: u64) -> anyhow::Result<()> {
         })
         .collect();
 
+    let sampled = sample_until(daemon, total, &tallies, minutes);
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        let _ = worker.join();
+    }
+    let samples = sampled?;
+    let tallies = Arc::try_unwrap(tallies).map_err(|_| anyhow::anyhow!("a client thread outlived the soak"))?;
+    Ok(ClientsRun { rest_start, total, warm_up, samples, tallies })
+}
+
+/// Samples RSS and descriptors every [`SAMPLE_EVERY`] for `total`; fails at
+/// once if the daemon exits.
+fn sample_until(
+    daemon: &mut Daemon,
+    total: Duration,
+    tallies: &BTreeMap<Kind, Tally>,
+    minutes: u64,
+) -> anyhow::Result<Vec<Sample>> {
     let began = Instant::now();
     let mut samples = Vec::new();
     let mut next_report = Duration::from_secs(60);
     while began.elapsed() < total {
         thread::sleep(SAMPLE_EVERY.min(total.saturating_sub(began.elapsed())));
-        if daemon.0.try_wait()?.is_some() {
-            stop.store(true, Ordering::Relaxed);
-            bail!("the daemon exited during the soak; its log:\n{}", tail(&fs::read_to_string(&log_path)?, 40));
+        if daemon.try_wait()?.is_some() {
+            bail!("the daemon exited during the soak; {}", daemon.log_tail(40));
         }
-        let sample = Sample { at: began.elapsed(), rss_kib: rss_kib(pid)?, fds: fds(pid)? };
+        let sample = Sample { at: began.elapsed(), rss_kib: rss_kib(daemon.pid())?, fds: fds(daemon.pid())? };
         samples.push(sample);
         if sample.at >= next_report {
-            println!("{}", progress(&sample, minutes, &tallies));
+            println!("{}", progress(&sample, minutes, tallies));
             next_report += Duration::from_secs(60);
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        let _ = worker.join();
-    }
+    Ok(samples)
+}
+
+/// The daemon after the clients stopped: at rest again, then SIGTERM.
+struct End {
+    rest: AtRest,
+    own_metrics: String,
+    status: std::process::ExitStatus,
+    log: String,
+}
+
+fn wind_down(target: &Target, mut daemon: Daemon) -> anyhow::Result<End> {
     // Silent connections of the last round are closed by now; give the
     // daemon a moment to finish the rest.
     thread::sleep(Duration::from_secs(2));
-    let rest_end = fds(pid)?;
-    let rss_rest_end = rss_kib(pid)?;
-    let own_metrics = good_scrape_body(&target).unwrap_or_default();
-    let status = daemon.terminate()?;
-    let log_text = fs::read_to_string(&log_path)?;
+    let rest = AtRest { fds: fds(daemon.pid())?, rss_kib: rss_kib(daemon.pid())? };
+    let own_metrics = good_scrape_body(target).unwrap_or_default();
+    let (status, _) = daemon.stop(libc::SIGTERM, Duration::from_secs(5))?;
+    Ok(End { rest, own_metrics, status, log: daemon.log() })
+}
 
-    // Start and end windows after warm-up: the first and the last minute
-    // (or a third of what is left, on short runs).
-    let window = Duration::from_secs(60).min(total.saturating_sub(warm_up) / 3);
-    let first: Vec<Sample> = samples.iter().copied().filter(|s| s.at >= warm_up && s.at < warm_up + window).collect();
-    let last: Vec<Sample> = samples.iter().copied().filter(|s| s.at + window >= total).collect();
-    let median = |window: &[Sample], key: fn(&Sample) -> u64| {
-        let mut values: Vec<u64> = window.iter().map(key).collect();
-        values.sort_unstable();
-        values.get(values.len() / 2).copied().unwrap_or(0)
-    };
-    let rss_first = median(&first, |s| s.rss_kib);
-    let rss_last = median(&last, |s| s.rss_kib);
-    let fds_first = median(&first, |s| s.fds as u64);
-    let fds_last = median(&last, |s| s.fds as u64);
-    let rss_peak = samples.iter().map(|s| s.rss_kib).max().unwrap_or(0);
-    let rss_allowed_kib = (RSS_TOLERANCE_MIB * 1024.0).max(rss_first as f64 * RSS_TOLERANCE_PERCENT / 100.0);
-    let rss_growth_kib = rss_last as f64 - rss_first as f64;
+/// Medians of the first and the last window after warm-up: the first and
+/// the last minute (or a third of what is left, on short runs).
+struct Figures {
+    rss_first: u64,
+    rss_last: u64,
+    fds_first: u64,
+    fds_last: u64,
+    rss_peak: u64,
+    rss_allowed_kib: f64,
+    rss_growth_kib: f64,
+}
 
+impl Figures {
+    fn of(run: &ClientsRun) -> Self {
+        let window = Duration::from_secs(60).min(run.total.saturating_sub(run.warm_up) / 3);
+        let first: Vec<Sample> =
+            run.samples.iter().copied().filter(|s| s.at >= run.warm_up && s.at < run.warm_up + window).collect();
+        let last: Vec<Sample> = run.samples.iter().copied().filter(|s| s.at + window >= run.total).collect();
+        let median = |window: &[Sample], key: fn(&Sample) -> u64| {
+            let mut values: Vec<u64> = window.iter().map(key).collect();
+            values.sort_unstable();
+            values.get(values.len() / 2).copied().unwrap_or(0)
+        };
+        let rss_first = median(&first, |s| s.rss_kib);
+        let rss_last = median(&last, |s| s.rss_kib);
+        Self {
+            rss_first,
+            rss_last,
+            fds_first: median(&first, |s| s.fds as u64),
+            fds_last: median(&last, |s| s.fds as u64),
+            rss_peak: run.samples.iter().map(|s| s.rss_kib).max().unwrap_or(0),
+            rss_allowed_kib: (RSS_TOLERANCE_MIB * 1024.0).max(rss_first as f64 * RSS_TOLERANCE_PERCENT / 100.0),
+            rss_growth_kib: rss_last as f64 - rss_first as f64,
+        }
+    }
+}
+
+/// The table printed at the end: start against end, outcomes per client
+/// kind, the daemon's refusal counters, its unexpected log lines.
+fn report(target: &Target, run: &ClientsRun, figures: &Figures, end: &End, minutes: u64) -> String {
     let mut report = String::new();
     let _ = writeln!(
         report,
-        "\nsoak: {minutes} min against {addr}, warm-up {} s, {} samples",
-        warm_up.as_secs(),
-        samples.len()
+        "\nsoak: {minutes} min against {}, warm-up {} s, {} samples",
+        target.addr,
+        run.warm_up.as_secs(),
+        run.samples.len()
     );
     let _ = writeln!(report, "{:<54} {:>12} {:>12} {:>10} {:>12}", "", "start", "end", "change", "allowed");
     let _ = writeln!(
         report,
         "{:<54} {:>12} {:>12} {:>+10.2} {:>12}",
         "RSS MiB (median of first / last minute after warm-up)",
-        format!("{:.2}", rss_first as f64 / 1024.0),
-        format!("{:.2}", rss_last as f64 / 1024.0),
-        rss_growth_kib / 1024.0,
-        format!("+{:.2}", rss_allowed_kib / 1024.0),
+        format!("{:.2}", figures.rss_first as f64 / 1024.0),
+        format!("{:.2}", figures.rss_last as f64 / 1024.0),
+        figures.rss_growth_kib / 1024.0,
+        format!("+{:.2}", figures.rss_allowed_kib / 1024.0),
     );
     let _ = writeln!(
         report,
         "{:<54} {:>12} {:>12} {:>+10} {:>12}",
         "open fds under load (median)",
-        fds_first,
-        fds_last,
-        fds_last as i64 - fds_first as i64,
+        figures.fds_first,
+        figures.fds_last,
+        figures.fds_last as i64 - figures.fds_first as i64,
         "(report)"
     );
     let _ = writeln!(
         report,
         "{:<54} {:>12} {:>12} {:>+10} {:>12}",
         "open fds at rest (before / after)",
-        rest_start,
-        rest_end,
-        rest_end as i64 - rest_start as i64,
+        run.rest_start.fds,
+        end.rest.fds,
+        end.rest.fds as i64 - run.rest_start.fds as i64,
         "0"
     );
     let _ = writeln!(
         report,
         "{:<54} {:>12} {:>12} {:>10} {:>12}",
         "RSS MiB at rest (before / after), peak",
-        format!("{:.2}", rss_start as f64 / 1024.0),
-        format!("{:.2}", rss_rest_end as f64 / 1024.0),
-        format!("peak {:.2}", rss_peak as f64 / 1024.0),
+        format!("{:.2}", run.rest_start.rss_kib as f64 / 1024.0),
+        format!("{:.2}", end.rest.rss_kib as f64 / 1024.0),
+        format!("peak {:.2}", figures.rss_peak as f64 / 1024.0),
         ""
     );
     let _ = writeln!(report, "\n{:<54} {:>10} {:>10}", "client kind", "as expected", "not");
-    for (kind, tally) in tallies.iter() {
+    for (kind, tally) in &run.tallies {
         let (ok, failed) = tally.counts();
         let _ = writeln!(report, "{:<54} {ok:>10} {failed:>10}", kind.name());
     }
-    for line in own_metrics.lines().filter(|line| {
+    for line in end.own_metrics.lines().filter(|line| {
         [
             "kernel_exporter_tls_handshake_failures_total{",
             "kernel_exporter_auth_failures_total{",
@@ -403,15 +484,18 @@ pub(crate) fn soak(minutes: u64) -> anyhow::Result<()> {
     }) {
         let _ = writeln!(report, "  daemon: {line}");
     }
-    let unexpected = unexpected_log_lines(&log_text);
-    let _ = writeln!(report, "\ndaemon log: {} lines, {} unexpected", log_text.lines().count(), unexpected.len());
+    let unexpected = unexpected_log_lines(&end.log);
+    let _ = writeln!(report, "\ndaemon log: {} lines, {} unexpected", end.log.lines().count(), unexpected.len());
     for (line, count) in &unexpected {
         let _ = writeln!(report, "  {count:>5} × {line}");
     }
-    print!("{report}");
+    report
+}
 
+/// Passes, or fails naming every bound that was crossed.
+fn verdict(run: &ClientsRun, figures: &Figures, end: &End) -> anyhow::Result<()> {
     let mut failures = Vec::new();
-    for (kind, tally) in tallies.iter() {
+    for (kind, tally) in &run.tallies {
         let (ok, failed) = tally.counts();
         if failed > 0 {
             let examples = tally.examples.lock().unwrap_or_else(PoisonError::into_inner);
@@ -426,60 +510,31 @@ pub(crate) fn soak(minutes: u64) -> anyhow::Result<()> {
             failures.push(format!("{}: never ran to completion", kind.name()));
         }
     }
-    if rss_growth_kib > rss_allowed_kib {
+    if figures.rss_growth_kib > figures.rss_allowed_kib {
         failures.push(format!(
             "RSS grew by {:.2} MiB after warm-up (allowed {:.2})",
-            rss_growth_kib / 1024.0,
-            rss_allowed_kib / 1024.0
+            figures.rss_growth_kib / 1024.0,
+            figures.rss_allowed_kib / 1024.0
         ));
     }
-    if rest_end != rest_start {
-        failures.push(format!("open descriptors at rest went from {rest_start} to {rest_end}"));
+    if end.rest.fds != run.rest_start.fds {
+        failures.push(format!("open descriptors at rest went from {} to {}", run.rest_start.fds, end.rest.fds));
     }
-    let bad_lines: Vec<&String> =
-        unexpected.keys().filter(|line| line.contains("level=warn") || line.contains("level=error")).collect();
-    if !bad_lines.is_empty() {
-        failures.push(format!("{} kinds of unexpected warning or error lines in the daemon's log", bad_lines.len()));
+    let bad_lines = unexpected_log_lines(&end.log)
+        .keys()
+        .filter(|line| line.contains("level=warn") || line.contains("level=error"))
+        .count();
+    if bad_lines > 0 {
+        failures.push(format!("{bad_lines} kinds of unexpected warning or error lines in the daemon's log"));
     }
-    if !status.success() {
-        failures.push(format!("the daemon exited with {status} on SIGTERM"));
+    if !end.status.success() {
+        failures.push(format!("the daemon exited with {} on SIGTERM", end.status));
     }
     if failures.is_empty() {
         say("ok", "soak passed");
         Ok(())
     } else {
         bail!("soak failed:\n  {}", failures.join("\n  "))
-    }
-}
-
-/// The daemon, stopped with SIGKILL if the soak ends early.
-struct Daemon(Child);
-
-impl Daemon {
-    /// SIGTERM, and the exit status (SIGKILL after 5 s).
-    fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let pid = self.0.id().to_string();
-        prereq::run_checked(Command::new("kill").args(["-TERM", &pid]), &format!("kill -TERM {pid}"))?;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(status) = self.0.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = self.0.kill();
-                bail!("the daemon did not exit within 5 s of SIGTERM");
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
     }
 }
 
@@ -515,11 +570,6 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 
 fn fds(pid: u32) -> anyhow::Result<usize> {
     Ok(fs::read_dir(format!("/proc/{pid}/fd")).context("cannot list the daemon's descriptors")?.count())
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Lines of the daemon's log that are neither start-up, shutdown nor

@@ -26,8 +26,7 @@ use std::{
 
 use kernel_exporter_tests::{Exporter, Metrics, free_port};
 
-/// One collector is enough, and starts fastest.
-const COLLECTOR_ARGS: [&str; 2] = ["--collector.disable-defaults", "--collector.sched"];
+use kernel_exporter_tests::ONE_COLLECTOR;
 
 /// Under the 1 s initial RTO: a dropped attempt sends one SYN, no retransmit.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
@@ -44,7 +43,7 @@ fn config_file(test: &str, text: &str) -> PathBuf {
 }
 
 fn start(extra: &[&str]) -> Exporter {
-    Exporter::start(&[&COLLECTOR_ARGS[..], extra].concat())
+    Exporter::start(&[&ONE_COLLECTOR[..], extra].concat())
 }
 
 /// `connect` from `source` to `to`, giving up after `timeout`.
@@ -448,7 +447,7 @@ fn allow_from_flag_and_not_both() {
     let config = config_file("both", "allowed_sources: [127.0.0.1/32]\n");
     let mut both = Exporter::spawn(
         free_port(),
-        &[&COLLECTOR_ARGS[..], &["--web.allow-from=127.0.0.1/32", &format!("--web.config.file={}", config.display())]]
+        &[&ONE_COLLECTOR[..], &["--web.allow-from=127.0.0.1/32", &format!("--web.config.file={}", config.display())]]
             .concat(),
     );
     let status = both.wait_exit(Duration::from_secs(10));
@@ -663,7 +662,7 @@ fn forged_syn_floods_mint_at_most_twenty_source_values() {
     let exporter = Exporter::spawn_command(
         command,
         port,
-        &[&COLLECTOR_ARGS[..], &["--web.allow-from=127.0.0.1/32", "--web.allow-from=10.0.0.0/8"]].concat(),
+        &[&ONE_COLLECTOR[..], &["--web.allow-from=127.0.0.1/32", "--web.allow-from=10.0.0.0/8"]].concat(),
     );
     let log = {
         let exporter = &exporter;

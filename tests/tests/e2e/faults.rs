@@ -30,8 +30,7 @@ use crate::{
     front_door::{HASH, PASSWORD, Pki, USER, curl, file_serial, served_serial, wait_for, with_password},
 };
 
-/// One collector is enough where the collectors are not the point.
-const COLLECTOR_ARGS: [&str; 2] = ["--collector.disable-defaults", "--collector.sched"];
+use kernel_exporter_tests::ONE_COLLECTOR;
 
 /// The BPF programs, maps and links `pid` holds descriptors to, by kernel
 /// ID (from `/proc/PID/fdinfo`): exactly that daemon's, whatever else runs
@@ -170,7 +169,7 @@ fn per_source_series_stay_at_their_bound_and_totals_stay_exact() {
     const DROPPED: usize = 300;
     // 127.0.0.0/9 is allowed: 127.0.1.x gets in, 127.200.x.y is dropped.
     let exporter = Exporter::start(
-        &[&COLLECTOR_ARGS[..], &["--web.allow-from=127.0.0.0/9", "--web.allowlist-sources-tracked=16"]].concat(),
+        &[&ONE_COLLECTOR[..], &["--web.allow-from=127.0.0.0/9", "--web.allowlist-sources-tracked=16"]].concat(),
     );
     let before = exporter.scrape();
     let dropped_source = |i: usize| IpAddr::from(Ipv4Addr::new(127, 200, (i / 250) as u8, (i % 250 + 1) as u8));
@@ -319,7 +318,7 @@ fn sighup_with_broken_files_keeps_the_old_config_serving() {
         )
     };
     let config = write_config();
-    let exporter = Exporter::start(&[&COLLECTOR_ARGS[..], &[&format!("--web.config.file={config}") as &str]].concat());
+    let exporter = Exporter::start(&[&ONE_COLLECTOR[..], &[&format!("--web.config.file={config}") as &str]].concat());
     let serial = file_serial(&pki.path("server.crt"));
     assert_eq!(reload_state(&pki, &exporter).0, 1.0);
 

@@ -9,7 +9,7 @@ use std::{
     fs,
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, Stdio},
     sync::Arc,
     thread,
     time::{Duration, Instant},
@@ -17,118 +17,18 @@ use std::{
 
 use kernel_exporter_tests::{Exporter, Metrics, exporter_binary, free_port, http_request};
 
-/// bcrypt (cost 10, what `htpasswd -B` makes) of [`PASSWORD`].
-pub(crate) const HASH: &str = "$2b$10$P7KNnE0SOcZo.DckZEwNd.O4a6Ogy5oBcjd3E4TyL16m.F6RE7oSi";
-pub(crate) const USER: &str = "prometheus";
-pub(crate) const PASSWORD: &str = "s3cret";
-
-/// Collectors for these tests: one is enough, and starts fastest.
-const COLLECTOR_ARGS: [&str; 2] = ["--collector.disable-defaults", "--collector.sched"];
-
-/// A scratch directory with a CA, a server certificate for 127.0.0.1 and
-/// localhost, client certificates, and a second CA nobody trusts.
-/// (Also used by `faults`.)
-pub(crate) struct Pki {
-    pub(crate) dir: PathBuf,
+fn openssl(args: &[&str]) -> std::process::Output {
+    kernel_exporter_tests::pki::openssl(Path::new("/"), args).unwrap_or_else(|error| panic!("{error}"))
 }
 
-impl Pki {
-    pub(crate) fn new(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("kernel-exporter-e2e-{test}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("create the PKI directory");
-        let pki = Self { dir };
-        pki.ca("ca");
-        pki.ca("other-ca");
-        pki.leaf("server", "ca", "DNS:localhost,IP:127.0.0.1", "serverAuth");
-        pki.leaf("client", "ca", "DNS:prometheus.example", "clientAuth");
-        pki.leaf("grafana", "ca", "DNS:grafana.example", "clientAuth");
-        pki.leaf("stranger", "other-ca", "DNS:prometheus.example", "clientAuth");
-        pki
-    }
-
-    pub(crate) fn path(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
-    }
-
-    fn ca(&self, name: &str) {
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN=kernel-exporter test {name}"),
-            "-keyout",
-            &self.path(&format!("{name}.key")),
-            "-out",
-            &self.path(&format!("{name}.crt")),
-        ]);
-    }
-
-    /// A certificate for `name` signed by `ca`.
-    pub(crate) fn leaf(&self, name: &str, ca: &str, san: &str, usage: &str) {
-        let ext = self.path(&format!("{name}.ext"));
-        fs::write(&ext, format!("subjectAltName={san}\nextendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\n"))
-            .expect("write extensions");
-        openssl(&[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            &self.path(&format!("{name}.key")),
-            "-out",
-            &self.path(&format!("{name}.csr")),
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &self.path(&format!("{name}.csr")),
-            "-days",
-            "2",
-            "-CA",
-            &self.path(&format!("{ca}.crt")),
-            "-CAkey",
-            &self.path(&format!("{ca}.key")),
-            "-CAcreateserial",
-            "-extfile",
-            &ext,
-            "-out",
-            &self.path(&format!("{name}.crt")),
-        ]);
-    }
-
-    /// Writes a web config with the server's certificate and `extra` lines
-    /// under `tls_server_config`, plus `rest` at the top level.
-    pub(crate) fn web_config(&self, extra: &str, rest: &str) -> String {
-        let path = self.path("web.yml");
-        let text = format!("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n{extra}{rest}");
-        fs::write(&path, text).expect("write web config");
-        path
-    }
-}
-
-fn openssl(args: &[&str]) -> Output {
-    let out = Command::new("openssl").args(args).stdin(Stdio::null()).output().expect("run openssl");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    out
-}
+pub(crate) use kernel_exporter_tests::{
+    ONE_COLLECTOR, Pki,
+    credentials::{HASH, PASSWORD, USER},
+};
 
 fn start(config: &str, extra: &[&str]) -> Exporter {
     let flag = format!("--web.config.file={config}");
-    let args: Vec<&str> = [&COLLECTOR_ARGS[..], &[flag.as_str()], extra].concat();
+    let args: Vec<&str> = [&ONE_COLLECTOR[..], &[flag.as_str()], extra].concat();
     Exporter::start(&args)
 }
 
@@ -472,8 +372,8 @@ fn exposed_without_protection_refuses_to_start() {
     assert!(log.contains("--web.allow-insecure"), "{log}");
 
     let exporter = Exporter::start(&[
-        COLLECTOR_ARGS[0],
-        COLLECTOR_ARGS[1],
+        ONE_COLLECTOR[0],
+        ONE_COLLECTOR[1],
         &format!("--web.listen-address=0.0.0.0:{port}"),
         "--web.allow-insecure",
     ]);

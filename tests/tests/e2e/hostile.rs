@@ -28,8 +28,7 @@ use kernel_exporter_tests::{Exporter, Metrics, exporter_binary, free_port, http_
 
 use crate::front_door::{self, HASH, PASSWORD, Pki, USER};
 
-/// Collectors for these tests: one is enough, and starts fastest.
-const COLLECTOR_ARGS: [&str; 2] = ["--collector.disable-defaults", "--collector.sched"];
+use kernel_exporter_tests::ONE_COLLECTOR;
 
 /// The daemon's header timeout, idle timeout and TLS handshake timeout.
 const DAEMON_TIMEOUT: Duration = Duration::from_secs(10);
@@ -336,7 +335,7 @@ fn idle_and_slowloris_connections_are_cut_off_while_scrapes_succeed() {
     const IDLE: usize = 1000;
     const SLOW: usize = 100;
     raise_own_fd_limit(4096);
-    let exporter = Exporter::start(&COLLECTOR_ARGS);
+    let exporter = Exporter::start(&ONE_COLLECTOR);
     let daemon = Process::of(&exporter);
     let addr = exporter.addr;
     let fds_before = daemon.open_fds();
@@ -402,11 +401,8 @@ fn at_the_bound_the_longest_idle_connection_gives_way() {
     // raises it to the hard limit.
     let mut command = Command::new("prlimit");
     command.arg("--nofile=256:4096").arg(exporter_binary());
-    let exporter = Exporter::spawn_command(
-        command,
-        free_port(),
-        &[COLLECTOR_ARGS[0], COLLECTOR_ARGS[1], "--web.max-connections=4"],
-    );
+    let exporter =
+        Exporter::spawn_command(command, free_port(), &[ONE_COLLECTOR[0], ONE_COLLECTOR[1], "--web.max-connections=4"]);
     exporter.wait_until_listening();
     let daemon = Process::of(&exporter);
     assert_eq!(daemon.open_files_limit(), ("4096".to_owned(), "4096".to_owned()));
@@ -515,7 +511,7 @@ fn unwanted_body(addr: SocketAddr, head: &[u8], chunk: &[u8]) -> (u16, bool, u64
 
 #[test]
 fn oversized_malformed_and_bodied_requests_get_clear_answers() {
-    let exporter = Exporter::start(&COLLECTOR_ARGS);
+    let exporter = Exporter::start(&ONE_COLLECTOR);
     let daemon = Process::of(&exporter);
     let addr = exporter.addr;
 
@@ -622,7 +618,7 @@ fn the_tls_port_closes_garbage_and_idle_connections_while_scrapes_succeed() {
     let pki = Pki::new("hostile-tls");
     let config = pki.web_config("", "");
     let flag = format!("--web.config.file={config}");
-    let exporter = Exporter::start(&[COLLECTOR_ARGS[0], COLLECTOR_ARGS[1], &flag]);
+    let exporter = Exporter::start(&[ONE_COLLECTOR[0], ONE_COLLECTOR[1], &flag]);
     let daemon = Process::of(&exporter);
     let addr = exporter.addr;
     let fds_before = daemon.open_fds();
@@ -830,7 +826,7 @@ fn wrong_password_bursts_cost_bounded_cpu_while_scrapes_stay_fast() {
     let config = dir.join("web.yml");
     fs::write(&config, format!("basic_auth_users:\n  {USER}: {HASH}\n")).expect("write the web config");
     let flag = format!("--web.config.file={}", config.display());
-    let exporter = Exporter::start(&[COLLECTOR_ARGS[0], COLLECTOR_ARGS[1], &flag]);
+    let exporter = Exporter::start(&[ONE_COLLECTOR[0], ONE_COLLECTOR[1], &flag]);
     let addr = exporter.addr;
     let good = basic(USER, PASSWORD);
     let pause = Duration::from_millis(5);
@@ -940,7 +936,7 @@ fn http_request_with(addr: SocketAddr, authorization: &str) -> String {
 fn plain_http_port_answers_a_tls_client_hello_with_400() {
     // The other way round: TLS to the plain HTTP port is a malformed
     // request line to hyper.
-    let exporter = Exporter::start(&COLLECTOR_ARGS);
+    let exporter = Exporter::start(&ONE_COLLECTOR);
     let (status, text, closed) =
         exchange(exporter.addr, &[&b"\x16\x03\x01\x00\x40\x01\x00\x00\x3c\x03\x03"[..], &[0u8; 61]].concat());
     assert_eq!((status, closed), (400, true), "{text:?}");
@@ -1022,7 +1018,7 @@ fn connections_refused_by_basic_auth_give_way_to_the_scraper() {
     fs::write(&config, format!("basic_auth_users:\n  {USER}: {HASH}\n")).expect("write the web config");
     let exporter = Exporter::start(
         &[
-            &COLLECTOR_ARGS[..],
+            &ONE_COLLECTOR[..],
             &[&format!("--web.config.file={}", config.display()), &format!("--web.max-connections={TABLE}")],
         ]
         .concat(),
@@ -1156,7 +1152,7 @@ fn password_checks_per_source_are_bounded_over_http2_with_stream_resets() {
     // hundreds of checks a second, so the per-source bound is what binds.
     let hash = bcrypt::hash(PASSWORD, 4).expect("a bcrypt hash");
     let config = pki.web_config("", &format!("basic_auth_users:\n  {USER}: '{hash}'\n"));
-    let exporter = Exporter::start(&[&COLLECTOR_ARGS[..], &[&format!("--web.config.file={config}")]].concat());
+    let exporter = Exporter::start(&[&ONE_COLLECTOR[..], &[&format!("--web.config.file={config}")]].concat());
     let auth = front_door::with_password(USER, PASSWORD);
     let scrape = || {
         let result = front_door::curl(&pki, exporter.addr, None, &[&auth[0], &auth[1]]);
