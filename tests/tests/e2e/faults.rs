@@ -396,11 +396,16 @@ fn snapshot() -> BTreeSet<PathBuf> {
 }
 
 /// What `pid` has open that is a path on disk, with its access mode, and
-/// whether it has a Unix socket bound to a path.
+/// whether it has a Unix socket bound to a path. Standard input, output and
+/// error are left out: they are what the parent gave it (the test harness
+/// sends standard error to a log file).
 fn open_paths(pid: u32) -> (Vec<(String, &'static str)>, bool) {
     let mut paths = Vec::new();
     let mut socket_inodes = HashSet::new();
     for entry in fs::read_dir(format!("/proc/{pid}/fd")).expect("read fds").flatten() {
+        if entry.file_name().to_str().and_then(|fd| fd.parse::<u32>().ok()).is_some_and(|fd| fd <= 2) {
+            continue;
+        }
         let Ok(target) = fs::read_link(entry.path()) else { continue };
         let target = target.display().to_string();
         if let Some(inode) = target.strip_prefix("socket:[").and_then(|rest| rest.strip_suffix(']')) {
