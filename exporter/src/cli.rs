@@ -11,7 +11,7 @@ use clap::{Arg, ArgAction, ArgMatches, Command, FromArgMatches as _, Parser};
 
 pub(crate) use crate::process::logging::{LogFormat, LogLevel};
 use crate::{
-    collectors::{self, CollectorOption, CollectorOptions, CollectorSpec},
+    collectors::{self, CollectorOption, CollectorOptions, CollectorSpec, OptionKind},
     front_door::listener::ListenAddress,
 };
 
@@ -226,12 +226,23 @@ impl Config {
             return Err("every collector is disabled; enable at least one with --collector.NAME".to_owned());
         }
 
-        let mut collector_options = CollectorOptions { regexes: Vec::new(), bpf_run_stats: raw.bpf_run_stats };
+        let mut collector_options =
+            CollectorOptions { bpf_run_stats: raw.bpf_run_stats, ..CollectorOptions::default() };
         for spec in collectors::REGISTRY {
             for option in spec.options {
                 let flag = option_flag(spec, option);
-                if let Some(regex) = device_regex(&flag, matches.get_one::<String>(&flag).map(String::as_str))? {
-                    collector_options.regexes.push((spec.name, option.name, regex));
+                let value = matches.get_one::<String>(&flag).map(String::as_str);
+                match option.kind {
+                    OptionKind::Regex => {
+                        if let Some(regex) = device_regex(&flag, value)? {
+                            collector_options.regexes.push((spec.name, option.name, regex));
+                        }
+                    }
+                    OptionKind::Count => {
+                        if let Some(count) = positive_count(&flag, value)? {
+                            collector_options.counts.push((spec.name, option.name, count));
+                        }
+                    }
                 }
             }
         }
@@ -297,8 +308,12 @@ fn command() -> Command {
             );
         for option in spec.options {
             let flag = option_flag(spec, option);
+            let value_name = match option.kind {
+                OptionKind::Regex => "REGEX",
+                OptionKind::Count => "N",
+            };
             command = command.arg(
-                Arg::new(flag.clone()).long(flag).value_name("REGEX").help_heading("Collectors").help(option.help),
+                Arg::new(flag.clone()).long(flag).value_name(value_name).help_heading("Collectors").help(option.help),
             );
         }
     }
@@ -318,6 +333,16 @@ fn collector_enabled(matches: &ArgMatches, spec: &CollectorSpec, disable_default
     } else {
         spec.default_enabled && !disable_defaults
     }
+}
+
+/// A whole number of at least 1.
+fn positive_count(flag: &str, value: Option<&str>) -> Result<Option<usize>, String> {
+    value
+        .map(|text| match text.parse::<usize>() {
+            Ok(count) if count >= 1 => Ok(count),
+            _ => Err(format!("--{flag}={text:?} must be a whole number of at least 1")),
+        })
+        .transpose()
 }
 
 /// A device-name regex; anchored as node_exporter's are not, so `^…$` is

@@ -1,0 +1,155 @@
+//! `cgroup` collector: on-CPU time and runqueue latency per cgroup v2 id.
+//!
+//! There is no program of its own: a second program on `sched_switch` would
+//! cost the kernel's per-program floor (~70 ns here) on every switch, so the
+//! `sched_switch` program in `sched.rs` calls [`account_switch`] when the
+//! daemon turned the collector on ([`enabled`]).
+//!
+//! Both figures are charged while the task they belong to is `current`, so
+//! `bpf_get_current_cgroup_id()` names its cgroup without walking
+//! `task->cgroups->dfl_cgrp->kn->id` (four dependent loads):
+//! - on-CPU time: at a switch the outgoing task is still current; its run
+//!   time is the runqueue's task clock now minus the clock when it switched
+//!   in, kept in this CPU's [`SWITCHED_IN`] slot.
+//! - runqueue wait: `sched.rs` computes the incoming task's wait; it waits
+//!   in the same slot until that task's own switch-out on this CPU, when it
+//!   is current. A running task cannot change CPU without switching out
+//!   first, so the task leaving a CPU is the one that last switched in on
+//!   it; the slot keeps that task's address and nothing is charged when it
+//!   does not match (the first switch after attaching, a switch missed).
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::BPF_NOEXIST,
+    helpers::bpf_get_current_cgroup_id,
+    macros::map,
+    maps::{Array, LruPerCpuHashMap, PerCpuArray},
+};
+use exporter_common::{
+    cgroup::{CGROUP_STATS_ENTRIES, CgroupStats},
+    map_updates,
+};
+
+use crate::{
+    kernel::{kernel_offset, load_member},
+    maps::{this_cpu, update_failed},
+};
+
+/// 1 when the `cgroup` collector is on (`CGROUP_ON_GLOBAL`), written before
+/// load. Read-only data, so the verifier drops the accounting when it is 0.
+#[unsafe(no_mangle)]
+static CGROUP_ON: u32 = 0;
+
+kernel_offset!(
+    /// Offset of `rq.clock_task`.
+    RQ_CLOCK_TASK
+);
+kernel_offset!(
+    /// Offset of `task_struct.pid`.
+    TASK_STRUCT_PID
+);
+
+/// Bound: `CGROUP_STATS_ENTRIES` cgroups (LRU: the least recently used id
+/// is evicted when a new one comes); the daemon bounds the `cgroup` label
+/// to `--collector.cgroup.max-series` values.
+#[map]
+static CGROUP_STATS: LruPerCpuHashMap<u64, CgroupStats> = LruPerCpuHashMap::with_max_entries(CGROUP_STATS_ENTRIES, 0);
+
+/// The zero value new ids start from: 304 bytes are too many for the BPF
+/// stack next to everything else. Bound: one entry; nobody writes it.
+#[map]
+static NEW_CGROUP: Array<CgroupStats> = Array::with_max_entries(1, 0);
+
+/// `EEXIST`: another CPU created the id first, which is fine.
+const EEXIST: i64 = 17;
+
+/// What this CPU's last switch left for the next one.
+#[repr(C)]
+struct SwitchedIn {
+    /// `rq.clock_task` when `task` switched in; 0 before the first switch.
+    clock_task: u64,
+    /// Address of the task that switched in.
+    task: u64,
+    /// Its runqueue wait, not yet charged; [`NO_WAIT`] when it had none.
+    wait_ns: u64,
+}
+
+/// [`SwitchedIn::wait_ns`] of a task that did not wait (the idle task, a
+/// task that yielded without being queued).
+const NO_WAIT: u64 = u64::MAX;
+
+/// Bound: one entry per CPU; nothing in it becomes a label.
+#[map]
+static SWITCHED_IN: PerCpuArray<SwitchedIn> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether the daemon turned the collector on.
+#[inline(always)]
+pub(crate) fn enabled() -> bool {
+    // SAFETY: volatile so the loaded value is read, not the default.
+    unsafe { core::ptr::read_volatile(&CGROUP_ON) != 0 }
+}
+
+/// Charges `prev`'s run time and its pending runqueue wait to its cgroup,
+/// and leaves `next`'s switch-in clock and `wait_ns` (its runqueue wait, if
+/// it had one) for `next`'s own switch-out.
+///
+/// # Safety
+///
+/// `prev` and `next` are the `task_struct` arguments of a BTF
+/// `sched_switch` tracepoint and `rq` the runqueue loaded from `next`, all
+/// BTF-typed pointers (see [`load_member`]).
+#[inline(always)]
+pub(crate) unsafe fn account_switch<C: EbpfContext>(
+    ctx: &C,
+    prev: *const u8,
+    next: *const u8,
+    rq: *const u8,
+    wait_ns: Option<u64>,
+) {
+    let Some(slot) = this_cpu(&SWITCHED_IN) else { return };
+    // SAFETY: `rq` is a BTF-typed `struct rq *` (the caller's contract).
+    let now: u64 = unsafe { load_member(rq, &RQ_CLOCK_TASK) };
+    let since = slot.clock_task;
+    let owner = slot.task;
+    let pending = slot.wait_ns;
+    slot.clock_task = now;
+    slot.task = next as u64;
+    slot.wait_ns = wait_ns.unwrap_or(NO_WAIT);
+    if since == 0 || owner != prev as u64 {
+        return;
+    }
+    // SAFETY: `prev` is a BTF-typed `struct task_struct *`.
+    let pid: i32 = unsafe { load_member(prev, &TASK_STRUCT_PID) };
+    // Idle time belongs to no cgroup (the idle tasks sit in the root one).
+    if pid == 0 {
+        return;
+    }
+    // SAFETY: a helper without arguments; `prev` is current until the
+    // switch completes.
+    let id = unsafe { bpf_get_current_cgroup_id() };
+    let Some(stats) = stats_of(ctx, id) else { return };
+    stats.cpu_ns = stats.cpu_ns.wrapping_add(now.saturating_sub(since));
+    if pending != NO_WAIT {
+        stats.runqueue.record(pending);
+    }
+}
+
+/// This CPU's statistics of cgroup `id`, created at its first switch.
+#[inline(always)]
+fn stats_of<C: EbpfContext>(ctx: &C, id: u64) -> Option<&'static mut CgroupStats> {
+    if let Some(stats) = CGROUP_STATS.get_ptr_mut(id) {
+        // SAFETY: this CPU's value of a per-CPU map; the program does not
+        // nest in itself on one CPU.
+        return Some(unsafe { &mut *stats });
+    }
+    let zero = NEW_CGROUP.get_ptr(0)?;
+    // SAFETY: the entry of a one-entry array, valid for the program's run.
+    if let Err(error) = CGROUP_STATS.insert(id, unsafe { &*zero }, u64::from(BPF_NOEXIST))
+        && i64::from(error) != -EEXIST
+    {
+        update_failed(ctx, map_updates::CGROUP_STATS, exporter_common::cgroup::CGROUP_STATS_MAP, error, "cgroup");
+        return None;
+    }
+    // SAFETY: as above.
+    CGROUP_STATS.get_ptr_mut(id).map(|stats| unsafe { &mut *stats })
+}
