@@ -481,7 +481,12 @@ impl<M: PerCpuHashRead<u64, CgroupStats>, H: Hierarchy> State<M, H> {
                 }
                 continue;
             };
-            let removed = tracked.path.as_deref().is_some_and(|path| !self.hierarchy.is(path, id));
+            // A cgroup cannot be removed while it has tasks, and its counts
+            // stop when the last one leaves: only an id whose counts did not
+            // move since the last scrape can be gone, so only those cost a
+            // stat (a removal is seen one scrape later at most).
+            let removed = now == tracked.last
+                && tracked.path.as_deref().is_some_and(|path| !self.hierarchy.is(path, id));
             if removed {
                 self.fold(tracked.label.as_ref(), &now);
                 self.forget(id);
@@ -683,6 +688,10 @@ mod tests {
         // The sub-cgroup is removed: its time stays in a.service, its key goes.
         remove_cgroup(11);
         put(11, None, 1_500_000_000);
+        let text = scrape(&collector);
+        assert_eq!(cpu(&text, "/system.slice/a.service"), Some(5.0), "{text}");
+        // Its counts moved in that interval, so it was checked at the next.
+        assert!(collector.state.lock().unwrap().map.entries.contains_key(&11));
         let text = scrape(&collector);
         assert_eq!(cpu(&text, "/system.slice/a.service"), Some(5.0), "{text}");
         assert!(!collector.state.lock().unwrap().map.entries.contains_key(&11));
