@@ -485,8 +485,8 @@ impl<M: PerCpuHashRead<u64, CgroupStats>, H: Hierarchy> State<M, H> {
             // stop when the last one leaves: only an id whose counts did not
             // move since the last scrape can be gone, so only those cost a
             // stat (a removal is seen one scrape later at most).
-            let removed = now == tracked.last
-                && tracked.path.as_deref().is_some_and(|path| !self.hierarchy.is(path, id));
+            let removed =
+                now == tracked.last && tracked.path.as_deref().is_some_and(|path| !self.hierarchy.is(path, id));
             if removed {
                 self.fold(tracked.label.as_ref(), &now);
                 self.forget(id);
