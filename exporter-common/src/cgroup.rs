@@ -58,6 +58,15 @@ pub mod offsets {
     /// `task_struct.pid`: 0 for the idle tasks, whose time is not a
     /// cgroup's.
     pub const TASK_PID: &str = "TASK_STRUCT_PID";
+    /// `task_struct.cgroups`, `css_set.dfl_cgrp`, `cgroup.kn` and
+    /// `kernfs_node.id`: the path from a task to its cgroup v2 id.
+    pub const TASK_CGROUPS: &str = "TASK_STRUCT_CGROUPS";
+    /// See [`TASK_CGROUPS`].
+    pub const CSS_SET_DFL_CGRP: &str = "CSS_SET_DFL_CGRP";
+    /// See [`TASK_CGROUPS`].
+    pub const CGROUP_KN: &str = "CGROUP_KN";
+    /// See [`TASK_CGROUPS`].
+    pub const KERNFS_NODE_ID: &str = "KERNFS_NODE_ID";
 }
 
 impl CgroupStats {

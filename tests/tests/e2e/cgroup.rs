@@ -20,6 +20,8 @@ use kernel_exporter_tests::{Exporter, Metrics, assert_close, exporter_binary, fr
 const CPU: &str = "kernel_cgroup_cpu_seconds_total";
 const RUNQUEUE_SUM: &str = "kernel_cgroup_runqueue_latency_seconds_sum";
 const RUNQUEUE_COUNT: &str = "kernel_cgroup_runqueue_latency_seconds_count";
+/// Longer than the kernel side keeps a busy CPU's counts from the map.
+const FLUSHED_WITHIN: Duration = Duration::from_millis(200);
 
 /// The mount of the whole cgroup2 hierarchy (its root has the root
 /// cgroup's id, 1).
@@ -131,6 +133,9 @@ impl Burner {
         // SAFETY: kill has no memory effects.
         unsafe { libc::kill(self.pid() as i32, libc::SIGSTOP) };
         self.wait_state('T');
+        // The kernel side adds a CPU's cached counts to the map when the
+        // CPU goes idle or within 50 ms (exporter-ebpf/src/cgroup.rs).
+        thread::sleep(FLUSHED_WITHIN);
     }
 
     fn wait_state(&self, want: char) {
@@ -275,7 +280,9 @@ fn total_cpu(samples: &BTreeMap<String, f64>) -> f64 {
 #[test]
 fn churn_of_2000_cgroups_stays_bounded_and_monotonic() {
     const CGROUPS: usize = 2000;
-    const PER_ROUND: usize = 200;
+    /// Fewer than the map's 128 ids between scrapes, so the exporter sees
+    /// every cgroup before the kernel can evict it.
+    const PER_ROUND: usize = 50;
     /// Cgroups kept between rounds.
     const LIVE: usize = 400;
     let parent = TestCgroup::create("/kx-churn.slice");
@@ -297,6 +304,7 @@ fn churn_of_2000_cgroups_stays_bounded_and_monotonic() {
             run_in(&cgroup);
             live.push(cgroup);
         }
+        thread::sleep(FLUSHED_WITHIN);
         let (now, values) = cgroup_samples(&exporter.scrape());
         most_values = most_values.max(values.len());
         assert!(values.len() <= 257, "{} cgroup values exposed", values.len());
@@ -312,6 +320,7 @@ fn churn_of_2000_cgroups_stays_bounded_and_monotonic() {
         drop(std::mem::replace(&mut live, keep));
     }
     assert_eq!(most_values, 257, "max-series (256) was never reached, or exceeded, with {LIVE} live cgroups");
+    thread::sleep(FLUSHED_WITHIN);
     let (with_live, values) = cgroup_samples(&exporter.scrape());
     assert!(values.contains("other"), "more cgroups than max-series, yet no other: {values:?}");
     assert!(with_live[&series(CPU, "other")] > 0.0);
@@ -322,6 +331,8 @@ fn churn_of_2000_cgroups_stays_bounded_and_monotonic() {
     let removed = std::mem::take(&mut live);
     let removed_paths: Vec<String> = removed.iter().map(|cgroup| cgroup.path.clone()).collect();
     drop(removed);
+    // Removal is seen at the scrape after a cgroup's counts stop moving.
+    exporter.scrape();
     let metrics = exporter.scrape();
     let (after, values) = cgroup_samples(&metrics);
     let left: Vec<&String> = values.iter().filter(|value| value.starts_with("/kx-churn.slice/c")).collect();
