@@ -84,7 +84,7 @@ const EEXIST: i64 = 17;
 ///
 /// A hash-map lookup costs about 90 ns per switch on this kind of machine
 /// (more than everything else the program does together), so each CPU keeps
-/// a small direct-mapped cache of the cgroups it runs, in an array, and adds
+/// a small two-way set-associative cache of the cgroups it runs, in an array, and adds
 /// to the map only when another cgroup needs the slot, when the CPU goes
 /// idle, and at least every [`FLUSH_AFTER_NS`] of the cgroup's running.
 /// The daemon reads the map only, so a scrape misses at most that much of a
@@ -100,7 +100,7 @@ struct Pending {
     stats: CgroupStats,
 }
 
-/// Slots of [`PENDING`] per CPU, a power of two.
+/// Slots of [`PENDING`] per CPU, a power of two: 32 sets of two.
 const PENDING_SLOTS: u32 = 64;
 
 /// How long (of a CPU's task clock) counts may wait in [`PENDING`]: 50 ms.
@@ -189,15 +189,7 @@ pub(crate) unsafe fn account_switch<C: EbpfContext>(
     };
     // SAFETY: `next` is a BTF-typed `struct task_struct *`.
     let next_pid: i32 = unsafe { load_member(next, &TASK_STRUCT_PID) };
-    let Some(entry) = PENDING.get_ptr_mut(pending_slot(id)) else { return };
-    // SAFETY: this CPU's entry of a per-CPU array; the program does not
-    // nest in itself on one CPU.
-    let entry = unsafe { &mut *entry };
-    if entry.id != id {
-        // Another cgroup had the slot: its counts go to the map first.
-        flush(ctx, entry);
-        entry.id = id;
-    }
+    let Some(entry) = pending_entry(ctx, id) else { return };
     entry.stats.cpu_ns = entry.stats.cpu_ns.wrapping_add(now.saturating_sub(since));
     if pending != NO_WAIT {
         entry.stats.runqueue.record(pending);
@@ -221,11 +213,29 @@ pub(crate) unsafe fn account_switch<C: EbpfContext>(
     }
 }
 
-/// The [`PENDING`] slot of cgroup `id`: a multiplicative hash (ids are
-/// inode numbers, often consecutive).
+/// This CPU's [`PENDING`] entry for cgroup `id`: one of the two slots of
+/// its set (a multiplicative hash; ids are inode numbers, often
+/// consecutive), taken over from another cgroup when `id` has neither. Of
+/// two cgroups in a set, the one flushed longer ago gives way, after its
+/// counts went to the map.
 #[inline(always)]
-fn pending_slot(id: u64) -> u32 {
-    (id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as u32 & (PENDING_SLOTS - 1)
+fn pending_entry<C: EbpfContext>(ctx: &C, id: u64) -> Option<&'static mut Pending> {
+    let first = ((id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as u32) & (PENDING_SLOTS - 1) & !1;
+    // SAFETY: this CPU's entry of a per-CPU array; the program does not
+    // nest in itself on one CPU.
+    let a = unsafe { &mut *PENDING.get_ptr_mut(first)? };
+    if a.id == id {
+        return Some(a);
+    }
+    // SAFETY: as above, another entry.
+    let b = unsafe { &mut *PENDING.get_ptr_mut(first | 1)? };
+    if b.id == id {
+        return Some(b);
+    }
+    let victim = if a.dirty == 0 || (b.dirty != 0 && a.flushed_at <= b.flushed_at) { a } else { b };
+    flush(ctx, victim);
+    victim.id = id;
+    Some(victim)
 }
 
 /// Adds what `entry` holds to its cgroup's counts in [`CGROUP_STATS`] and
