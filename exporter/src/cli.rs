@@ -472,6 +472,17 @@ mod tests {
     }
 
     #[test]
+    fn count_options_are_positive_numbers() {
+        let config = parse(&["--collector.cgroup.max-series=12"]).unwrap();
+        assert_eq!(config.collector_options.count("cgroup", "max-series"), Some(12));
+        assert_eq!(parse(&[]).unwrap().collector_options.count("cgroup", "max-series"), None);
+        for bad in ["0", "-1", "many"] {
+            let error = parse(&[&format!("--collector.cgroup.max-series={bad}")]).unwrap_err();
+            assert!(error.contains("must be a whole number of at least 1"), "{error}");
+        }
+    }
+
+    #[test]
     fn allow_from_ranges() {
         let config = parse(&["--web.allow-from=127.0.0.1", "--web.allow-from=::1/128"]).unwrap();
         let ranges: Vec<String> = config.allow_from.unwrap().iter().map(ToString::to_string).collect();

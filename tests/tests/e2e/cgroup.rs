@@ -407,3 +407,35 @@ fn memory_with_4096_cgroups() {
     assert!(values.len() <= 257);
     assert!(loaded_kb < 64 * 1024, "RSS {loaded_kb} kB with {CGROUPS} cgroups");
 }
+
+/// Without a cgroup2 mount (unmounted in a mount namespace of its own) the
+/// collector is down with one line saying so, and `sched`, whose program it
+/// shares and which attached it first, keeps counting.
+#[test]
+fn without_cgroup2_it_is_down_in_one_line_and_sched_keeps_the_shared_program() {
+    let root = cgroup2_root();
+    let mut command = Command::new("unshare");
+    command.args(["--mount", "--propagation", "private", "sh", "-c"]);
+    command.arg(format!("umount {} && exec \"$0\" \"$@\"", root.display()));
+    command.arg(exporter_binary());
+    let exporter = Exporter::spawn_command(
+        command,
+        free_port(),
+        &["--collector.disable-defaults", "--collector.sched", "--collector.cgroup"],
+    );
+    exporter.wait_until_listening();
+    let before = exporter.scrape();
+    thread::sleep(Duration::from_millis(200));
+    let after = exporter.scrape();
+    assert_eq!(after.get("kernel_exporter_collector_up{collector=\"cgroup\"}"), 0.0, "{}", exporter.log());
+    assert_eq!(after.get("kernel_exporter_collector_up{collector=\"sched\"}"), 1.0, "{}", exporter.log());
+    assert!(
+        after.get("kernel_sched_context_switches_total") > before.get("kernel_sched_context_switches_total"),
+        "sched_switch was unloaded with the failed collector"
+    );
+    assert!(!after.text.contains("kernel_cgroup_"), "a down collector exports nothing");
+    let log = exporter.log();
+    let down: Vec<&str> = log.lines().filter(|line| line.contains("collector is down")).collect();
+    assert_eq!(down.len(), 1, "{log}");
+    assert!(down[0].contains("collector=cgroup") && down[0].contains("no cgroup2 file system is mounted"), "{log}");
+}
