@@ -19,6 +19,9 @@
 //!   first, so the task leaving a CPU is the one that last switched in on
 //!   it; the slot keeps that task's address and nothing is charged when it
 //!   does not match (the first switch after attaching, a switch missed).
+//!
+//! Counts reach the per-cgroup map through a small per-CPU cache
+//! ([`Pending`]): the map lookup would be most of the collector's cost.
 
 use aya_ebpf::{
     EbpfContext,

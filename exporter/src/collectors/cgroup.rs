@@ -26,6 +26,11 @@
 //!   ids): its last values are folded likewise, and if it comes back its
 //!   counts start from zero on top.
 //!
+//! The kernel side adds a CPU's cached counts to the map within 50 ms of a
+//! cgroup's running (at once when the CPU goes idle), so a scrape lags a
+//! busy cgroup by at most that; counts that arrive for a cgroup already
+//! removed go to `other`.
+//!
 //! A label whose own cgroup is gone and has no live ids left is dropped (its
 //! series disappear) and its totals are folded into `other`, so
 //! `sum(kernel_cgroup_cpu_seconds_total)` never goes back either.
