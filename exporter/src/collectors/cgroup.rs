@@ -80,6 +80,11 @@ const DEFAULT_MAX_SERIES: usize = 256;
 /// a scrape walks again for it.
 const NEGATIVE_TTL: Duration = Duration::from_secs(60);
 
+/// Ids whose counts stopped that a scrape checks for removal (a `stat`
+/// each): a scrape of a host with 4,096 idle cgroups stays a few
+/// milliseconds, and their removal is seen within 8 scrapes.
+const REMOVAL_CHECKS_PER_SCRAPE: usize = 512;
+
 /// Bounds of a walk: a hierarchy deeper or larger is not walked further
 /// (its ids count under `other`), so a hostile tree cannot stall a scrape.
 const MAX_DEPTH: usize = 32;
@@ -411,6 +416,8 @@ struct State<M, H> {
     /// Whether `other` has been written once: from then on it always is.
     other_shown: bool,
     scrapes: u64,
+    /// Removal checks of the next scrape start after this id.
+    check_cursor: u64,
 }
 
 impl<M, H> Cgroups<M, H> {
@@ -426,6 +433,7 @@ impl<M, H> Cgroups<M, H> {
                 other,
                 other_shown: false,
                 scrapes: 0,
+                check_cursor: 0,
             }),
         }
     }
@@ -477,6 +485,11 @@ impl<M: PerCpuHashRead<u64, CgroupStats>, H: Hierarchy> State<M, H> {
         // A key deleted during the walk can make it restart: no doubles.
         keys.sort_unstable();
         keys.dedup();
+        // Removal checks resume after the id where the last scrape's ran out.
+        let start = keys.partition_point(|id| *id <= self.check_cursor);
+        keys.rotate_left(start);
+        let mut checks_left = REMOVAL_CHECKS_PER_SCRAPE;
+        let mut ran_out = false;
         for id in keys {
             let mut now = CgroupStats::default();
             match self.map.for_each_cpu(&id, &mut |cpu| now.merge(cpu)) {
@@ -495,9 +508,22 @@ impl<M: PerCpuHashRead<u64, CgroupStats>, H: Hierarchy> State<M, H> {
             // A cgroup cannot be removed while it has tasks, and its counts
             // stop when the last one leaves: only an id whose counts did not
             // move since the last scrape can be gone, so only those cost a
-            // stat (a removal is seen one scrape later at most).
-            let removed =
-                now == tracked.last && tracked.path.as_deref().is_some_and(|path| !self.hierarchy.is(path, id));
+            // stat (about 10 µs on kernfs), at most
+            // `REMOVAL_CHECKS_PER_SCRAPE` per scrape.
+            let mut removed = false;
+            if now == tracked.last
+                && let Some(path) = tracked.path.as_deref()
+            {
+                if checks_left == 0 {
+                    if !ran_out {
+                        ran_out = true;
+                        self.check_cursor = id.wrapping_sub(1);
+                    }
+                } else {
+                    checks_left -= 1;
+                    removed = !self.hierarchy.is(path, id);
+                }
+            }
             if removed {
                 self.fold(tracked.label.as_ref(), &now);
                 self.forget(id);
@@ -510,6 +536,9 @@ impl<M: PerCpuHashRead<u64, CgroupStats>, H: Hierarchy> State<M, H> {
             tracked.last = now;
             tracked.seen = self.scrapes;
             self.ids.insert(id, tracked);
+        }
+        if !ran_out {
+            self.check_cursor = 0;
         }
         // Ids the kernel evicted (or that were deleted): their last values
         // stay in their bucket.
@@ -643,6 +672,8 @@ mod tests {
     #[derive(Default)]
     struct FakeTree {
         cgroups: BTreeMap<u64, String>,
+        /// `is` calls: the removal checks (a `stat` each for real).
+        checks: std::sync::atomic::AtomicUsize,
     }
 
     impl Hierarchy for FakeTree {
@@ -651,6 +682,7 @@ mod tests {
             self.cgroups.get(&id).cloned()
         }
         fn is(&self, path: &str, id: u64) -> bool {
+            self.checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.cgroups.get(&id).is_some_and(|p| p == path)
         }
         fn exists(&self, path: &str) -> bool {
@@ -727,6 +759,37 @@ mod tests {
         let text = scrape(&collector);
         assert_eq!(cpu(&text, "/system.slice/d.service"), Some(0.0), "{text}");
         assert!(text.contains("kernel_cgroup_runqueue_latency_seconds_count{cgroup=\"other\"} "), "{text}");
+    }
+
+    #[test]
+    fn removal_checks_are_bounded_per_scrape_and_reach_every_id() {
+        const IDS: u64 = 1200;
+        let mut tree = FakeTree::default();
+        let mut entries = BTreeMap::new();
+        for id in 100..100 + IDS {
+            tree.cgroups.insert(id, format!("/kx.slice/c{id}"));
+            entries.insert(id, vec![stats(1_000)]);
+        }
+        let collector = Cgroups::new(FakePerCpuHash { entries }, tree, 2000);
+        let checks = || collector.state.lock().unwrap().hierarchy.checks.swap(0, std::sync::atomic::Ordering::Relaxed);
+        scrape(&collector);
+        assert_eq!(checks(), 0, "new ids are resolved, not checked");
+        collector.state.lock().unwrap().hierarchy.cgroups.clear();
+        let mut scrapes = 0;
+        while !collector.state.lock().unwrap().map.entries.is_empty() {
+            scrape(&collector);
+            scrapes += 1;
+            assert!(checks() <= REMOVAL_CHECKS_PER_SCRAPE);
+            assert!(scrapes <= 3, "ids left unchecked");
+        }
+        assert_eq!(scrapes, 3, "1,200 ids at 512 a scrape");
+        let text = scrape(&collector);
+        assert!(!text.contains("/kx.slice/"), "{text}");
+        assert_eq!(
+            value(&text, "kernel_cgroup_cpu_seconds_total{cgroup=\"other\"}"),
+            Some(IDS as f64 * 1e-6),
+            "{text}"
+        );
     }
 
     #[test]
