@@ -254,12 +254,13 @@ fn run_in(cgroup: &TestCgroup) {
     assert!(status.success());
 }
 
-/// Every `kernel_cgroup_*` sample of a scrape, and the `cgroup` values.
+/// Every `kernel_cgroup_*` sample of a scrape (histogram buckets
+/// included: each is a counter), and the `cgroup` values.
 fn cgroup_samples(metrics: &Metrics) -> (BTreeMap<String, f64>, HashSet<String>) {
     let samples: BTreeMap<String, f64> = metrics
         .samples
         .iter()
-        .filter(|(key, _)| key.starts_with("kernel_cgroup_") && !key.contains("_bucket{"))
+        .filter(|(key, _)| key.starts_with("kernel_cgroup_"))
         .map(|(key, value)| (key.clone(), *value))
         .collect();
     let values = samples
