@@ -101,7 +101,7 @@ const MAX_SERIES: CollectorOption = CollectorOption {
 pub(super) const SPEC: CollectorSpec = CollectorSpec {
     name: "cgroup",
     help: "on-CPU time and runqueue latency per cgroup (service, container, pod, slice) from the sched_switch \
-           program it shares with sched; adds about 33 ns per context switch (kernel run statistics); off by \
+           program it shares with sched; adds about 35 ns per context switch (kernel run statistics); off by \
            default because the overhead bench could not show its 5% context-switch budget met on a busy VM \
            (+11% measured, ±9% noise; README, cgroup labels)",
     default_enabled: false,
