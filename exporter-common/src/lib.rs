@@ -13,6 +13,7 @@
 
 pub mod allowlist;
 pub mod block;
+pub mod cgroup;
 pub mod histogram;
 pub mod irq;
 pub mod map_updates;

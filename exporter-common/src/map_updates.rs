@@ -34,16 +34,18 @@ pub const ISSUE_TIMES: UpdatedMap = UpdatedMap { index: 2, name: crate::block::I
 pub const DIRECT_RECLAIM_STARTS: UpdatedMap = UpdatedMap { index: 3, name: crate::mm::DIRECT_RECLAIM_STARTS_MAP };
 /// Sockets waiting for their connect.
 pub const TCP_CONNECT_STARTS: UpdatedMap = UpdatedMap { index: 4, name: crate::tcp::CONNECT_STARTS_MAP };
+/// Per-cgroup CPU time and runqueue latency.
+pub const CGROUP_STATS: UpdatedMap = UpdatedMap { index: 5, name: crate::cgroup::CGROUP_STATS_MAP };
 
 /// Every [`UpdatedMap`], in index order: the `map` label's values.
-pub const UPDATED_MAPS: [UpdatedMap; 5] =
-    [ALLOWLIST_SOURCES, BLOCK_IO, ISSUE_TIMES, DIRECT_RECLAIM_STARTS, TCP_CONNECT_STARTS];
+pub const UPDATED_MAPS: [UpdatedMap; 6] =
+    [ALLOWLIST_SOURCES, BLOCK_IO, ISSUE_TIMES, DIRECT_RECLAIM_STARTS, TCP_CONNECT_STARTS, CGROUP_STATS];
 
 /// Failed updates of one CPU, per map of [`UPDATED_MAPS`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MapUpdateFailures {
-    /// Failures per map index; the three spare slots keep the size a
+    /// Failures per map index; the two spare slots keep the size a
     /// multiple of 64 bytes and room for more maps.
     pub counts: [u64; 8],
 }

@@ -12,6 +12,8 @@ mod allowlist;
 #[cfg(target_arch = "bpf")]
 mod block;
 #[cfg(target_arch = "bpf")]
+mod cgroup;
+#[cfg(target_arch = "bpf")]
 mod irq;
 #[cfg(target_arch = "bpf")]
 mod kernel;

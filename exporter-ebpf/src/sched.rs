@@ -22,6 +22,7 @@ use exporter_common::{
 };
 
 use crate::{
+    cgroup,
     kernel::{kernel_offset, load_member},
     maps::this_cpu,
 };
@@ -59,35 +60,61 @@ fn count(bump: impl FnOnce(&mut SchedCounters)) {
     }
 }
 
+/// 1 when the `sched` collector is on (`SCHED_ON_GLOBAL`), written before
+/// load: this program also runs for the `cgroup` collector alone.
+#[unsafe(no_mangle)]
+static SCHED_ON: u32 = 0;
+
 /// Counts the switch and records how long `next` waited on this CPU's
 /// runqueue: the runqueue's clock, which `__schedule()` has just updated,
 /// minus the stamp the scheduler put on the task when it queued it.
 /// `sched_info_arrive()` computes the same difference right after this
-/// tracepoint and adds it to the task's `run_delay`.
+/// tracepoint and adds it to the task's `run_delay`. With the `cgroup`
+/// collector on, the same run charges the switch to the tasks' cgroups.
 #[btf_tracepoint(function = "sched_switch")]
 pub(crate) fn sched_switch(ctx: BtfTracePointContext) -> i32 {
-    count(|c| c.context_switches += 1);
+    // SAFETY: volatile so the loaded value is read, not the default.
+    let sched_on = unsafe { core::ptr::read_volatile(&SCHED_ON) } != 0;
+    let cgroup_on = cgroup::enabled();
+    if sched_on {
+        count(|c| c.context_switches += 1);
+    }
     // TP_PROTO(bool preempt, struct task_struct *prev,
     //          struct task_struct *next, unsigned int prev_state)
+    let prev: *const u8 = ctx.arg(1);
     let next: *const u8 = ctx.arg(2);
     // SAFETY: `next` is a `struct task_struct *` the verifier knows by its
     // BTF type, and the offsets come from the same BTF: each load is checked
     // against the type at verification time and cannot fault at run time.
     let queued: u64 = unsafe { load_member(next, &TASK_STRUCT_LAST_QUEUED) };
     // 0 when the task was not queued (the idle task, a task that just ran).
-    if queued == 0 {
+    if queued == 0 && !cgroup_on {
         return 0;
     }
     // `next` is switching in on this CPU, so its `se.cfs_rq` (set for tasks
     // of every scheduling class) belongs to this CPU's runqueue.
     // SAFETY: as above; each pointer loaded keeps its BTF type.
-    let clock: u64 = unsafe {
+    let rq: *const u8 = unsafe {
         let cfs_rq: *const u8 = load_member(next, &TASK_STRUCT_CFS_RQ);
-        let rq: *const u8 = load_member(cfs_rq, &CFS_RQ_RQ);
-        load_member(rq, &RQ_CLOCK)
+        load_member(cfs_rq, &CFS_RQ_RQ)
     };
-    if let Some(histogram) = this_cpu(&RUNQUEUE_LATENCY) {
-        histogram.record(clock.saturating_sub(queued));
+    let wait = if queued == 0 {
+        None
+    } else {
+        // SAFETY: as above.
+        let clock: u64 = unsafe { load_member(rq, &RQ_CLOCK) };
+        Some(clock.saturating_sub(queued))
+    };
+    if sched_on
+        && let Some(wait) = wait
+        && let Some(histogram) = this_cpu(&RUNQUEUE_LATENCY)
+    {
+        histogram.record(wait);
+    }
+    if cgroup_on {
+        // SAFETY: the tracepoint's own task arguments and the runqueue
+        // loaded from `next`, all BTF-typed.
+        unsafe { cgroup::account_switch(&ctx, prev, next, rq, wait) };
     }
     0
 }

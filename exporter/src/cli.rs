@@ -11,7 +11,7 @@ use clap::{Arg, ArgAction, ArgMatches, Command, FromArgMatches as _, Parser};
 
 pub(crate) use crate::process::logging::{LogFormat, LogLevel};
 use crate::{
-    collectors::{self, CollectorOption, CollectorOptions, CollectorSpec},
+    collectors::{self, CollectorOption, CollectorOptions, CollectorSpec, OptionKind},
     front_door::listener::ListenAddress,
 };
 
@@ -226,12 +226,23 @@ impl Config {
             return Err("every collector is disabled; enable at least one with --collector.NAME".to_owned());
         }
 
-        let mut collector_options = CollectorOptions { regexes: Vec::new(), bpf_run_stats: raw.bpf_run_stats };
+        let mut collector_options =
+            CollectorOptions { bpf_run_stats: raw.bpf_run_stats, ..CollectorOptions::default() };
         for spec in collectors::REGISTRY {
             for option in spec.options {
                 let flag = option_flag(spec, option);
-                if let Some(regex) = device_regex(&flag, matches.get_one::<String>(&flag).map(String::as_str))? {
-                    collector_options.regexes.push((spec.name, option.name, regex));
+                let value = matches.get_one::<String>(&flag).map(String::as_str);
+                match option.kind {
+                    OptionKind::Regex => {
+                        if let Some(regex) = device_regex(&flag, value)? {
+                            collector_options.regexes.push((spec.name, option.name, regex));
+                        }
+                    }
+                    OptionKind::Count => {
+                        if let Some(count) = positive_count(&flag, value)? {
+                            collector_options.counts.push((spec.name, option.name, count));
+                        }
+                    }
                 }
             }
         }
@@ -297,8 +308,12 @@ fn command() -> Command {
             );
         for option in spec.options {
             let flag = option_flag(spec, option);
+            let value_name = match option.kind {
+                OptionKind::Regex => "REGEX",
+                OptionKind::Count => "N",
+            };
             command = command.arg(
-                Arg::new(flag.clone()).long(flag).value_name("REGEX").help_heading("Collectors").help(option.help),
+                Arg::new(flag.clone()).long(flag).value_name(value_name).help_heading("Collectors").help(option.help),
             );
         }
     }
@@ -318,6 +333,16 @@ fn collector_enabled(matches: &ArgMatches, spec: &CollectorSpec, disable_default
     } else {
         spec.default_enabled && !disable_defaults
     }
+}
+
+/// A whole number of at least 1.
+fn positive_count(flag: &str, value: Option<&str>) -> Result<Option<usize>, String> {
+    value
+        .map(|text| match text.parse::<usize>() {
+            Ok(count) if count >= 1 => Ok(count),
+            _ => Err(format!("--{flag}={text:?} must be a whole number of at least 1")),
+        })
+        .transpose()
 }
 
 /// A device-name regex; anchored as node_exporter's are not, so `^…$` is
@@ -444,6 +469,17 @@ mod tests {
         assert!(config.collector_options.regex("block", "device-exclude").is_none());
         let error = parse(&["--collector.block.device-exclude=(loop"]).unwrap_err();
         assert!(error.contains("--collector.block.device-exclude=\"(loop\" is not a valid regex"), "{error}");
+    }
+
+    #[test]
+    fn count_options_are_positive_numbers() {
+        let config = parse(&["--collector.cgroup.max-series=12"]).unwrap();
+        assert_eq!(config.collector_options.count("cgroup", "max-series"), Some(12));
+        assert_eq!(parse(&[]).unwrap().collector_options.count("cgroup", "max-series"), None);
+        for bad in ["0", "-1", "many"] {
+            let error = parse(&[&format!("--collector.cgroup.max-series={bad}")]).unwrap_err();
+            assert!(error.contains("must be a whole number of at least 1"), "{error}");
+        }
     }
 
     #[test]

@@ -262,7 +262,26 @@ pub const COLLECTOR_PROGRAMS: &[(&str, &[&str])] = &[
     ("tcp", &["inet_sock_set_s", "tcp_retransmit_", "tcp_retransmit_", "tcp_send_reset", "tcp_receive_res"]),
     ("block", &["block_rq_issue", "block_rq_comple"]),
     ("net", &["kfree_skb"]),
+    // The sched collector's program: one program serves both.
+    ("cgroup", &["sched_switch"]),
 ];
+
+/// Programs listed under more than one collector in [`COLLECTOR_PROGRAMS`]
+/// that the daemon loads once for all of them.
+pub const SHARED_PROGRAMS: &[&str] = &["sched_switch"];
+
+/// How many programs the daemon loads with every collector on, the
+/// always-loaded ones included: a shared program counts once.
+pub fn every_program_count() -> usize {
+    let listed = COLLECTOR_PROGRAMS.iter().map(|(_, programs)| programs.len()).sum::<usize>();
+    let repeats: usize = SHARED_PROGRAMS
+        .iter()
+        .map(|shared| {
+            COLLECTOR_PROGRAMS.iter().filter(|(_, programs)| programs.contains(shared)).count().saturating_sub(1)
+        })
+        .sum();
+    listed - repeats + ALWAYS_LOADED_PROGRAMS.len()
+}
 
 /// Flags that turn on every collector of [`COLLECTOR_PROGRAMS`], those off
 /// by default included, for tests about all of them.
@@ -275,6 +294,7 @@ pub const EVERY_COLLECTOR_ARGS: &[&str] = &[
     "--collector.tcp",
     "--collector.block",
     "--collector.net",
+    "--collector.cgroup",
 ];
 
 /// Programs the daemon loads whatever collectors are enabled: the

@@ -38,14 +38,10 @@ const PROBE_ROUNDS: usize = 5;
 
 const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
 
-/// What every benchmark needs: root, tracefs, the release daemon (built) and
-/// target/bench/ (created). Returns the toolchain, the daemon and the folder.
-pub(crate) fn prepare() -> anyhow::Result<(Toolchain, PathBuf, PathBuf)> {
-    prepare_with(None)
-}
-
-/// As [`prepare`], but with `binary` (an earlier build, to compare with)
-/// instead of a fresh release build when one is given.
+/// What every benchmark needs: root, tracefs, the daemon and target/bench/
+/// (created). The daemon is `binary` (an earlier build, to compare with)
+/// when one is given, else a fresh release build. Returns the toolchain, the
+/// daemon and the folder.
 pub(crate) fn prepare_with(binary: Option<&Path>) -> anyhow::Result<(Toolchain, PathBuf, PathBuf)> {
     let toolchain = Toolchain::ensure()?;
     if !prereq::is_root() {
@@ -64,8 +60,8 @@ pub(crate) fn prepare_with(binary: Option<&Path>) -> anyhow::Result<(Toolchain, 
     Ok((toolchain, binary, report_dir))
 }
 
-pub(crate) fn bench(quick: bool, probes_only: bool) -> anyhow::Result<()> {
-    let (toolchain, binary, report_dir) = prepare()?;
+pub(crate) fn bench(quick: bool, probes_only: bool, exporter_binary: Option<&Path>) -> anyhow::Result<()> {
+    let (toolchain, binary, report_dir) = prepare_with(exporter_binary)?;
     prereq::ensure_debian_packages(&[("wrk", "wrk"), ("prometheus-node-exporter", "prometheus-node-exporter")])?;
     if probes_only {
         say("bench", "probe overhead only");
@@ -357,6 +353,11 @@ struct Probes {
     /// The sched_switch program's own run time per run, from the kernel's
     /// run statistics, minus the empty program's under the same load.
     switch_body_ns: f64,
+    /// As `switch_ns`, with the cgroup collector on too (one shared program).
+    switch_with_cgroup_ns: f64,
+    /// As `switch_body_ns`, for sched and cgroup together and cgroup alone.
+    switch_with_cgroup_body_ns: f64,
+    cgroup_alone_body_ns: f64,
 }
 
 fn probe_overhead(binary: &Path) -> anyhow::Result<Probes> {
@@ -382,7 +383,7 @@ fn probe_overhead(binary: &Path) -> anyhow::Result<Probes> {
         Ok(measure())
     };
     let (mut baseline, mut syscalls, mut syscalls_floor, mut all) = (vec![], vec![], vec![], vec![]);
-    let (mut pp_base, mut pp_sched, mut pp_floor) = (vec![], vec![], vec![]);
+    let (mut pp_base, mut pp_sched, mut pp_floor, mut pp_cgroup) = (vec![], vec![], vec![], vec![]);
     // Alternating, so that a noisy neighbour hits every variant alike.
     for round in 1..=PROBE_ROUNDS {
         say("bench", &format!("probe round {round}/{PROBE_ROUNDS}"));
@@ -393,19 +394,25 @@ fn probe_overhead(binary: &Path) -> anyhow::Result<Probes> {
         pp_base.push(pingpong());
         pp_floor.push(floor(&["sched_switch"], &pingpong)?);
         pp_sched.push(with(&["--collector.disable-defaults", "--collector.sched"], &pingpong)?);
+        pp_cgroup.push(with(&["--collector.disable-defaults", "--collector.sched", "--collector.cgroup"], &pingpong)?);
     }
     let base = median(baseline);
     let pp = median(pp_base);
 
     // Body cost from run statistics (they add two clock reads to every run,
     // which is why they are not on for the wall-clock figures above).
-    let ours_per_run = {
-        let server = exporter(&["--collector.disable-defaults", "--collector.sched", "--bpf.run-stats"])?;
+    let per_run = |collectors: &[&str]| -> anyhow::Result<f64> {
+        let args: Vec<&str> =
+            ["--collector.disable-defaults", "--bpf.run-stats"].into_iter().chain(collectors.iter().copied()).collect();
+        let server = exporter(&args)?;
         let before = program_run_stats(&server, "sched_switch")?;
         pinned_ping_pong(ROUND_TRIPS);
         let after = program_run_stats(&server, "sched_switch")?;
-        (after.0 - before.0) * 1e9 / (after.1 - before.1).max(1.0)
+        Ok((after.0 - before.0) * 1e9 / (after.1 - before.1).max(1.0))
     };
+    let ours_per_run = per_run(&["--collector.sched"])?;
+    let both_per_run = per_run(&["--collector.sched", "--collector.cgroup"])?;
+    let cgroup_per_run = per_run(&["--collector.cgroup"])?;
     let floor_per_run = {
         let _stats = floor::RunStats::enable()?;
         let empty = floor::EmptyProgram::attach(&["sched_switch"])?;
@@ -423,6 +430,9 @@ fn probe_overhead(binary: &Path) -> anyhow::Result<Probes> {
         switch_ns: (median(pp_sched) - pp) / 2.0,
         switch_floor_ns: (median(pp_floor) - pp) / 2.0,
         switch_body_ns: ours_per_run - floor_per_run,
+        switch_with_cgroup_ns: (median(pp_cgroup) - pp) / 2.0,
+        switch_with_cgroup_body_ns: both_per_run - floor_per_run,
+        cgroup_alone_body_ns: cgroup_per_run - floor_per_run,
     })
 }
 
@@ -531,11 +541,13 @@ fn render_probes(probes: &Probes) -> String {
     };
     probe("syscalls, per event (getppid = 2 events)", probes.syscalls_ns_per_event, probes.syscalls_floor_ns_per_event);
     probe("sched, per context switch (wall clock)", probes.switch_ns, probes.switch_floor_ns);
-    let _ = writeln!(
-        t,
-        "{:<44} {:>10} {:>16} {:>10.1}",
-        "sched_switch body (kernel run statistics)", "", "", probes.switch_body_ns
-    );
+    probe("sched + cgroup, per context switch (wall clock)", probes.switch_with_cgroup_ns, probes.switch_floor_ns);
+    let mut body = |name: &str, ns: f64| {
+        let _ = writeln!(t, "{name:<44} {:>10} {:>16} {ns:>10.1}", "", "");
+    };
+    body("sched_switch body, sched (run statistics)", probes.switch_body_ns);
+    body("sched_switch body, sched + cgroup", probes.switch_with_cgroup_body_ns);
+    body("sched_switch body, cgroup alone", probes.cgroup_alone_body_ns);
     let _ = writeln!(t, "{:<44} {:>10.1}", "all default collectors, per getppid", probes.all_collectors_getppid_ns);
     let _ = writeln!(
         t,
@@ -566,7 +578,7 @@ fn report_json(ours: &Summary, node: &Summary, encoder: &[(String, f64, f64)], p
         })
         .collect();
     format!(
-        "{{\n  \"rounds\": {ROUNDS},\n  \"run_seconds\": {},\n  \"clients\": {CLIENTS},\n  \"kernel_exporter\": {},\n  \"node_exporter\": {},\n  \"ratios\": {{\"cpu_per_scrape\": {:.5}, \"p50\": {:.5}, \"serving_rss\": {:.4}, \"peak_rss\": {:.4}}},\n  \"encoder\": [{}],\n  \"probes_ns\": {{\"getppid_baseline\": {:.2}, \"syscalls_per_event\": {:.2}, \"syscalls_empty_program_per_event\": {:.2}, \"all_collectors_per_getppid\": {:.2}, \"pinned_pingpong_baseline\": {:.1}, \"sched_per_switch\": {:.2}, \"sched_empty_program_per_switch\": {:.2}, \"sched_switch_body\": {:.2}}}\n}}\n",
+        "{{\n  \"rounds\": {ROUNDS},\n  \"run_seconds\": {},\n  \"clients\": {CLIENTS},\n  \"kernel_exporter\": {},\n  \"node_exporter\": {},\n  \"ratios\": {{\"cpu_per_scrape\": {:.5}, \"p50\": {:.5}, \"serving_rss\": {:.4}, \"peak_rss\": {:.4}}},\n  \"encoder\": [{}],\n  \"probes_ns\": {{\"getppid_baseline\": {:.2}, \"syscalls_per_event\": {:.2}, \"syscalls_empty_program_per_event\": {:.2}, \"all_collectors_per_getppid\": {:.2}, \"pinned_pingpong_baseline\": {:.1}, \"sched_per_switch\": {:.2}, \"sched_empty_program_per_switch\": {:.2}, \"sched_switch_body\": {:.2}, \"sched_cgroup_per_switch\": {:.2}, \"sched_cgroup_switch_body\": {:.2}, \"cgroup_switch_body\": {:.2}}}\n}}\n",
         RUN.as_secs(),
         summary(ours),
         summary(node),
@@ -583,6 +595,9 @@ fn report_json(ours: &Summary, node: &Summary, encoder: &[(String, f64, f64)], p
         probes.switch_ns,
         probes.switch_floor_ns,
         probes.switch_body_ns,
+        probes.switch_with_cgroup_ns,
+        probes.switch_with_cgroup_body_ns,
+        probes.cgroup_alone_body_ns,
     )
 }
 

@@ -68,9 +68,10 @@ enum Command {
         /// collector the daemon offers); the default set is always timed.
         #[arg(long, value_name = "NAME,...", value_delimiter = ',', requires = "overhead")]
         overhead_collectors: Option<Vec<String>>,
-        /// With --overhead: measure this kernel-exporter binary instead of
-        /// a fresh release build (an earlier commit's, for a before/after).
-        #[arg(long, value_name = "PATH", requires = "overhead")]
+        /// With --overhead or --probes-only: measure this kernel-exporter
+        /// binary instead of a fresh release build (an earlier commit's, for
+        /// a before/after; the kernel programs are the same in a debug build).
+        #[arg(long, value_name = "PATH")]
         exporter_binary: Option<std::path::PathBuf>,
         /// With --overhead: alternating rounds (default 5, 3 with --quick);
         /// more rounds narrow the medians on a noisy machine.
@@ -150,7 +151,9 @@ fn main() -> ExitCode {
         Command::Bench { quick, overhead: true, overhead_collectors, exporter_binary, rounds, .. } => {
             overhead::overhead(quick, overhead_collectors.as_deref(), exporter_binary.as_deref(), rounds)
         }
-        Command::Bench { quick, probes_only, .. } => bench::bench(quick, probes_only),
+        Command::Bench { quick, probes_only, exporter_binary, .. } => {
+            bench::bench(quick, probes_only, exporter_binary.as_deref())
+        }
         Command::OverheadWorkload { workload, size } => overhead::workload_child(&workload, size),
     };
     match result {

@@ -35,8 +35,8 @@ use regex::Regex;
 use tracing::debug;
 
 use super::{
-    Collector, CollectorError, CollectorOption, CollectorOptions, CollectorSpec, KernelOffset, PerCpuHashRead,
-    Tracepoint,
+    Collector, CollectorError, CollectorOption, CollectorOptions, CollectorSpec, KernelOffset, OptionKind,
+    PerCpuHashRead, Tracepoint,
 };
 use crate::{
     exposition::encode::{Encoder, Family, Series},
@@ -94,6 +94,7 @@ pub(super) const SPEC: CollectorSpec = CollectorSpec {
 const DEVICE_EXCLUDE: CollectorOption = CollectorOption {
     name: "device-exclude",
     help: "Regex of block devices (names as in /proc/diskstats) to leave out of the block collector's series",
+    kind: OptionKind::Regex,
 };
 
 /// The kernel's enum of request flag bits (Linux 6.9 on); before it,

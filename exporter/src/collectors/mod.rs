@@ -11,6 +11,7 @@
 //! nothing of scrapes' bookkeeping, HTTP or the front door.
 
 mod block;
+mod cgroup;
 mod irq;
 mod mm;
 mod net;
@@ -43,7 +44,7 @@ use crate::{
 
 /// Every collector the daemon knows, in the order they appear in scrapes.
 pub(crate) const REGISTRY: &[CollectorSpec] =
-    &[sched::SPEC, syscalls::SPEC, mm::SPEC, irq::SPEC, signal::SPEC, block::SPEC, tcp::SPEC, net::SPEC];
+    &[sched::SPEC, syscalls::SPEC, mm::SPEC, irq::SPEC, signal::SPEC, block::SPEC, tcp::SPEC, net::SPEC, cgroup::SPEC];
 
 /// What the daemon needs to know about a collector before loading it.
 #[derive(Debug)]
@@ -60,7 +61,7 @@ pub(crate) struct CollectorSpec {
     /// Other values from the kernel's BTF the programs read from globals
     /// ([`Programs::kernel_values`]); `None` for a collector without any.
     pub(crate) kernel_values: Option<KernelValuesFn>,
-    /// The collector's `--collector.NAME.OPTION=REGEX` flags; their values
+    /// The collector's `--collector.NAME.OPTION=VALUE` flags; their values
     /// reach `open` in [`CollectorOptions`].
     pub(crate) options: &'static [CollectorOption],
     /// Every family the collector may write, for the naming tests.
@@ -75,6 +76,12 @@ impl CollectorOptions {
     /// The value given for `collector`'s option `option`, if any.
     pub(crate) fn regex(&self, collector: &str, option: &str) -> Option<&regex::Regex> {
         self.regexes.iter().find(|(c, o, _)| *c == collector && *o == option).map(|(_, _, regex)| regex)
+    }
+
+    /// The value given for `collector`'s [`OptionKind::Count`] option
+    /// `option`, if any.
+    pub(crate) fn count(&self, collector: &str, option: &str) -> Option<usize> {
+        self.counts.iter().find(|(c, o, _)| *c == collector && *o == option).map(|(_, _, count)| *count)
     }
 }
 
@@ -121,20 +128,33 @@ pub(crate) type OpenFn = fn(&mut Ebpf, &CollectorOptions) -> Result<Box<dyn Coll
 /// Finds a collector's [`Programs::kernel_values`] in the kernel's BTF.
 pub(crate) type KernelValuesFn = fn(&Btf) -> Result<Vec<(&'static str, u32)>, CollectorError>;
 
-/// A `--collector.<collector>.<name>=REGEX` flag, declared by its collector.
+/// A `--collector.<collector>.<name>=VALUE` flag, declared by its collector.
 #[derive(Debug)]
 pub(crate) struct CollectorOption {
     pub(crate) name: &'static str,
     /// One line for `--help`.
     pub(crate) help: &'static str,
+    pub(crate) kind: OptionKind,
+}
+
+/// What a [`CollectorOption`]'s value is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OptionKind {
+    /// A regex (`CollectorOptions::regex`).
+    Regex,
+    /// A positive whole number (`CollectorOptions::count`); the collector
+    /// knows its default.
+    Count,
 }
 
 /// Options of individual collectors, from the `--collector.NAME.OPTION`
 /// flags their specs declare.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct CollectorOptions {
-    /// `(collector, option, value)` of every option given.
+    /// `(collector, option, value)` of every regex option given.
     pub(crate) regexes: Vec<(&'static str, &'static str, regex::Regex)>,
+    /// `(collector, option, value)` of every count option given.
+    pub(crate) counts: Vec<(&'static str, &'static str, usize)>,
     /// `--bpf.run-stats`: keep the kernel's BPF run statistics on, for
     /// `kernel_exporter_bpf_program_*`.
     pub(crate) bpf_run_stats: bool,
@@ -335,7 +355,8 @@ mod tests {
         fn open(_: &mut Ebpf, _: &CollectorOptions) -> Result<Box<dyn Collector>, CollectorError> {
             Err(CollectorError::MissingMap { map: "test" })
         }
-        const OPTION: CollectorOption = CollectorOption { name: "thing-exclude", help: "Things to leave out" };
+        const OPTION: CollectorOption =
+            CollectorOption { name: "thing-exclude", help: "Things to leave out", kind: OptionKind::Regex };
         const TEST: CollectorSpec = CollectorSpec {
             name: "test",
             help: "a collector for this test",

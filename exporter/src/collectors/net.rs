@@ -37,7 +37,8 @@ use exporter_common::net::{DropCounts, MAX_DROP_REASONS, NET_DROPS_MAP, offsets}
 use regex::Regex;
 
 use super::{
-    Collector, CollectorError, CollectorOption, CollectorOptions, CollectorSpec, KernelOffset, PerCpuRead, Tracepoint,
+    Collector, CollectorError, CollectorOption, CollectorOptions, CollectorSpec, KernelOffset, OptionKind, PerCpuRead,
+    Tracepoint,
     procfs::{self, ProcFile},
 };
 use crate::exposition::encode::{Encoder, Family, Series};
@@ -89,6 +90,7 @@ const fn offset(global: &'static str, type_name: &'static str, member: &'static 
 const DEVICE_EXCLUDE: CollectorOption = CollectorOption {
     name: "device-exclude",
     help: "Regex of network devices (names as in /proc/net/dev) to leave out of the net collector's series",
+    kind: OptionKind::Regex,
 };
 
 pub(super) const SPEC: CollectorSpec = CollectorSpec {

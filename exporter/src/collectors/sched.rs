@@ -6,6 +6,7 @@ use std::sync::{Mutex, PoisonError};
 
 use aya::{Ebpf, maps::MapError};
 use exporter_common::{
+    cgroup::SCHED_ON_GLOBAL,
     histogram::Log2Histogram,
     sched::{RUNQUEUE_LATENCY_MAP, SCHED_COUNTERS_MAP, SchedCounters, offsets},
 };
@@ -17,6 +18,7 @@ use super::{
 use crate::{
     exposition::encode::{Encoder, Family, Series},
     exposition::histogram::HistogramSeries,
+    kernel::btf::Btf,
 };
 
 const CONTEXT_SWITCHES: Family = Family::counter(
@@ -48,6 +50,27 @@ const fn tracepoint(name: &'static str) -> Tracepoint {
     Tracepoint::raw(name, "sched", name)
 }
 
+/// The context-switch program, shared with the `cgroup` collector: with
+/// both on it is loaded once and does both jobs in one run.
+pub(super) const SWITCH: Tracepoint =
+    // The hot one: a BTF tracepoint reads task and runqueue fields with
+    // plain loads instead of probe-read calls.
+    Tracepoint::btf("sched_switch", "sched", "sched_switch");
+
+/// The members [`SWITCH`] reads, for every collector that enables it.
+pub(super) const LAST_QUEUED: KernelOffset = KernelOffset {
+    global: offsets::TASK_LAST_QUEUED,
+    type_name: "task_struct",
+    member: "sched_info.last_queued",
+    size: 8,
+};
+pub(super) const CFS_RQ: KernelOffset =
+    KernelOffset { global: offsets::TASK_CFS_RQ, type_name: "task_struct", member: "se.cfs_rq", size: 8 };
+pub(super) const CFS_RQ_RQ: KernelOffset =
+    KernelOffset { global: offsets::CFS_RQ_RQ, type_name: "cfs_rq", member: "rq", size: 8 };
+pub(super) const RQ_CLOCK: KernelOffset =
+    KernelOffset { global: offsets::RQ_CLOCK, type_name: "rq", member: "clock", size: 8 };
+
 pub(super) const SPEC: CollectorSpec = CollectorSpec {
     name: "sched",
     help: "scheduler events, runqueue latency and CPU idle time (from /proc/stat); fires on every context switch, \
@@ -55,31 +78,25 @@ pub(super) const SPEC: CollectorSpec = CollectorSpec {
            migrations",
     default_enabled: true,
     tracepoints: &[
-        // The hot one: a BTF tracepoint reads task and runqueue fields with
-        // plain loads instead of probe-read calls.
-        Tracepoint::btf("sched_switch", "sched", "sched_switch"),
+        SWITCH,
         tracepoint("sched_process_fork"),
         tracepoint("sched_process_exec"),
         tracepoint("sched_process_exit"),
         tracepoint("sched_migrate_task"),
     ],
-    offsets: &[
-        KernelOffset {
-            global: offsets::TASK_LAST_QUEUED,
-            type_name: "task_struct",
-            member: "sched_info.last_queued",
-            size: 8,
-        },
-        KernelOffset { global: offsets::TASK_CFS_RQ, type_name: "task_struct", member: "se.cfs_rq", size: 8 },
-        KernelOffset { global: offsets::CFS_RQ_RQ, type_name: "cfs_rq", member: "rq", size: 8 },
-        KernelOffset { global: offsets::RQ_CLOCK, type_name: "rq", member: "clock", size: 8 },
-    ],
-    kernel_values: None,
+    offsets: &[LAST_QUEUED, CFS_RQ, CFS_RQ_RQ, RQ_CLOCK],
+    kernel_values: Some(kernel_values),
     options: &[],
     #[cfg(test)]
     families: &[CONTEXT_SWITCHES, FORKS, EXECS, EXITS, MIGRATIONS, RUNQUEUE_LATENCY, CPU_IDLE],
     open,
 };
+
+/// Turns this collector's counting on in the `sched_switch` program, which
+/// also runs for the `cgroup` collector alone.
+fn kernel_values(_: &Btf) -> Result<Vec<(&'static str, u32)>, CollectorError> {
+    Ok(vec![(SCHED_ON_GLOBAL, 1)])
+}
 
 fn open(ebpf: &mut Ebpf, _options: &CollectorOptions) -> Result<Box<dyn Collector>, CollectorError> {
     let counters = super::take_per_cpu_array::<SchedCounters>(ebpf, SCHED_COUNTERS_MAP)?;

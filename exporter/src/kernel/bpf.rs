@@ -206,6 +206,10 @@ impl Kernel {
                 }
             };
 
+        // Programs of the collectors that are up: a program two collectors
+        // share (`sched_switch`) is loaded once, and stays when the other
+        // collector fails.
+        let mut in_use: Vec<&'static str> = Vec::new();
         let collectors = specs
             .iter()
             .zip(prepared)
@@ -214,9 +218,12 @@ impl Kernel {
                     .and_then(|prepared| attach(&mut ebpf, spec, &prepared))
                     .and_then(|()| open(spec, &mut ebpf));
                 match &state {
-                    Ok(_) => info!(collector = spec.name(), programs = spec.tracepoints().len(), "collector attached"),
+                    Ok(_) => {
+                        in_use.extend(spec.tracepoints().iter().map(|tp| tp.program));
+                        info!(collector = spec.name(), programs = spec.tracepoints().len(), "collector attached");
+                    }
                     Err(error) => {
-                        detach(&mut ebpf, spec);
+                        detach(&mut ebpf, spec, &in_use);
                         error!(collector = spec.name(), "collector is down: {}", down_reason(error));
                     }
                 }
@@ -323,6 +330,12 @@ fn attach(ebpf: &mut Ebpf, spec: &impl Programs, prepared: &Prepared) -> Result<
             _ => CollectorError::Attach { program: tp.program, category: tp.category, name, source: Box::new(source) },
         };
         let missing = || CollectorError::MissingProgram { program: tp.program };
+        // Loaded and attached already for a collector before this one that
+        // shares the program (a failed collector unloads its own).
+        if ebpf.program(tp.program).is_some_and(|program| program.fd().is_ok()) {
+            debug!(program = tp.program, "attached already, shared with another collector");
+            continue;
+        }
         match tp.kind {
             TracepointKind::Raw => {
                 let program: &mut RawTracePoint =
@@ -351,9 +364,13 @@ fn attach(ebpf: &mut Ebpf, spec: &impl Programs, prepared: &Prepared) -> Result<
 }
 
 /// Unloads whatever part of a failed collector got loaded, so a half
-/// attached collector never counts.
-fn detach(ebpf: &mut Ebpf, spec: &impl Programs) {
+/// attached collector never counts; programs in `in_use` (shared with a
+/// collector that is up) stay.
+fn detach(ebpf: &mut Ebpf, spec: &impl Programs, in_use: &[&str]) {
     for tp in spec.tracepoints() {
+        if in_use.contains(&tp.program) {
+            continue;
+        }
         let Some(program) = ebpf.program_mut(tp.program) else { continue };
         // Unloading a program that was never loaded fails harmlessly.
         let _ = match tp.kind {

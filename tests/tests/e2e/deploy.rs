@@ -438,6 +438,16 @@ fn daemonset_validates_offline_with_the_units_capabilities() {
         .find(|mount| mount["mountPath"] == "/sys/kernel/btf")
         .expect("the kernel's BTF is mounted");
     assert_eq!(btf["readOnly"], true);
+    // The cgroup collector names pods' cgroups from the host's hierarchy.
+    let cgroup = containers[0]["volumeMounts"]
+        .as_array()
+        .expect("volumeMounts")
+        .iter()
+        .find(|mount| mount["name"] == "cgroup")
+        .expect("the host's cgroup hierarchy is mounted");
+    assert_eq!(cgroup["readOnly"], true);
+    let volume = pod["volumes"].as_array().expect("volumes").iter().find(|volume| volume["name"] == "cgroup");
+    assert_eq!(volume.expect("a cgroup volume")["hostPath"]["path"], "/sys/fs/cgroup");
 }
 
 #[test]
@@ -458,6 +468,7 @@ fn alert_rules_pass_promtool_and_each_alert_is_tested() {
             "KernelExporterAuthFailures",
             "KernelExporterDroppedConnections",
             "KernelExporterHighScrapeRate",
+            "KernelCgroupRunqueueLatencyHigh",
         ]
     );
     // Each alert is evaluated at least once where it must not fire and once

@@ -21,7 +21,7 @@ use std::{
 };
 
 use kernel_exporter_tests::{
-    ALWAYS_LOADED_PROGRAMS, COLLECTOR_PROGRAMS, EVERY_COLLECTOR_ARGS, Exporter, Metrics, exporter_binary, free_port,
+    COLLECTOR_PROGRAMS, EVERY_COLLECTOR_ARGS, Exporter, Metrics, every_program_count, exporter_binary, free_port,
     promtool_check_metrics,
 };
 
@@ -75,10 +75,6 @@ fn loaded_maps() -> BTreeSet<u32> {
 
 fn loaded_links() -> BTreeSet<u32> {
     aya::programs::loaded_links().filter_map(Result::ok).map(|info| info.id()).collect()
-}
-
-fn every_program_count() -> usize {
-    COLLECTOR_PROGRAMS.iter().map(|(_, programs)| programs.len()).sum::<usize>() + ALWAYS_LOADED_PROGRAMS.len()
 }
 
 fn error_lines(log: &str) -> Vec<&str> {

@@ -7,8 +7,8 @@ use std::{
 };
 
 use kernel_exporter_tests::{
-    ALWAYS_LOADED_PROGRAMS, COLLECTOR_PROGRAMS, EVERY_COLLECTOR_ARGS, Exporter, exporter_binary,
-    exporter_programs_loaded, free_port, wait_until_no_exporter_programs,
+    EVERY_COLLECTOR_ARGS, Exporter, every_program_count, exporter_binary, exporter_programs_loaded, free_port,
+    wait_until_no_exporter_programs,
 };
 
 fn assert_orderly_exit(signal: libc::c_int, name: &str) {
@@ -21,8 +21,7 @@ fn assert_orderly_exit(signal: libc::c_int, name: &str) {
         assert!(Instant::now() < deadline, "never served; log:\n{}", exporter.log());
         thread::sleep(Duration::from_millis(50));
     }
-    let all: usize =
-        COLLECTOR_PROGRAMS.iter().map(|(_, programs)| programs.len()).sum::<usize>() + ALWAYS_LOADED_PROGRAMS.len();
+    let all = every_program_count();
     assert_eq!(exporter_programs_loaded(), all, "every collector's programs are loaded while it runs");
 
     let (status, took) = exporter.stop(signal);

@@ -4,6 +4,7 @@
 
 mod allowlist;
 mod block;
+mod cgroup;
 mod collectors;
 mod deploy;
 mod docs;
