@@ -37,7 +37,7 @@ use crate::{
     front_door::{
         allowlist, listener,
         metrics::{ConnectionMetrics, FrontDoorMetrics},
-        reload, requests, server,
+        healthcheck, reload, requests, server, systemd_socket,
     },
     process::{limits, logging, privileges, signals},
     scrape::{program_stats, self_metrics},
@@ -49,6 +49,7 @@ pub fn main() -> ExitCode {
     let config = match cli::Invocation::from_env() {
         cli::Invocation::Serve(config) => *config,
         cli::Invocation::CheckConfig { web_config_file } => return check_config(&web_config_file),
+        cli::Invocation::Healthcheck { address, timeout } => return healthcheck(address, timeout),
     };
     logging::init(config.log_level, config.log_format);
     match run(config) {
@@ -70,7 +71,12 @@ pub fn main() -> ExitCode {
 
 /// Loads and attaches the kernel programs, opens the listeners, and serves
 /// until SIGINT or SIGTERM. Everything is detached when this returns.
-fn run(config: cli::Config) -> anyhow::Result<()> {
+fn run(mut config: cli::Config) -> anyhow::Result<()> {
+    // Taken first: they are where this daemon listens, for every check below.
+    let inherited = config.systemd_socket.then(systemd_socket::Inherited::take).transpose()?;
+    if let Some(inherited) = &inherited {
+        config.listen_addresses = inherited.addresses();
+    }
     // First: a bad web config or an exposed listener is the operator's
     // to fix before anything is loaded or listens.
     let exposure =
@@ -129,7 +135,10 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
     let (filter, trie, allowlist_counters, ban_map) = allowlist::open(kernel.object(), config.sources_tracked)?;
     let bans = allowlist::Bans::new(ban_map, config.ban).map(Arc::new);
     front_door.enforce(trie)?;
-    let listeners = listener::bind_all(&config.listen_addresses, filter.program())?;
+    let listeners = match inherited {
+        Some(inherited) => inherited.attach(filter.program())?,
+        None => listener::bind_all(&config.listen_addresses, filter.program())?,
+    };
     // Each listener holds the program now.
     drop(filter);
     let keep_bpf = privileges::maps_need_cap_bpf(kernel::test_hooks::assume_maps_need_cap_bpf());
@@ -204,6 +213,21 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
     // here rather than holding the exit hostage.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     Ok(())
+}
+
+/// `kernel-exporter healthcheck`: one line either way, exit 0 if the daemon
+/// answered.
+fn healthcheck(address: std::net::SocketAddr, timeout: std::time::Duration) -> ExitCode {
+    match healthcheck::check(address, timeout) {
+        Ok(status) => {
+            println!("{address}: healthy: {status}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("unhealthy: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `kernel-exporter check-config`: everything start-up would check about
