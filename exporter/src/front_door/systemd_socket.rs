@@ -83,9 +83,18 @@ impl Inherited {
         let count = parse_environment(listen_pid.as_deref(), listen_fds.as_deref(), std::process::id())?;
         let mut sockets = Vec::with_capacity(count);
         for fd in (LISTEN_FDS_START..).take(count) {
-            // SAFETY: systemd passed descriptors LISTEN_FDS_START .. +count
-            // to this process (LISTEN_PID checked above), for it alone to
-            // own; nothing else in the process has touched them.
+            // Not inherited by anything this process might execute; and an
+            // error here means it is not open, so it must not be owned (an
+            // owner would close it).
+            // SAFETY: fcntl with integer arguments only.
+            if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+                let problem = format!("is not open ({})", io::Error::last_os_error());
+                return Err(SystemdSocketError::NotTcpListener { fd, problem });
+            }
+            // SAFETY: the descriptor is open (above), and systemd passed
+            // descriptors LISTEN_FDS_START .. +count to this process
+            // (LISTEN_PID checked above) for it alone to own; nothing else in
+            // the process has touched them.
             let owned = unsafe { OwnedFd::from_raw_fd(fd) };
             let address = check_listening_tcp(&owned)?;
             sockets.push((address, owned));
@@ -155,11 +164,6 @@ fn parse_environment(
 fn check_listening_tcp(fd: &OwnedFd) -> Result<ListenAddress, SystemdSocketError> {
     let raw = fd.as_raw_fd();
     let problem = |problem: String| SystemdSocketError::NotTcpListener { fd: raw, problem };
-    // Not inherited by anything this process might execute.
-    // SAFETY: fcntl on a descriptor we own, integer arguments only.
-    if unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
-        return Err(problem(format!("is not open ({})", io::Error::last_os_error())));
-    }
     let domain = socket_option(raw, libc::SO_DOMAIN).map_err(|error| problem(format!("is not a socket ({error})")))?;
     if domain != libc::AF_INET && domain != libc::AF_INET6 {
         return Err(problem(format!("is a socket of address family {domain}, not IPv4 or IPv6")));

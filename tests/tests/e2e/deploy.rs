@@ -110,6 +110,11 @@ fn unit_passes_systemd_analyze_verify() {
     let verify = || run(Command::new("systemd-analyze").arg("verify").arg(&path));
     let out = verify();
     assert!(out.status.success() && printed(&out).trim().is_empty(), "systemd-analyze verify:\n{}", printed(&out));
+    // The socket unit, with the service it activates beside it.
+    let socket = dir.path().join("kernel-exporter.socket");
+    fs::copy(deploy_dir().join("kernel-exporter.socket"), &socket).expect("copy the socket unit");
+    let out = run(Command::new("systemd-analyze").arg("verify").arg(&socket));
+    assert!(out.status.success() && printed(&out).trim().is_empty(), "systemd-analyze verify (socket):\n{}", printed(&out));
 
     // It only warns about a misspelt setting, with exit code 0: the check
     // above would see the warning.
@@ -265,7 +270,8 @@ fn install_into_a_temporary_root_is_idempotent() {
         fs::write(etc.join(file), text).expect("write an account file");
         fs::set_permissions(etc.join(file), fs::Permissions::from_mode(mode)).expect("chmod");
     }
-    let steps = 5;
+    // The user, the binary, the service, the socket, the config folder and file.
+    let steps = 6;
 
     let before = snapshot(root.path());
     let lines = install(root.path(), &["--dry-run"]);
@@ -290,6 +296,12 @@ fn install_into_a_temporary_root_is_idempotent() {
     let shipped = read(&deploy_dir().join("kernel-exporter.service"));
     let unit = read(&root.path().join("etc/systemd/system/kernel-exporter.service"));
     assert_eq!(unit, unit_running(&shipped, Path::new("/opt/kernel-exporter/bin/kernel-exporter")));
+    let socket = root.path().join("etc/systemd/system/kernel-exporter.socket");
+    assert_eq!(read(&socket), read(&deploy_dir().join("kernel-exporter.socket")), "the socket unit as shipped");
+    assert!(
+        !root.path().join("etc/systemd/system/sockets.target.wants/kernel-exporter.socket").exists(),
+        "socket activation is the operator's choice: installed, not enabled"
+    );
 
     let config_dir = root.path().join("etc/kernel-exporter");
     let config = config_dir.join("web-config.yml");

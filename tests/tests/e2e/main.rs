@@ -20,5 +20,6 @@ mod privileges;
 mod sched;
 mod self_monitoring;
 mod signal;
+mod socket_activation;
 mod syscalls;
 mod tcp;
