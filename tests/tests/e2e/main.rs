@@ -6,6 +6,7 @@ mod allowlist;
 mod block;
 mod collectors;
 mod deploy;
+mod deployment;
 mod docs;
 mod faults;
 mod formats;
