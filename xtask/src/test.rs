@@ -82,7 +82,9 @@ pub(crate) fn test(filter: Option<&str>, deploy: bool) -> anyhow::Result<()> {
         let mut e2e = e2e_command(&toolchain, &binary);
         crate::image::env_for_tests(&built, &mut e2e);
         e2e.env("KERNEL_EXPORTER_SYSTEMD_ROOT", &root);
-        e2e.arg(filter.filter(|_| only_deployment).unwrap_or(DEPLOYMENT_TESTS));
+        // Their figures (start-up times, the systemd-analyze score) are
+        // worth reading in every run.
+        e2e.arg("--nocapture").arg(filter.filter(|_| only_deployment).unwrap_or(DEPLOYMENT_TESTS));
         tally.run(&mut e2e, "cargo test -p kernel-exporter-tests deployment::")?;
         say(
             "ok",
