@@ -220,10 +220,7 @@ impl Invocation {
             Some(SubCommand::CheckConfig { web_config_file }) => Ok(Self::CheckConfig { web_config_file }),
             Some(SubCommand::Healthcheck { listen_address, timeout }) => {
                 let listen = parse_listen_address(&listen_address)?;
-                Ok(Self::Healthcheck {
-                    address: crate::front_door::healthcheck::probe_address(listen.addr),
-                    timeout,
-                })
+                Ok(Self::Healthcheck { address: crate::front_door::healthcheck::probe_address(listen.addr), timeout })
             }
             None => Config::from_raw(raw, matches).map(|config| Self::Serve(Box::new(config))),
         }

@@ -35,9 +35,9 @@ use tracing::{info, warn};
 
 use crate::{
     front_door::{
-        allowlist, listener,
+        allowlist, healthcheck, listener,
         metrics::{ConnectionMetrics, FrontDoorMetrics},
-        healthcheck, reload, requests, server, systemd_socket,
+        reload, requests, server, systemd_socket,
     },
     process::{limits, logging, privileges, signals},
     scrape::{program_stats, self_metrics},

@@ -106,11 +106,8 @@ pub(crate) fn image() -> anyhow::Result<()> {
     let built = build()?;
     let size = image_size(&built)?;
     say("ok", &format!("image {} ({:.1} MB), binary {}", built.image, size as f64 / 1e6, built.binary.display()));
-    let seccomp = built
-        .seccomp
-        .as_ref()
-        .map(|path| format!(" --security-opt=seccomp={}", path.display()))
-        .unwrap_or_default();
+    let seccomp =
+        built.seccomp.as_ref().map(|path| format!(" --security-opt=seccomp={}", path.display())).unwrap_or_default();
     println!(
         "xtask: run it with\n  {engine} {global}run -d --name kernel-exporter {limits} \\\n    --cap-drop=ALL --cap-add=BPF \
          --cap-add=PERFMON --read-only --security-opt=no-new-privileges{seccomp} --network=host \\\n    \
@@ -140,7 +137,12 @@ pub(crate) fn build() -> anyhow::Result<Built> {
     let image = image_name();
     say("build", &format!("image {image} FROM scratch ({} build)", engine.program));
     prereq::run_checked(
-        engine.command().args(["build", "--quiet", "--file"]).arg(context.join("Containerfile")).args(["--tag", &image]).arg(&context),
+        engine
+            .command()
+            .args(["build", "--quiet", "--file"])
+            .arg(context.join("Containerfile"))
+            .args(["--tag", &image])
+            .arg(&context),
         &format!("{} build --tag {image}", engine.program),
     )?;
     let seccomp = if engine.program == "podman" { Some(seccomp_profile()?) } else { None };
@@ -195,9 +197,7 @@ fn ensure_rust_target(target: &str) -> anyhow::Result<()> {
 fn elf_interpreter(elf: &[u8]) -> anyhow::Result<Option<String>> {
     let read = |at: usize, len: usize| elf.get(at..at + len).context("truncated ELF file");
     let u16_at = |at| read(at, 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
-    let u64_at = |at| {
-        read(at, 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize)
-    };
+    let u64_at = |at| read(at, 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize);
     if read(0, 5)? != b"\x7fELF\x02" {
         bail!("not a 64-bit ELF file");
     }
@@ -264,8 +264,10 @@ const LICENSE: &str = "Apache-2.0";
 /// the container keeps every other restriction of the default.
 pub(crate) fn seccomp_profile() -> anyhow::Result<PathBuf> {
     let default = Path::new("/usr/share/containers/seccomp.json");
-    let text = fs::read_to_string(default).with_context(|| format!("cannot read podman's default profile {}", default.display()))?;
-    let mut profile: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", default.display()))?;
+    let text = fs::read_to_string(default)
+        .with_context(|| format!("cannot read podman's default profile {}", default.display()))?;
+    let mut profile: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", default.display()))?;
     let rules = profile
         .get_mut("syscalls")
         .and_then(serde_json::Value::as_array_mut)
@@ -282,7 +284,8 @@ pub(crate) fn seccomp_profile() -> anyhow::Result<PathBuf> {
         rules.push(serde_json::json!({"names": ["bpf"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": [cap]}}));
     }
     let path = prereq::target_dir().join("image/seccomp-bpf.json");
-    fs::write(&path, serde_json::to_string_pretty(&profile)?).with_context(|| format!("cannot write {}", path.display()))?;
+    fs::write(&path, serde_json::to_string_pretty(&profile)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     say("ok", &format!("seccomp profile for podman: {} (its default plus bpf() for CAP_BPF)", path.display()));
     Ok(path)
 }
@@ -318,7 +321,7 @@ mod tests {
 
     #[test]
     fn finds_the_dynamic_loader_of_this_program() {
-        let own = fs::read(env::current_exe().unwrap()).unwrap();
+        let own = fs::read(std::env::current_exe().unwrap()).unwrap();
         assert!(elf_interpreter(&own).unwrap().is_some_and(|path| path.contains("ld-linux")));
         assert!(elf_interpreter(b"not elf").is_err());
     }

@@ -24,9 +24,9 @@ pub(crate) fn ensure() -> anyhow::Result<PathBuf> {
     prereq::ensure_debian_packages(&[("debootstrap", "debootstrap"), ("systemd-nspawn", "systemd-container")])?;
     let key = format!("debootstrap --variant=minbase --include={PACKAGES} {SUITE} {MIRROR}");
     // A short stable name: FNV-1a of the recipe.
-    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
+    let hash = key
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3));
     let deploy = prereq::target_dir().join("deploy");
     let root = deploy.join(format!("{SUITE}-systemd-{hash:016x}"));
     let recipe = root.join("etc/kernel-exporter-test-root");

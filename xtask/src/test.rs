@@ -86,10 +86,7 @@ pub(crate) fn test(filter: Option<&str>, deploy: bool) -> anyhow::Result<()> {
         // worth reading in every run.
         e2e.arg("--nocapture").arg(filter.filter(|_| only_deployment).unwrap_or(DEPLOYMENT_TESTS));
         tally.run(&mut e2e, "cargo test -p kernel-exporter-tests deployment::")?;
-        say(
-            "ok",
-            &format!("deployment stage: {:.0?} (tests {:.0?})", stage.elapsed(), tests.elapsed()),
-        );
+        say("ok", &format!("deployment stage: {:.0?} (tests {:.0?})", stage.elapsed(), tests.elapsed()));
     }
     say("ok", &format!("all stages: {:.0?}", started.elapsed()));
     // One closing line for the whole run, in the plain form CI reads.

@@ -52,8 +52,11 @@ pub(crate) enum Unhealthy {
 /// status line.
 pub(crate) fn check(address: SocketAddr, timeout: Duration) -> Result<String, Unhealthy> {
     let loopback = if address.is_ipv6() { "::1/128" } else { "127.0.0.1/32" };
-    let mut stream = TcpStream::connect_timeout(&address, timeout)
-        .map_err(|source| Unhealthy::Connect { address, loopback, source })?;
+    let mut stream = TcpStream::connect_timeout(&address, timeout).map_err(|source| Unhealthy::Connect {
+        address,
+        loopback,
+        source,
+    })?;
     let no_answer = |source| Unhealthy::NoAnswer { address, timeout, source };
     stream.set_read_timeout(Some(timeout)).map_err(no_answer)?;
     stream.set_write_timeout(Some(timeout)).map_err(no_answer)?;

@@ -50,9 +50,13 @@ pub(crate) enum SystemdSocketError {
          sockets were meant for it"
     )]
     OtherProcess { listen_pid: u32, own_pid: u32 },
-    #[error("--web.systemd-socket: descriptor {fd} from systemd {problem}; the .socket unit must use ListenStream= with an IP address and port")]
+    #[error(
+        "--web.systemd-socket: descriptor {fd} from systemd {problem}; the .socket unit must use ListenStream= with an IP address and port"
+    )]
     NotTcpListener { fd: RawFd, problem: String },
-    #[error("--web.systemd-socket: cannot attach the allowlist socket filter (SO_ATTACH_BPF) to descriptor {fd} ({address}): {source}")]
+    #[error(
+        "--web.systemd-socket: cannot attach the allowlist socket filter (SO_ATTACH_BPF) to descriptor {fd} ({address}): {source}"
+    )]
     Attach {
         fd: RawFd,
         address: ListenAddress,
@@ -110,10 +114,7 @@ impl Inherited {
     /// Attaches the allowlist socket filter to every socket (replacing the
     /// filter a previous instance left on it) and hands them to the server,
     /// which also checks the sources of connections queued before this.
-    pub(crate) fn attach(
-        self,
-        filter: std::os::fd::BorrowedFd<'_>,
-    ) -> Result<Vec<Listener>, SystemdSocketError> {
+    pub(crate) fn attach(self, filter: std::os::fd::BorrowedFd<'_>) -> Result<Vec<Listener>, SystemdSocketError> {
         self.sockets
             .into_iter()
             .map(|(address, fd)| {
@@ -135,13 +136,14 @@ fn parse_environment(
     own_pid: u32,
 ) -> Result<usize, SystemdSocketError> {
     let listen_fds = listen_fds.ok_or(SystemdSocketError::NotActivated)?;
-    let count = listen_fds.trim().parse::<usize>().ok().filter(|&count| (1..=MAX_SOCKETS).contains(&count)).ok_or_else(
-        || SystemdSocketError::Malformed {
-            variable: "LISTEN_FDS",
-            value: listen_fds.to_owned(),
-            expected: "number of sockets from 1 to 64",
-        },
-    )?;
+    let count =
+        listen_fds.trim().parse::<usize>().ok().filter(|&count| (1..=MAX_SOCKETS).contains(&count)).ok_or_else(
+            || SystemdSocketError::Malformed {
+                variable: "LISTEN_FDS",
+                value: listen_fds.to_owned(),
+                expected: "number of sockets from 1 to 64",
+            },
+        )?;
     // systemd always sets LISTEN_PID; without it the variables may have been
     // inherited from a parent that was the one meant.
     let listen_pid = listen_pid.ok_or(SystemdSocketError::Malformed {

@@ -114,7 +114,11 @@ fn unit_passes_systemd_analyze_verify() {
     let socket = dir.path().join("kernel-exporter.socket");
     fs::copy(deploy_dir().join("kernel-exporter.socket"), &socket).expect("copy the socket unit");
     let out = run(Command::new("systemd-analyze").arg("verify").arg(&socket));
-    assert!(out.status.success() && printed(&out).trim().is_empty(), "systemd-analyze verify (socket):\n{}", printed(&out));
+    assert!(
+        out.status.success() && printed(&out).trim().is_empty(),
+        "systemd-analyze verify (socket):\n{}",
+        printed(&out)
+    );
 
     // It only warns about a misspelt setting, with exit code 0: the check
     // above would see the warning.

@@ -238,16 +238,16 @@ fn hardened_container_attaches_every_collector_drops_privileges_and_prometheus_s
     // No --runtime.user: leaving root takes CAP_SETUID and CAP_SETGID, which
     // these flags do not grant (the DaemonSet's test does that). Root with
     // no capability left is what these flags give.
-    let mut args = vec![
-        image,
-        format!("--web.listen-address={addr}"),
-        format!("--web.config.file=/etc/kernel-exporter/{config}"),
-    ];
+    let mut args =
+        vec![image, format!("--web.listen-address={addr}"), format!("--web.config.file=/etc/kernel-exporter/{config}")];
     args.extend(EVERY_COLLECTOR_ARGS.iter().map(|arg| (*arg).to_owned()));
     let started = Instant::now();
     let container = Container::run(&engine, "hardened", &flags, &args);
     let listening = container.wait_until_listening(Duration::from_secs(30));
-    println!("container start-up: {listening:?} from `run --detach` returning to listening ({:?} in all)", started.elapsed());
+    println!(
+        "container start-up: {listening:?} from `run --detach` returning to listening ({:?} in all)",
+        started.elapsed()
+    );
 
     let logs = container.logs();
     let every: Vec<&str> = COLLECTOR_PROGRAMS.iter().map(|(name, _)| *name).collect();
@@ -281,7 +281,8 @@ fn hardened_container_attaches_every_collector_drops_privileges_and_prometheus_s
 fn daemonset_pod_spec_runs_with_its_security_context_and_its_exec_probes_pass() {
     let engine = Engine::prepared();
     let image = prepared("KERNEL_EXPORTER_IMAGE");
-    let daemonset = yaml_as_json(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/daemonset.yaml"));
+    let daemonset =
+        yaml_as_json(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/daemonset.yaml"));
     let pod = &daemonset["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
     let named = container["image"].as_str().expect("an image");
@@ -393,13 +394,12 @@ impl Machine {
         for folder in [&upper, &work, &merged] {
             fs::create_dir_all(folder).expect("create an overlay folder");
         }
-        checked(Command::new("mount").args(["-t", "overlay", "overlay", "-o"]).arg(format!(
-            "lowerdir={},upperdir={},workdir={}",
-            cached.display(),
-            upper.display(),
-            work.display()
-        ))
-        .arg(&merged));
+        checked(
+            Command::new("mount")
+                .args(["-t", "overlay", "overlay", "-o"])
+                .arg(format!("lowerdir={},upperdir={},workdir={}", cached.display(), upper.display(), work.display()))
+                .arg(&merged),
+        );
 
         let xtask = prepared("XTASK_BIN");
         let lines = checked(
@@ -549,7 +549,8 @@ fn systemd_unit_runs_reloads_restarts_and_scores_under_a_real_systemd() {
     // here: `systemctl kill --signal=SIGSEGV` left it running).
     machine.checked(&["systemctl", "kill", "--signal=SIGABRT", "kernel-exporter"]);
     wait_for("the restart", Duration::from_secs(20), || {
-        machine.show("kernel-exporter", "NRestarts") == "1" && machine.show("kernel-exporter", "ActiveState") == "active"
+        machine.show("kernel-exporter", "NRestarts") == "1"
+            && machine.show("kernel-exporter", "ActiveState") == "active"
     });
     let restarted = machine.show("kernel-exporter", "MainPID");
     assert_ne!(restarted, pid);
@@ -597,7 +598,8 @@ fn socket_activation_under_a_real_systemd_checks_queued_sources() {
     let out = machine.curl(&["--interface", "127.0.0.2", "http://127.0.0.1:9569/metrics"]);
     assert!(!out.status.success() && out.stdout.is_empty(), "a stranger was served:\n{}", printed(&out));
     wait_for("the activated service", Duration::from_secs(20), || {
-        machine.show("kernel-exporter.service", "ActiveState") == "active" && machine.journal().contains("msg=listening")
+        machine.show("kernel-exporter.service", "ActiveState") == "active"
+            && machine.journal().contains("msg=listening")
     });
     let journal = machine.journal();
     assert!(journal.contains("address=127.0.0.1:9569"), "{journal}");
@@ -620,7 +622,9 @@ fn socket_activation_under_a_real_systemd_checks_queued_sources() {
     let out = machine.curl(&["http://127.0.0.1:9569/metrics"]);
     let body = String::from_utf8_lossy(&out.stdout);
     assert!(
-        body.lines().any(|line| line.starts_with("kernel_exporter_connections_total{source=\"127.0.0.2\",verdict=\"dropped\"} ")),
+        body.lines().any(
+            |line| line.starts_with("kernel_exporter_connections_total{source=\"127.0.0.2\",verdict=\"dropped\"} ")
+        ),
         "{body}"
     );
 
