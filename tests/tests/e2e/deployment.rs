@@ -238,8 +238,11 @@ fn hardened_container_attaches_every_collector_drops_privileges_and_prometheus_s
     // No --runtime.user: leaving root takes CAP_SETUID and CAP_SETGID, which
     // these flags do not grant (the DaemonSet's test does that). Root with
     // no capability left is what these flags give.
-    let mut args =
-        vec![image, format!("--web.listen-address={addr}"), format!("--web.config.file=/etc/kernel-exporter/{config}")];
+    let mut args = vec![
+        image.clone(),
+        format!("--web.listen-address={addr}"),
+        format!("--web.config.file=/etc/kernel-exporter/{config}"),
+    ];
     args.extend(EVERY_COLLECTOR_ARGS.iter().map(|arg| (*arg).to_owned()));
     let started = Instant::now();
     let container = Container::run(&engine, "hardened", &flags, &args);
@@ -255,7 +258,17 @@ fn hardened_container_attaches_every_collector_drops_privileges_and_prometheus_s
     let status = fs::read_to_string(format!("/proc/{}/status", container.host_pid())).expect("the daemon's status");
     assert_unprivileged(&status, "0", CAP_BPF | CAP_PERFMON);
 
-    // The root filesystem is read-only, and there is no shell to run.
+    // What the image is: labelled, small, and nothing but the binary.
+    let labels = checked(engine.command().args(["image", "inspect", "--format", "{{json .Labels}}", &image]));
+    let labels: serde_json::Value = serde_json::from_str(labels.trim()).expect("labels as JSON");
+    assert_eq!(labels["org.opencontainers.image.version"], env!("CARGO_PKG_VERSION"), "{labels}");
+    assert!(labels["org.opencontainers.image.revision"].as_str().is_some_and(|rev| rev.len() >= 40), "{labels}");
+    assert!(labels["org.opencontainers.image.source"].as_str().is_some_and(|src| src.starts_with("https://")));
+    let size = checked(engine.command().args(["image", "inspect", "--format", "{{.Size}}", &image]));
+    let size: f64 = size.trim().parse().expect("a size in bytes");
+    println!("image {image}: {:.2} MB", size / 1e6);
+    assert!(size < 15e6, "the image is {size} bytes, over the 15 MB target");
+    // There is no shell to run.
     let out = container.exec(&["/bin/sh", "-c", "true"]);
     assert!(!out.status.success(), "the image has a shell:\n{}", printed(&out));
 
