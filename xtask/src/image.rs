@@ -112,7 +112,8 @@ pub(crate) fn image() -> anyhow::Result<()> {
         "xtask: run it with\n  {engine} {global}run -d --name kernel-exporter {limits} \\\n    --cap-drop=ALL --cap-add=BPF \
          --cap-add=PERFMON --read-only --security-opt=no-new-privileges{seccomp} --network=host \\\n    \
          -v /etc/kernel-exporter:/etc/kernel-exporter:ro {image} \\\n    --web.listen-address=:9569 \
-         --web.config.file=/etc/kernel-exporter/web-config.yml --runtime.user=65534",
+         --web.config.file=/etc/kernel-exporter/web-config.yml\n\
+         (to leave root as well: --cap-add=SETUID --cap-add=SETGID and --runtime.user=65534)",
         engine = built.engine.program,
         global = built.engine.global.iter().map(|flag| format!("{flag} ")).collect::<String>(),
         limits = built.engine.run_limits.join(" "),
@@ -139,6 +140,8 @@ pub(crate) fn build() -> anyhow::Result<Built> {
     prereq::run_checked(
         engine
             .command()
+            // --quiet still prints the image id; the line below names it.
+            .stdout(std::process::Stdio::null())
             .args(["build", "--quiet", "--file"])
             .arg(context.join("Containerfile"))
             .args(["--tag", &image])
