@@ -48,6 +48,13 @@ struct RawArgs {
     #[arg(long = "web.listen-address", value_name = "ADDR", default_value = DEFAULT_LISTEN_ADDRESS, help_heading = "Web")]
     listen_addresses: Vec<String>,
 
+    /// Use the listening sockets systemd passes (socket activation,
+    /// LISTEN_FDS) instead of --web.listen-address. The allowlist filter is
+    /// attached to them, and connections queued before that are checked
+    /// against the allowlist as they are accepted.
+    #[arg(long = "web.systemd-socket", conflicts_with = "listen_addresses", help_heading = "Web")]
+    systemd_socket: bool,
+
     /// exporter-toolkit's web-config.yml: TLS, mutual TLS, basic auth, extra
     /// headers, plus `allowed_sources`. Re-read on change and on SIGHUP.
     #[arg(long = "web.config.file", value_name = "PATH", help_heading = "Web")]
@@ -139,6 +146,18 @@ enum SubCommand {
         #[arg(long = "web.config.file", value_name = "PATH", required = true)]
         web_config_file: PathBuf,
     },
+    /// Ask the daemon listening on ADDR for an HTTP answer over loopback
+    /// (a wildcard address is probed on 127.0.0.1) and exit 0 if it gives
+    /// one: the container's liveness and readiness probe. The allowlist
+    /// must hold 127.0.0.1/32.
+    Healthcheck {
+        #[arg(long = "web.listen-address", value_name = "ADDR", default_value = DEFAULT_LISTEN_ADDRESS)]
+        listen_address: String,
+        /// How long to wait for the connection and for the answer (a Go
+        /// duration).
+        #[arg(long = "timeout", value_name = "DURATION", default_value = "3s", value_parser = crate::front_door::web_config::parse_go_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 /// What the command line asks for.
@@ -149,12 +168,16 @@ pub(crate) enum Invocation {
     Serve(Box<Config>),
     /// `kernel-exporter check-config --web.config.file=PATH`.
     CheckConfig { web_config_file: PathBuf },
+    /// `kernel-exporter healthcheck`: the address to probe.
+    Healthcheck { address: SocketAddr, timeout: std::time::Duration },
 }
 
 /// The validated configuration the daemon runs with.
 #[derive(Debug)]
 pub(crate) struct Config {
     pub(crate) listen_addresses: Vec<ListenAddress>,
+    /// `--web.systemd-socket`: listen on systemd's sockets instead.
+    pub(crate) systemd_socket: bool,
     pub(crate) telemetry_path: String,
     pub(crate) web_config_file: Option<PathBuf>,
     pub(crate) allow_insecure: bool,
@@ -195,6 +218,10 @@ impl Invocation {
         let raw = RawArgs::from_arg_matches(matches).map_err(|e| e.to_string())?;
         match raw.command {
             Some(SubCommand::CheckConfig { web_config_file }) => Ok(Self::CheckConfig { web_config_file }),
+            Some(SubCommand::Healthcheck { listen_address, timeout }) => {
+                let listen = parse_listen_address(&listen_address)?;
+                Ok(Self::Healthcheck { address: crate::front_door::healthcheck::probe_address(listen.addr), timeout })
+            }
             None => Config::from_raw(raw, matches).map(|config| Self::Serve(Box::new(config))),
         }
     }
@@ -262,6 +289,7 @@ impl Config {
             allow_from,
             sources_tracked: raw.sources_tracked,
             listen_addresses,
+            systemd_socket: raw.systemd_socket,
             telemetry_path,
             web_config_file: raw.web_config_file,
             allow_insecure: raw.allow_insecure,
@@ -397,6 +425,33 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(invocation(&["check-config"]).is_err(), "the file is required");
+    }
+
+    #[test]
+    fn systemd_socket_replaces_listen_addresses() {
+        assert!(parse(&["--web.systemd-socket"]).unwrap().systemd_socket);
+        assert!(!parse(&[]).unwrap().systemd_socket);
+        let error = invocation(&["--web.systemd-socket", "--web.listen-address=:9569"]).unwrap_err();
+        assert!(error.contains("cannot be used with"), "{error}");
+    }
+
+    #[test]
+    fn healthcheck_probes_loopback() {
+        match invocation(&["healthcheck", "--web.listen-address=:9569"]).unwrap() {
+            Invocation::Healthcheck { address, timeout } => {
+                assert_eq!(address, "127.0.0.1:9569".parse().unwrap());
+                assert_eq!(timeout, std::time::Duration::from_secs(3));
+            }
+            other => panic!("{other:?}"),
+        }
+        match invocation(&["healthcheck", "--timeout=500ms"]).unwrap() {
+            Invocation::Healthcheck { address, timeout } => {
+                assert_eq!(address.to_string(), DEFAULT_LISTEN_ADDRESS);
+                assert_eq!(timeout, std::time::Duration::from_millis(500));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(invocation(&["healthcheck", "--web.listen-address=host:1"]).is_err());
     }
 
     fn names(config: &Config) -> Vec<&'static str> {

@@ -35,9 +35,9 @@ use tracing::{info, warn};
 
 use crate::{
     front_door::{
-        allowlist, listener,
+        allowlist, healthcheck, listener,
         metrics::{ConnectionMetrics, FrontDoorMetrics},
-        reload, requests, server,
+        reload, requests, server, systemd_socket,
     },
     process::{limits, logging, privileges, signals},
     scrape::{program_stats, self_metrics},
@@ -49,6 +49,7 @@ pub fn main() -> ExitCode {
     let config = match cli::Invocation::from_env() {
         cli::Invocation::Serve(config) => *config,
         cli::Invocation::CheckConfig { web_config_file } => return check_config(&web_config_file),
+        cli::Invocation::Healthcheck { address, timeout } => return healthcheck(address, timeout),
     };
     logging::init(config.log_level, config.log_format);
     match run(config) {
@@ -70,7 +71,12 @@ pub fn main() -> ExitCode {
 
 /// Loads and attaches the kernel programs, opens the listeners, and serves
 /// until SIGINT or SIGTERM. Everything is detached when this returns.
-fn run(config: cli::Config) -> anyhow::Result<()> {
+fn run(mut config: cli::Config) -> anyhow::Result<()> {
+    // Taken first: they are where this daemon listens, for every check below.
+    let inherited = config.systemd_socket.then(systemd_socket::Inherited::take).transpose()?;
+    if let Some(inherited) = &inherited {
+        config.listen_addresses = inherited.addresses();
+    }
     // First: a bad web config or an exposed listener is the operator's
     // to fix before anything is loaded or listens.
     let front_door = open_front_door(&config)?;
@@ -88,7 +94,7 @@ fn run(config: cli::Config) -> anyhow::Result<()> {
     // Everything privileged happens here, in this one thread: load and
     // attach, open the listeners, then give every privilege up before the
     // runtime starts its threads (capabilities are per thread).
-    let attached = attach_and_listen(&config, &front_door)?;
+    let attached = attach_and_listen(&config, &front_door, inherited)?;
     give_up_privileges(runtime_user.as_ref())?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -161,19 +167,26 @@ struct Attached {
     collectors: Vec<collectors::LoadedCollector>,
     allowlist_counters: allowlist::Counters,
     bans: Option<Arc<allowlist::Bans>>,
-    listeners: Vec<(listener::ListenAddress, std::net::TcpListener)>,
+    listeners: Vec<listener::Listener>,
 }
 
 /// Loads and attaches every enabled collector and the allowlist, puts the
-/// web config's allowlist into the kernel, and opens the listeners with the
-/// filter attached before they accept anything.
-fn attach_and_listen(config: &cli::Config, front_door: &reload::FrontDoor) -> anyhow::Result<Attached> {
+/// web config's allowlist into the kernel, and opens the listeners (or takes
+/// systemd's) with the filter attached before they accept anything.
+fn attach_and_listen(
+    config: &cli::Config,
+    front_door: &reload::FrontDoor,
+    inherited: Option<systemd_socket::Inherited>,
+) -> anyhow::Result<Attached> {
     let (mut kernel, collectors) =
         collectors::load(&config.collectors, &config.collector_options, config.sources_tracked)?;
     let (filter, trie, allowlist_counters, ban_map) = allowlist::open(kernel.object(), config.sources_tracked)?;
     let bans = allowlist::Bans::new(ban_map, config.ban).map(Arc::new);
     front_door.enforce(trie)?;
-    let listeners = listener::bind_all(&config.listen_addresses, filter.program())?;
+    let listeners = match inherited {
+        Some(inherited) => inherited.attach(filter.program())?,
+        None => listener::bind_all(&config.listen_addresses, filter.program())?,
+    };
     // Each listener holds the program now; `filter` is dropped here.
     Ok(Attached { kernel, collectors, allowlist_counters, bans, listeners })
 }
@@ -242,6 +255,21 @@ async fn serve(
     info!("shutting down: detaching BPF programs");
     drop(kernel);
     Ok(())
+}
+
+/// `kernel-exporter healthcheck`: one line either way, exit 0 if the daemon
+/// answered.
+fn healthcheck(address: std::net::SocketAddr, timeout: std::time::Duration) -> ExitCode {
+    match healthcheck::check(address, timeout) {
+        Ok(status) => {
+            println!("{address}: healthy: {status}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("unhealthy: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `kernel-exporter check-config`: everything start-up would check about

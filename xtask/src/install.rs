@@ -22,12 +22,16 @@ use crate::prereq::{self, Toolchain, say};
 
 /// The unit as shipped; its `ExecStart` names [`SHIPPED_BINARY`].
 const UNIT: &str = include_str!("../../deploy/kernel-exporter.service");
+/// Installed, not enabled: socket activation is the operator's choice (the
+/// file says how).
+const SOCKET_UNIT: &str = include_str!("../../deploy/kernel-exporter.socket");
 const WEB_CONFIG: &str = include_str!("../../deploy/web-config.yml");
 const SHIPPED_BINARY: &str = "/usr/local/bin/kernel-exporter";
 
 /// The dedicated system user (and group) the service runs as.
 const USER: &str = "kernel-exporter";
 const UNIT_PATH: &str = "etc/systemd/system/kernel-exporter.service";
+const SOCKET_UNIT_PATH: &str = "etc/systemd/system/kernel-exporter.socket";
 const CONFIG_DIR: &str = "etc/kernel-exporter";
 const CONFIG_FILE: &str = "web-config.yml";
 
@@ -79,12 +83,19 @@ pub(crate) fn install(options: &Options) -> anyhow::Result<()> {
         None,
         Overwrite::IfDifferent,
     )?;
+    let socket_changed = target.put_file(
+        Path::new("/").join(SOCKET_UNIT_PATH).as_path(),
+        SOCKET_UNIT.as_bytes(),
+        0o644,
+        None,
+        Overwrite::IfDifferent,
+    )?;
     // The config may hold secrets (users' hashes, key paths): readable by the
     // service's group, nobody else.
     let config_dir = Path::new("/").join(CONFIG_DIR);
     target.ensure_dir(&config_dir, 0o750, Some(USER))?;
     target.put_file(&config_dir.join(CONFIG_FILE), WEB_CONFIG.as_bytes(), 0o640, Some(USER), Overwrite::Never)?;
-    target.reload_systemd(unit_changed)?;
+    target.reload_systemd(unit_changed || socket_changed)?;
     Ok(())
 }
 

@@ -9,11 +9,13 @@ mod bench;
 mod codegen;
 mod floor;
 mod fuzz;
+mod image;
 mod install;
 mod overhead;
 mod prereq;
 mod run;
 mod soak;
+mod systemd_root;
 mod test;
 
 use std::process::ExitCode;
@@ -78,6 +80,9 @@ enum Command {
         #[arg(long, value_name = "N", requires = "overhead")]
         rounds: Option<usize>,
     },
+    /// Build the container image kernel-exporter:VERSION (FROM scratch, one
+    /// static musl binary) into the local container store.
+    Image,
     /// Install the release binary, the systemd unit, the example web config
     /// and the system user, idempotently.
     Install {
@@ -131,6 +136,11 @@ enum Command {
     Test {
         /// Only run end-to-end tests whose name contains this.
         filter: Option<String>,
+        /// Also the deployment stage: the container image under podman or
+        /// docker, and the systemd unit and socket under a real systemd
+        /// booted in systemd-nspawn (a few minutes more; CI runs it).
+        #[arg(long)]
+        deploy: bool,
     },
 }
 
@@ -144,7 +154,8 @@ fn main() -> ExitCode {
         Command::Install { prefix, root, binary, dry_run } => {
             install::install(&install::Options { prefix, root, binary, dry_run })
         }
-        Command::Test { filter } => test::test(filter.as_deref()),
+        Command::Test { filter, deploy } => test::test(filter.as_deref(), deploy),
+        Command::Image => image::image(),
         Command::Codegen { check } => codegen::codegen(check),
         Command::Soak { minutes } => soak::soak(minutes),
         Command::Fuzz { seconds, cmin, target } => fuzz::fuzz(seconds, target.as_deref(), cmin),

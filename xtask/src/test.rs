@@ -5,6 +5,7 @@
 use std::{
     io::{BufRead as _, BufReader},
     process::{Command, Stdio},
+    time::Instant,
 };
 
 use anyhow::{Context as _, bail};
@@ -42,7 +43,13 @@ const E2E_COMMANDS: &[(&str, &str)] = &[
 const E2E_PYTHON_MODULES: &[(&str, &str)] =
     &[("prometheus_client", "prometheus-client"), ("kubernetes_validate", "kubernetes-validate")];
 
-pub(crate) fn test(filter: Option<&str>) -> anyhow::Result<()> {
+/// The deployment stage's tests (`tests/tests/e2e/deployment.rs`): they need
+/// the image and the systemd root this module prepares, so the ordinary
+/// end-to-end stage leaves them out.
+const DEPLOYMENT_TESTS: &str = "deployment::";
+
+pub(crate) fn test(filter: Option<&str>, deploy: bool) -> anyhow::Result<()> {
+    let started = Instant::now();
     let toolchain = Toolchain::ensure()?;
     if !prereq::is_root() {
         bail!(
@@ -60,6 +67,52 @@ pub(crate) fn test(filter: Option<&str>) -> anyhow::Result<()> {
     crate::codegen::codegen(true)?;
 
     let mut tally = Tally::default();
+    // `--deploy deployment::…`: only that stage.
+    let only_deployment = deploy && filter.is_some_and(|filter| filter.contains(DEPLOYMENT_TESTS));
+    if !only_deployment {
+        ordinary_stages(&toolchain, &binary, filter, &mut tally)?;
+    }
+    if deploy {
+        let stage = Instant::now();
+        say("test", "deployment: the container image and the systemd unit under a real systemd");
+        let built = crate::image::build()?;
+        let root = crate::systemd_root::ensure()?;
+        say("ok", &format!("deployment prerequisites ready after {:.0?}", stage.elapsed()));
+        let tests = Instant::now();
+        let mut e2e = e2e_command(&toolchain, &binary);
+        crate::image::env_for_tests(&built, &mut e2e);
+        e2e.env("KERNEL_EXPORTER_SYSTEMD_ROOT", &root);
+        // Their figures (start-up times, the systemd-analyze score) are
+        // worth reading in every run.
+        e2e.arg("--nocapture").arg(filter.filter(|_| only_deployment).unwrap_or(DEPLOYMENT_TESTS));
+        tally.run(&mut e2e, "cargo test -p kernel-exporter-tests deployment::")?;
+        say("ok", &format!("deployment stage: {:.0?} (tests {:.0?})", stage.elapsed(), tests.elapsed()));
+    }
+    say("ok", &format!("all stages: {:.0?}", started.elapsed()));
+    // One closing line for the whole run, in the plain form CI reads.
+    println!("xtask: {} passed, {} failed", tally.passed, tally.failed);
+    Ok(())
+}
+
+/// The end-to-end tests' cargo command, up to the test filter.
+fn e2e_command(toolchain: &Toolchain, binary: &std::path::Path) -> Command {
+    let mut e2e = toolchain.cargo();
+    e2e.args(["test", "--package", "kernel-exporter-tests", "--", "--test-threads=1"])
+        .env("KERNEL_EXPORTER_BIN", binary)
+        // The deploy tests run `xtask install` into a temporary root. Not
+        // current_exe(): a rebuild during the run replaces that file.
+        .env("XTASK_BIN", prereq::target_dir().join("debug/xtask"));
+    e2e
+}
+
+/// Unit tests, then every end-to-end test but the deployment stage's.
+fn ordinary_stages(
+    toolchain: &Toolchain,
+    binary: &std::path::Path,
+    filter: Option<&str>,
+    tally: &mut Tally,
+) -> anyhow::Result<()> {
+    let stage = Instant::now();
     say("test", "unit tests (cargo test)");
     tally.run(
         toolchain.cargo().args([
@@ -73,19 +126,17 @@ pub(crate) fn test(filter: Option<&str>) -> anyhow::Result<()> {
         "cargo test",
     )?;
 
+    say("ok", &format!("unit tests: {:.0?}", stage.elapsed()));
+
+    let stage = Instant::now();
     say("test", "end-to-end tests against the real kernel (cargo test -p kernel-exporter-tests)");
-    let mut e2e = toolchain.cargo();
-    e2e.args(["test", "--package", "kernel-exporter-tests", "--", "--test-threads=1"])
-        .env("KERNEL_EXPORTER_BIN", &binary)
-        // The deploy tests run `xtask install` into a temporary root. Not
-        // current_exe(): a rebuild during the run replaces that file.
-        .env("XTASK_BIN", prereq::target_dir().join("debug/xtask"));
+    let mut e2e = e2e_command(toolchain, binary);
+    e2e.args(["--skip", DEPLOYMENT_TESTS]);
     if let Some(filter) = filter {
         e2e.arg(filter);
     }
     tally.run(&mut e2e, "cargo test -p kernel-exporter-tests")?;
-    // One closing line for the whole run, in the plain form CI reads.
-    println!("xtask: {} passed, {} failed", tally.passed, tally.failed);
+    say("ok", &format!("end-to-end tests: {:.0?}", stage.elapsed()));
     Ok(())
 }
 

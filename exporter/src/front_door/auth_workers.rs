@@ -88,7 +88,9 @@ fn thread_cpu_seconds() -> f64 {
 /// `SCHED_IDLE` needs no privilege; if it fails the checks run at the
 /// normal priority.
 fn lower_priority() {
-    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_param is plain integers; all zero is SCHED_IDLE's only
+    // valid priority, and zeroing also covers musl's extra (reserved) fields.
+    let param: libc::sched_param = unsafe { std::mem::zeroed() };
     // SAFETY: sched_setscheduler reads one sched_param; on Linux pid 0 is
     // the calling thread.
     let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &raw const param) };

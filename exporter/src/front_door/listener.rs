@@ -7,7 +7,7 @@
 use std::{
     fmt, io,
     net::SocketAddr,
-    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, IntoRawFd as _},
+    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, IntoRawFd as _, RawFd},
 };
 
 use tokio::net::TcpSocket;
@@ -25,6 +25,26 @@ impl fmt::Display for ListenAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.dual_stack { write!(f, ":{}", self.addr.port()) } else { self.addr.fmt(f) }
     }
+}
+
+/// A listening socket with the allowlist filter attached, ready to serve.
+#[derive(Debug)]
+pub(crate) struct Listener {
+    pub(crate) address: ListenAddress,
+    pub(crate) socket: std::net::TcpListener,
+    pub(crate) source_check: SourceCheck,
+}
+
+/// Where a listener's connections have their source checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SourceCheck {
+    /// The filter was attached before `listen()`: no connection ever got
+    /// past the kernel without it.
+    Kernel,
+    /// The socket listened before the filter was attached (systemd's,
+    /// [`super::systemd_socket`]): connections may have queued unfiltered,
+    /// so each accepted one is checked again against the allowlist.
+    AlsoInUserspace,
 }
 
 /// Pending connections the kernel queues per listener.
@@ -46,11 +66,13 @@ pub(crate) struct BindError {
 /// before privileges are dropped), and handed to it by [`serve`].
 /// `filter` (the allowlist socket filter) is attached to each before it
 /// listens.
-pub(crate) fn bind_all(
-    addresses: &[ListenAddress],
-    filter: BorrowedFd<'_>,
-) -> Result<Vec<(ListenAddress, std::net::TcpListener)>, BindError> {
-    addresses.iter().map(|&address| bind(address, filter).map(|listener| (address, listener))).collect()
+pub(crate) fn bind_all(addresses: &[ListenAddress], filter: BorrowedFd<'_>) -> Result<Vec<Listener>, BindError> {
+    addresses
+        .iter()
+        .map(|&address| {
+            bind(address, filter).map(|socket| Listener { address, socket, source_check: SourceCheck::Kernel })
+        })
+        .collect()
 }
 
 fn bind(address: ListenAddress, filter: BorrowedFd<'_>) -> Result<std::net::TcpListener, BindError> {
@@ -75,7 +97,7 @@ fn bind(address: ListenAddress, filter: BorrowedFd<'_>) -> Result<std::net::TcpL
     socket.bind(address.addr).map_err(fail)?;
     // Before listen(): from its first SYN on, the socket only sees allowed
     // sources, and every accepted socket inherits the filter.
-    attach_filter(&socket, filter).map_err(|source| BindError {
+    attach_filter(socket.as_raw_fd(), filter).map_err(|source| BindError {
         address,
         source,
         hint: " (attaching the allowlist socket filter, SO_ATTACH_BPF)",
@@ -93,13 +115,14 @@ fn bind(address: ListenAddress, filter: BorrowedFd<'_>) -> Result<std::net::TcpL
     Ok(listener)
 }
 
-fn attach_filter(socket: &TcpSocket, filter: BorrowedFd<'_>) -> io::Result<()> {
+/// Attaches the allowlist program to `socket`, replacing any filter on it.
+pub(crate) fn attach_filter(socket: RawFd, filter: BorrowedFd<'_>) -> io::Result<()> {
     let program = filter.as_raw_fd();
-    // SAFETY: the descriptor is a live socket owned by `socket`, and the
-    // option value points to the program's descriptor, a c_int.
+    // SAFETY: the caller's descriptor is a live socket, and the option value
+    // points to the program's descriptor, a c_int.
     let rc = unsafe {
         libc::setsockopt(
-            socket.as_raw_fd(),
+            socket,
             libc::SOL_SOCKET,
             libc::SO_ATTACH_BPF,
             (&raw const program).cast(),

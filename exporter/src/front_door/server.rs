@@ -64,7 +64,7 @@ use crate::{
     front_door::allowlist::Bans,
     front_door::auth::{self, AuthFailure, Authenticator},
     front_door::connections::{Activity, Admission, CloseReason, Connections, Slot},
-    front_door::listener::ListenAddress,
+    front_door::listener::{Listener, SourceCheck},
     front_door::metrics::{ConnectionMetrics, FrontDoorMetrics},
     front_door::reload::FrontDoor,
     front_door::requests::Requests,
@@ -383,16 +383,12 @@ impl App {
 
 /// Serves every listener until `shutdown` resolves, then gives in-flight
 /// requests [`SHUTDOWN_GRACE`] to finish.
-pub(crate) async fn serve(
-    listeners: Vec<(ListenAddress, std::net::TcpListener)>,
-    app: App,
-    shutdown: impl Future<Output = ()>,
-) {
+pub(crate) async fn serve(listeners: Vec<Listener>, app: App, shutdown: impl Future<Output = ()>) {
     let app = Arc::new(app);
     let (stop, stopped) = watch::channel(());
     let mut accept_loops = JoinSet::new();
-    for (address, listener) in listeners {
-        let listener = match TcpListener::from_std(listener) {
+    for Listener { address, socket, source_check } in listeners {
+        let listener = match TcpListener::from_std(socket) {
             Ok(listener) => listener,
             Err(error) => {
                 error!(address = %address, "cannot serve the listener: {error}");
@@ -400,7 +396,7 @@ pub(crate) async fn serve(
             }
         };
         info!(address = %address, path = app.telemetry_path, "listening");
-        accept_loops.spawn(accept_loop(listener, Arc::clone(&app), stopped.clone()));
+        accept_loops.spawn(accept_loop(listener, source_check, Arc::clone(&app), stopped.clone()));
     }
     shutdown.await;
     // Receivers see the change and stop; the send only fails if none is left.
@@ -408,12 +404,26 @@ pub(crate) async fn serve(
     while accept_loops.join_next().await.is_some() {}
 }
 
-async fn accept_loop(listener: TcpListener, app: Arc<App>, mut stopped: watch::Receiver<()>) {
+async fn accept_loop(
+    listener: TcpListener,
+    source_check: SourceCheck,
+    app: Arc<App>,
+    mut stopped: watch::Receiver<()>,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             _ = stopped.changed() => break,
             accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) if source_check == SourceCheck::AlsoInUserspace
+                    && !app.front_door.current().allows(peer.ip()) =>
+                {
+                    // Queued on an inherited socket before the filter was
+                    // attached (see `systemd_socket`): what the kernel would
+                    // have dropped is reset here, before any byte is read.
+                    app.access_log.refused(peer, "source not in allowed_sources (queued before the filter)");
+                    reset_on_close(stream.as_raw_fd());
+                }
                 Ok((stream, peer)) => {
                     // Only a completed handshake gets a source its own
                     // series (see `allowlist::Counters`).

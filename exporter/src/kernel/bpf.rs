@@ -478,9 +478,14 @@ fn loader_without_btf() -> EbpfLoader<'static> {
 
 /// Hands memory freed after start-up (the kernel's BTF, the object's
 /// parse) back to the system, so it does not stay in the resident set.
+/// musl's allocator (the static container build) returns freed pages to
+/// the kernel on its own and has no `malloc_trim`.
 fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only walks glibc's own free lists.
-    unsafe { libc::malloc_trim(0) };
+    unsafe {
+        libc::malloc_trim(0)
+    };
 }
 
 /// An error and its causes on one line: verifier logs are many lines long

@@ -54,7 +54,7 @@ pub(crate) struct RuntimeUser {
 /// drop privileges must not keep serving with them.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DropError {
-    #[error("--runtime.user={0}: no such user (check `getent passwd {0}`)")]
+    #[error("--runtime.user={0}: no such user (check `getent passwd {0}`; a numeric UID or UID:GID needs no entry)")]
     UnknownUser(String),
     #[error("--runtime.user={user}: switching to it needs root (CAP_SETUID and CAP_SETGID): {call} failed: {source}")]
     Switch {
@@ -72,10 +72,23 @@ pub(crate) enum DropError {
 }
 
 impl RuntimeUser {
-    /// Looks `name` up in the password and group databases.
+    /// Looks `name` up in the password and group databases. A numeric
+    /// `UID` or `UID:GID` with no entry there is taken as it is (group =
+    /// UID when not given, no supplementary groups): a `FROM scratch`
+    /// container image has no `/etc/passwd`, and Kubernetes' `runAsUser`
+    /// is numeric too.
     pub(crate) fn lookup(name: &str) -> Result<Self, DropError> {
         let unknown = || DropError::UnknownUser(name.to_owned());
         let c_name = CString::new(name).map_err(|_| unknown())?;
+        let by_name = Self::lookup_name(name, &c_name);
+        match (by_name, numeric_ids(name)) {
+            (Some(user), _) => Ok(user),
+            (None, Some((uid, gid))) => Ok(Self { name: name.to_owned(), uid, gid, groups: Vec::new() }),
+            (None, None) => Err(unknown()),
+        }
+    }
+
+    fn lookup_name(name: &str, c_name: &std::ffi::CStr) -> Option<Self> {
         // SAFETY: `passwd` is plain data (integers and pointers); all-zero
         // is a valid value that getpwnam_r overwrites.
         let mut passwd: libc::passwd = unsafe { std::mem::zeroed() };
@@ -87,7 +100,7 @@ impl RuntimeUser {
             libc::getpwnam_r(c_name.as_ptr(), &raw mut passwd, buffer.as_mut_ptr(), buffer.len(), &raw mut found)
         };
         if rc != 0 || found.is_null() {
-            return Err(unknown());
+            return None;
         }
         let (uid, gid) = (passwd.pw_uid, passwd.pw_gid);
         let mut groups = vec![0 as libc::gid_t; 64];
@@ -108,8 +121,23 @@ impl RuntimeUser {
             }
             groups.resize(needed, 0);
         }
-        Ok(Self { name: name.to_owned(), uid, gid, groups })
+        Some(Self { name: name.to_owned(), uid, gid, groups })
     }
+}
+
+/// `UID` or `UID:GID`, both decimal; root (0) is refused: switching to it
+/// would be no drop at all.
+fn numeric_ids(name: &str) -> Option<(libc::uid_t, libc::gid_t)> {
+    let (uid, gid) = name.split_once(':').map_or((name, None), |(uid, gid)| (uid, Some(gid)));
+    let parse = |text: &str| {
+        (!text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit())).then(|| text.parse::<u32>().ok()).flatten()
+    };
+    let uid = parse(uid)?;
+    let gid = match gid {
+        Some(gid) => parse(gid)?,
+        None => uid,
+    };
+    (uid != 0 && gid != 0).then_some((uid, gid))
 }
 
 /// Why map operations on the descriptors the daemon holds still need
@@ -251,6 +279,20 @@ pub(crate) fn effective_capabilities(status: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numeric_users_need_no_passwd_entry() {
+        assert_eq!(numeric_ids("65534"), Some((65534, 65534)));
+        assert_eq!(numeric_ids("1000:2000"), Some((1000, 2000)));
+        for bad in ["", "0", "0:5", "5:0", "-1", "12a", "1:", ":1", "99999999999", "1:2:3"] {
+            assert_eq!(numeric_ids(bad), None, "{bad}");
+        }
+        let user = RuntimeUser::lookup("4242:4343").unwrap();
+        assert_eq!((user.uid, user.gid, user.groups.len()), (4242, 4343, 0));
+        // A name in the database wins over its digits; `root` is uid 0 by name.
+        assert_eq!(RuntimeUser::lookup("root").unwrap().uid, 0);
+        assert!(matches!(RuntimeUser::lookup("no-such-user-here"), Err(DropError::UnknownUser(_))));
+    }
 
     #[test]
     fn parses_cap_eff() {

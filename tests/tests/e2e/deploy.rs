@@ -110,6 +110,15 @@ fn unit_passes_systemd_analyze_verify() {
     let verify = || run(Command::new("systemd-analyze").arg("verify").arg(&path));
     let out = verify();
     assert!(out.status.success() && printed(&out).trim().is_empty(), "systemd-analyze verify:\n{}", printed(&out));
+    // The socket unit, with the service it activates beside it.
+    let socket = dir.path().join("kernel-exporter.socket");
+    fs::copy(deploy_dir().join("kernel-exporter.socket"), &socket).expect("copy the socket unit");
+    let out = run(Command::new("systemd-analyze").arg("verify").arg(&socket));
+    assert!(
+        out.status.success() && printed(&out).trim().is_empty(),
+        "systemd-analyze verify (socket):\n{}",
+        printed(&out)
+    );
 
     // It only warns about a misspelt setting, with exit code 0: the check
     // above would see the warning.
@@ -265,7 +274,8 @@ fn install_into_a_temporary_root_is_idempotent() {
         fs::write(etc.join(file), text).expect("write an account file");
         fs::set_permissions(etc.join(file), fs::Permissions::from_mode(mode)).expect("chmod");
     }
-    let steps = 5;
+    // The user, the binary, the service, the socket, the config folder and file.
+    let steps = 6;
 
     let before = snapshot(root.path());
     let lines = install(root.path(), &["--dry-run"]);
@@ -290,6 +300,12 @@ fn install_into_a_temporary_root_is_idempotent() {
     let shipped = read(&deploy_dir().join("kernel-exporter.service"));
     let unit = read(&root.path().join("etc/systemd/system/kernel-exporter.service"));
     assert_eq!(unit, unit_running(&shipped, Path::new("/opt/kernel-exporter/bin/kernel-exporter")));
+    let socket = root.path().join("etc/systemd/system/kernel-exporter.socket");
+    assert_eq!(read(&socket), read(&deploy_dir().join("kernel-exporter.socket")), "the socket unit as shipped");
+    assert!(
+        !root.path().join("etc/systemd/system/sockets.target.wants/kernel-exporter.socket").exists(),
+        "socket activation is the operator's choice: installed, not enabled"
+    );
 
     let config_dir = root.path().join("etc/kernel-exporter");
     let config = config_dir.join("web-config.yml");
@@ -394,7 +410,7 @@ fn web_config_example_is_accepted_as_shipped_and_uncommented() {
 }
 
 /// A YAML file as JSON, through PyYAML (which kubernetes-validate brings).
-fn yaml_as_json(path: &Path) -> serde_json::Value {
+pub(crate) fn yaml_as_json(path: &Path) -> serde_json::Value {
     let out = run(Command::new("python3")
         .args(["-c", "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))"])
         .arg(path));
@@ -430,7 +446,14 @@ fn daemonset_validates_offline_with_the_units_capabilities() {
             .split_whitespace()
             .map(|cap| cap.trim_start_matches("CAP_").to_owned())
             .collect();
-    assert_eq!(security["capabilities"]["add"], serde_json::json!(unit_caps));
+    // Plus what leaving root for --runtime.user takes (a pod cannot start as
+    // a non-root user holding capabilities: Kubernetes grants no ambient
+    // ones); every one of them is dropped once the programs are attached.
+    let mut pod_caps = unit_caps;
+    pod_caps.extend(["SETUID".to_owned(), "SETGID".to_owned()]);
+    assert_eq!(security["capabilities"]["add"], serde_json::json!(pod_caps));
+    let args = containers[0]["args"].as_array().expect("args");
+    assert!(args.iter().any(|arg| arg.as_str().is_some_and(|arg| arg.starts_with("--runtime.user="))), "{args:?}");
     let btf = containers[0]["volumeMounts"]
         .as_array()
         .expect("volumeMounts")

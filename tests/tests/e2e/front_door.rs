@@ -425,15 +425,16 @@ fn wrong_password_floods_do_not_starve_scrapes() {
     assert!(failures >= 1.0, "the flood was not under way while scraping");
 }
 
-/// A Prometheus server on loopback, killed when dropped.
-struct Prometheus {
+/// A Prometheus server on loopback, killed when dropped. (Also used by
+/// `deployment`.)
+pub(crate) struct Prometheus {
     child: Child,
     addr: SocketAddr,
     _dir: PathBuf,
 }
 
 impl Prometheus {
-    fn start(dir: &Path, scrape_configs: &str) -> Self {
+    pub(crate) fn start(dir: &Path, scrape_configs: &str) -> Self {
         let config = dir.join("prometheus.yml");
         fs::write(
             &config,
@@ -457,7 +458,7 @@ impl Prometheus {
     }
 
     /// The result of an instant query, as JSON text.
-    fn query(&self, query: &str) -> String {
+    pub(crate) fn query(&self, query: &str) -> String {
         let encoded: String = query
             .bytes()
             .map(|b| if b.is_ascii_alphanumeric() || b == b'_' { (b as char).to_string() } else { format!("%{b:02X}") })
@@ -468,7 +469,7 @@ impl Prometheus {
     }
 
     /// `up` of `job`, once Prometheus has scraped it.
-    fn up(&self, job: &str) -> Option<bool> {
+    pub(crate) fn up(&self, job: &str) -> Option<bool> {
         let body = self.query(&format!("up{{job=\"{job}\"}}"));
         let value = body.split("\"value\":[").nth(1)?;
         Some(value.split(",\"").nth(1)?.starts_with('1'))
