@@ -24,9 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kernel_exporter_tests::{Exporter, Metrics, free_port};
-
-use kernel_exporter_tests::ONE_COLLECTOR;
+use kernel_exporter_tests::{Exporter, Metrics, ONE_COLLECTOR, free_port};
 
 /// Under the 1 s initial RTO: a dropped attempt sends one SYN, no retransmit.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(300);

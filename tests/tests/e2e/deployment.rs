@@ -25,11 +25,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kernel_exporter_tests::{COLLECTOR_PROGRAMS, EVERY_COLLECTOR_ARGS, free_port};
+use kernel_exporter_tests::{
+    COLLECTOR_PROGRAMS, EVERY_COLLECTOR_ARGS, Pki,
+    credentials::{HASH, PASSWORD, USER},
+    free_port,
+};
 
 use crate::{
     deploy::yaml_as_json,
-    front_door::{HASH, PASSWORD, Pki, Prometheus, USER, wait_for},
+    front_door::{Prometheus, wait_for},
 };
 
 fn prepared(variable: &str) -> String {

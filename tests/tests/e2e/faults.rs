@@ -21,16 +21,15 @@ use std::{
 };
 
 use kernel_exporter_tests::{
-    COLLECTOR_PROGRAMS, EVERY_COLLECTOR_ARGS, Exporter, Metrics, every_program_count, exporter_binary, free_port,
-    promtool_check_metrics,
+    COLLECTOR_PROGRAMS, EVERY_COLLECTOR_ARGS, Exporter, Metrics, ONE_COLLECTOR, Pki,
+    credentials::{HASH, PASSWORD, USER},
+    every_program_count, exporter_binary, free_port, promtool_check_metrics,
 };
 
 use crate::{
     allowlist::connect_from,
-    front_door::{HASH, PASSWORD, Pki, USER, curl, file_serial, served_serial, wait_for, with_password},
+    front_door::{curl, file_serial, served_serial, wait_for, with_password},
 };
-
-use kernel_exporter_tests::ONE_COLLECTOR;
 
 /// The BPF programs, maps and links `pid` holds descriptors to, by kernel
 /// ID (from `/proc/PID/fdinfo`): exactly that daemon's, whatever else runs

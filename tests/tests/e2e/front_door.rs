@@ -21,7 +21,7 @@ fn openssl(args: &[&str]) -> std::process::Output {
     kernel_exporter_tests::pki::openssl(Path::new("/"), args).unwrap_or_else(|error| panic!("{error}"))
 }
 
-pub(crate) use kernel_exporter_tests::{
+use kernel_exporter_tests::{
     ONE_COLLECTOR, Pki,
     credentials::{HASH, PASSWORD, USER},
 };

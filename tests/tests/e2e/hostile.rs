@@ -24,11 +24,13 @@ use std::{
 };
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
-use kernel_exporter_tests::{Exporter, Metrics, exporter_binary, free_port, http_request};
+use kernel_exporter_tests::{
+    Exporter, Metrics, ONE_COLLECTOR, Pki,
+    credentials::{HASH, PASSWORD, USER},
+    exporter_binary, free_port, http_request,
+};
 
-use crate::front_door::{self, HASH, PASSWORD, Pki, USER};
-
-use kernel_exporter_tests::ONE_COLLECTOR;
+use crate::front_door;
 
 /// The daemon's header timeout, idle timeout and TLS handshake timeout.
 const DAEMON_TIMEOUT: Duration = Duration::from_secs(10);
