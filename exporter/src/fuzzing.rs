@@ -116,7 +116,7 @@ pub fn negotiation(data: &[u8]) {
 
     let format = Format::negotiate(Some(accept));
     assert!(
-        [Format::Text.content_type(), Format::OpenMetrics.content_type()].contains(&format.content_type()),
+        [Format::Text, Format::OpenMetrics, Format::Protobuf].contains(&format),
         "{format:?}"
     );
     for variant in [accept.to_ascii_uppercase(), accept.to_ascii_lowercase()] {
