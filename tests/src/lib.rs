@@ -5,6 +5,8 @@
 //! `cargo xtask test`), or `target/debug/kernel-exporter`.
 #![deny(missing_docs)]
 
+pub mod metrics_proto;
+
 use std::{
     collections::{HashMap, HashSet},
     env,

@@ -5,7 +5,7 @@
 //! and the round-trip fuzz target (which include this file by path, so
 //! there is one copy). Only the fields the exporter can write are declared;
 //! prost skips the others. Never part of the daemon.
-#![allow(missing_docs, unreachable_pub, clippy::derive_partial_eq_without_eq)]
+#![allow(missing_docs, unreachable_pub, dead_code, clippy::derive_partial_eq_without_eq)]
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LabelPair {
