@@ -455,14 +455,13 @@ pub(super) fn spans(first_index: i32, counts: &[u64]) -> impl Iterator<Item = Sp
 
 #[cfg(test)]
 mod tests {
+    //! (Imports used only by `#[test]` functions are inside them: the
+    //! encoder benchmark compiles this module without its tests.)
+
     use bytes::BytesMut;
-    use exporter_common::histogram::{LOG2_BUCKETS, Log2Histogram, TOP_FINITE_NS};
 
     use super::*;
-    use crate::exposition::{
-        encode::{Family, Format, Series},
-        histogram::HistogramSeries,
-    };
+    use crate::exposition::encode::{Family, Format};
 
     use crate::exposition::metrics_proto as proto;
 
@@ -504,6 +503,7 @@ mod tests {
 
     #[test]
     fn counters_gauges_and_labels_decode() {
+        use crate::exposition::encode::Series;
         let up = Series::new(&UP, &[("collector", "sched"), ("odd", "a\"b\\c\nd é")]);
         let families = encode(|out| {
             out.single(&FORKS, u64::MAX);
@@ -530,6 +530,7 @@ mod tests {
 
     #[test]
     fn rollback_restores_the_open_family() {
+        use crate::exposition::encode::Series;
         let up = Series::new(&UP, &[("collector", "a")]);
         let families = encode(|out| {
             out.family(&UP);
@@ -550,6 +551,9 @@ mod tests {
     /// A histogram's classic and native parts against the kernel buckets.
     #[test]
     fn histograms_carry_exact_classic_and_native_buckets() {
+        use exporter_common::histogram::{Log2Histogram, TOP_FINITE_NS};
+
+        use crate::exposition::histogram::HistogramSeries;
         let mut histogram = Log2Histogram::default();
         let values = [0u64, 0, 1, 900, 1_000, 1_500, 3_000_000, 1_000_000_000, 1_000_000_001, 60_000_000_000];
         for ns in values {
@@ -600,6 +604,9 @@ mod tests {
 
     #[test]
     fn empty_and_full_histograms() {
+        use exporter_common::histogram::{LOG2_BUCKETS, Log2Histogram};
+
+        use crate::exposition::histogram::HistogramSeries;
         let series = HistogramSeries::new(&LATENCY, &[]);
         let mut full = Log2Histogram::default();
         for (i, bucket) in full.buckets.iter_mut().enumerate() {
