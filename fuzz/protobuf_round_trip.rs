@@ -38,7 +38,8 @@ pub(crate) fn check(data: &[u8]) {
                     let h = metric.histogram.as_ref().expect("a histogram");
                     assert_eq!(h.sample_count, *count);
                     assert_eq!(h.sample_sum.to_bits(), sum.to_bits());
-                    let buckets: Vec<(f64, u64)> = h.bucket.iter().map(|b| (b.upper_bound, b.cumulative_count)).collect();
+                    let buckets: Vec<(f64, u64)> =
+                        h.bucket.iter().map(|b| (b.upper_bound, b.cumulative_count)).collect();
                     assert_eq!(&buckets, classic);
                     assert_eq!(h.schema, 0);
                     assert_eq!(h.zero_threshold, 2f64.powi(-30));

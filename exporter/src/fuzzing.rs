@@ -126,10 +126,7 @@ pub fn negotiation(data: &[u8]) {
     let (accept, accept_encoding) = text.split_once('\n').unwrap_or((&text, ""));
 
     let format = Format::negotiate(Some(accept));
-    assert!(
-        [Format::Text, Format::OpenMetrics, Format::Protobuf].contains(&format),
-        "{format:?}"
-    );
+    assert!([Format::Text, Format::OpenMetrics, Format::Protobuf].contains(&format), "{format:?}");
     for variant in [accept.to_ascii_uppercase(), accept.to_ascii_lowercase()] {
         assert_eq!(Format::negotiate(Some(&variant)), format, "{accept:?} and {variant:?}");
     }

@@ -219,11 +219,9 @@ fn floor_log2(out: &mut Vec<u64>) {
 /// A program that computes `bucket` of its value and returns it.
 pub(crate) fn bucket_program(value: Value, bucket: Bucket) -> Vec<u64> {
     let mut out = match value {
-        Value::Clock => vec![
-            insn(CALL, 0, 0, 0, BPF_FUNC_KTIME_GET_NS),
-            insn(MOV_X, 1, 0, 0, 0),
-            insn(AND_K, 1, 0, 0, 0x3fff_ffff),
-        ],
+        Value::Clock => {
+            vec![insn(CALL, 0, 0, 0, BPF_FUNC_KTIME_GET_NS), insn(MOV_X, 1, 0, 0, 0), insn(AND_K, 1, 0, 0, 0x3fff_ffff)]
+        }
         Value::Argument => vec![insn(LDX_DW, 1, 1, 0, 0)],
     };
     match bucket {

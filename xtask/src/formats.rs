@@ -138,9 +138,15 @@ fn count_series(text: &str) -> SeriesCount {
     let samples: Vec<&str> = text.lines().filter(|line| !line.starts_with('#') && !line.is_empty()).collect();
     let kernel_histograms = samples
         .iter()
-        .filter(|line| histograms.iter().any(|name| line.strip_prefix(name).is_some_and(|rest| rest.starts_with("_count"))))
+        .filter(|line| {
+            histograms.iter().any(|name| line.strip_prefix(name).is_some_and(|rest| rest.starts_with("_count")))
+        })
         .count();
-    SeriesCount { kernel_histograms, classic: samples.len(), native: samples.len().saturating_sub(kernel_histograms * 26) }
+    SeriesCount {
+        kernel_histograms,
+        classic: samples.len(),
+        native: samples.len().saturating_sub(kernel_histograms * 26),
+    }
 }
 
 /// In-kernel cost per event of the bucket computations, in ns.
@@ -157,9 +163,7 @@ fn reference(bucket: Bucket, ns: u64) -> u32 {
     match bucket {
         Bucket::None => ns as u32,
         Bucket::Log2Nanoseconds => ns.max(1).ilog2().min(35),
-        Bucket::Log2Seconds => {
-            (0..=40u32).find(|&b| u128::from(ns) << 30 <= 1_000_000_000u128 << b).unwrap_or(41)
-        }
+        Bucket::Log2Seconds => (0..=40u32).find(|&b| u128::from(ns) << 30 <= 1_000_000_000u128 << b).unwrap_or(41),
     }
 }
 
@@ -204,7 +208,11 @@ pub(crate) fn bucket_costs(rounds: usize, calls: u64, getppid: &dyn Fn(u64)) -> 
 
 pub(crate) fn render(costs: &[FormatCost], series: &SeriesCount) -> String {
     let mut t = String::new();
-    let _ = writeln!(t, "{:<34} {:>14} {:>14} {:>18}", "exposition formats (one scrape)", "bytes", "gzip bytes", "CPU µs per scrape");
+    let _ = writeln!(
+        t,
+        "{:<34} {:>14} {:>14} {:>18}",
+        "exposition formats (one scrape)", "bytes", "gzip bytes", "CPU µs per scrape"
+    );
     for cost in costs {
         let _ = writeln!(
             t,

@@ -40,7 +40,9 @@ impl Format {
             Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
             // What client_golang answers with, and what Prometheus' parser
             // selects on (the media type; the parameters name the message).
-            Self::Protobuf => "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited",
+            Self::Protobuf => {
+                "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
+            }
         }
     }
 
@@ -76,7 +78,9 @@ impl Format {
                     // Only the delimited MetricFamily stream: the text and
                     // compact-text protobuf encodings are not written here.
                     ("application/vnd.google.protobuf", _)
-                        if proto.as_deref().is_some_and(|p| p.eq_ignore_ascii_case("io.prometheus.client.MetricFamily"))
+                        if proto
+                            .as_deref()
+                            .is_some_and(|p| p.eq_ignore_ascii_case("io.prometheus.client.MetricFamily"))
                             && encoding.as_deref().is_some_and(|e| e.eq_ignore_ascii_case("delimited")) =>
                     {
                         Some(Self::Protobuf)

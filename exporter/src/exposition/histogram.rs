@@ -93,10 +93,11 @@ impl Encoder<'_> {
         // Cumulative count of every kernel bucket below the first bound's.
         let below = histogram.buckets[..FIRST_BOUND_BUCKET].iter().fold(0u64, |sum, n| sum.wrapping_add(*n));
         // le = 2^k s holds every kernel bucket up to and including k + 30.
-        let classic = histogram.buckets[FIRST_BOUND_BUCKET..FIRST_BOUND_BUCKET + BOUNDS].iter().scan(below, |cumulative, n| {
-            *cumulative = cumulative.wrapping_add(*n);
-            Some(*cumulative)
-        });
+        let classic =
+            histogram.buckets[FIRST_BOUND_BUCKET..FIRST_BOUND_BUCKET + BOUNDS].iter().scan(below, |cumulative, n| {
+                *cumulative = cumulative.wrapping_add(*n);
+                Some(*cumulative)
+            });
         if self.format() == Format::Protobuf {
             let classic = (CLASSIC_FIRST_BOUND..).map(bound).zip(classic);
             let native = Native {

@@ -570,7 +570,7 @@ mod tests {
         assert_eq!(metric.label, [proto::LabelPair { name: "op".into(), value: "read".into() }]);
         let h = metric.histogram.as_ref().unwrap();
         assert_eq!(h.sample_count, 11);
-        assert!((h.sample_sum - 1086.003_003_403).abs() < 1e-6, "{}", h.sample_sum);
+        assert!((h.sample_sum - 1_086.003_003_403).abs() < 1e-6, "{}", h.sample_sum);
         // Classic: 2^-20 .. 2^3 s, cumulative, le inclusive.
         assert_eq!(h.bucket.len(), 24);
         assert_eq!(h.bucket[0].upper_bound, 2f64.powi(-20));
@@ -622,10 +622,8 @@ mod tests {
         assert!(empty.positive_span.is_empty() && empty.positive_delta.is_empty());
         assert!(empty.zero_threshold > 0.0, "recognised as native while empty");
         let h = families[0].metric[1].histogram.as_ref().unwrap();
-        let expected: Vec<(i32, u64)> = (1..LOG2_BUCKETS - 1)
-            .filter(|i| full.buckets[*i] != 0)
-            .map(|i| (i as i32 - 30, full.buckets[i]))
-            .collect();
+        let expected: Vec<(i32, u64)> =
+            (1..LOG2_BUCKETS - 1).filter(|i| full.buckets[*i] != 0).map(|i| (i as i32 - 30, full.buckets[i])).collect();
         assert_eq!(h.native_buckets(), expected);
         assert_eq!(h.sample_count, full.count());
     }

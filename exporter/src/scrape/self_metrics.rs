@@ -19,11 +19,11 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
+use crate::exposition::self_families::{REQUESTS_IN_FLIGHT, SCRAPE_DURATION, SCRAPES, START_TIME};
 use crate::exposition::{
     encode::{Encoder, Format},
     protobuf::Transcoding,
 };
-use crate::exposition::self_families::{REQUESTS_IN_FLIGHT, SCRAPE_DURATION, SCRAPES, START_TIME};
 
 /// Scrape-duration histogram bounds, in seconds: a kernel-exporter scrape
 /// takes well under a millisecond, a slow one tens of milliseconds.

@@ -165,8 +165,14 @@ fn check_between(before: &Metrics, families: &[MetricFamily], after: &Metrics) {
                     for bucket in &h.bucket {
                         let at = (series.clone(), bucket.upper_bound.to_bits());
                         let low = buckets_before.get(&at).copied().unwrap_or(0.0);
-                        let high = *buckets_after.get(&at).unwrap_or_else(|| panic!("{series} le={}", bucket.upper_bound));
-                        between(&format!("{series} le={}", bucket.upper_bound), low, bucket.cumulative_count as f64, high);
+                        let high =
+                            *buckets_after.get(&at).unwrap_or_else(|| panic!("{series} le={}", bucket.upper_bound));
+                        between(
+                            &format!("{series} le={}", bucket.upper_bound),
+                            low,
+                            bucket.cumulative_count as f64,
+                            high,
+                        );
                     }
                     if h.zero_threshold > 0.0 {
                         native_histograms += 1;
@@ -196,7 +202,8 @@ fn check_native_between(
     let count_before = before.samples.get(count_key).copied().unwrap_or(0.0);
     let count_after = after.samples[count_key];
     let text_range = |index| {
-        let low = if count_before == 0.0 { 0.0 } else { text_native_range(buckets_before, series, index, count_before) };
+        let low =
+            if count_before == 0.0 { 0.0 } else { text_native_range(buckets_before, series, index, count_before) };
         (low, text_native_range(buckets_after, series, index, count_after))
     };
     // Up to 2^-20 s: the zero bucket and every native bucket below.
@@ -274,7 +281,10 @@ fn protobuf_with_gzip_and_collector_filters() {
     let families = decode_delimited(&out.stdout).expect("a delimited MetricFamily stream");
     let names: Vec<&str> = families.iter().map(|f| f.name.as_str()).collect();
     assert!(names.contains(&"kernel_sched_runqueue_latency_seconds"), "{names:?}");
-    assert!(names.iter().all(|name| !name.starts_with("kernel_tcp_") && !name.starts_with("kernel_block_")), "{names:?}");
+    assert!(
+        names.iter().all(|name| !name.starts_with("kernel_tcp_") && !name.starts_with("kernel_block_")),
+        "{names:?}"
+    );
     let up = families.iter().find(|f| f.name == "kernel_exporter_collector_up").expect("collector_up");
     assert_eq!(up.metric.len(), 1, "only the selected collector: {up:?}");
     assert_eq!(up.metric[0].label[0].value, "sched");
@@ -466,9 +476,11 @@ fn prometheus_ingests_native_histograms_that_agree_with_text() {
             thread::sleep(Duration::from_millis(100));
         }
     });
-    for histogram in
-        ["kernel_sched_runqueue_latency_seconds", "kernel_tcp_connect_latency_seconds", "kernel_block_io_latency_seconds"]
-    {
+    for histogram in [
+        "kernel_sched_runqueue_latency_seconds",
+        "kernel_tcp_connect_latency_seconds",
+        "kernel_block_io_latency_seconds",
+    ] {
         let query = format!("histogram_quantile(0.9, rate({histogram}[5s]))");
         wait_for(&format!("a value for {query}"), Duration::from_secs(20), || {
             scalar_result(&prometheus.query(&query)).iter().any(|v| v.is_finite() && *v > 0.0)
