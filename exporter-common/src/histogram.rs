@@ -10,9 +10,9 @@
 //! is below 1 ns). The last bucket ([`LOG2_BUCKETS`] - 1) holds everything
 //! above 2^10 s (17 minutes): a histogram saturates there instead of losing
 //! the event. Native histograms have no open-ended bucket, so the daemon
-//! counts these in the histogram's count (and classic `+Inf`) but in no
-//! native bucket; no latency the collectors time comes near 17 minutes
-//! (TCP gives up connecting after about 2).
+//! writes it as the native bucket (2^10, 2^11] s, where the native
+//! histogram saturates; no latency the collectors time comes near 17
+//! minutes (TCP gives up connecting after about 2).
 //!
 //! Timestamps are integer nanoseconds, so `v <= 2^k s` is
 //! `ns <= floor(1e9 * 2^k)` and the bucket is found with integers only:

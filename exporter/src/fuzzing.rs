@@ -383,7 +383,8 @@ impl Cursor<'_> {
 
 /// The kernel histogram's exposition, computed from the bucket layout's
 /// definition rather than the encoder's code: bucket `b` holds
-/// (2^(b-31), 2^(b-30)] s, 0 ns is the zero bucket, the last is open.
+/// (2^(b-31), 2^(b-30)] s, 0 ns is the zero bucket, the last is open
+/// and saturates into native bucket 11.
 fn expected_histogram(h: &Log2Histogram) -> ExpectedValue {
     let top = h.buckets.len() - 1;
     let cumulative = |b: usize| h.buckets[..=b].iter().fold(0u64, |sum, n| sum.wrapping_add(*n));
@@ -392,7 +393,7 @@ fn expected_histogram(h: &Log2Histogram) -> ExpectedValue {
         sum: h.sum_ns as f64 / 1e9,
         classic: (-20..=3).map(|k: i32| (2f64.powi(k), cumulative((k + 30) as usize))).collect(),
         zero_count: h.buckets[0],
-        native: (1..top).filter(|b| h.buckets[*b] != 0).map(|b| (b as i32 - 30, h.buckets[b])).collect(),
+        native: (1..=top).filter(|b| h.buckets[*b] != 0).map(|b| (b as i32 - 30, h.buckets[b])).collect(),
     }
 }
 

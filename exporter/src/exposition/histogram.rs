@@ -12,10 +12,12 @@
 //! Native (protobuf only): schema 0, whose bucket `i` is `(2^(i-1), 2^i]`
 //! seconds: exactly kernel bucket `i + 30`, so every kernel bucket is
 //! exposed as it is, one series per histogram. The zero bucket is kernel
-//! bucket 0 (0 ns) with threshold 2^-30 s. The kernel's open-ended top
-//! bucket (over 2^10 s, 17 minutes) has no native counterpart: its values
-//! are in the count (and classic `+Inf`) but in no native bucket, so a
-//! quantile that falls there reads as the top edge, 1024 s.
+//! bucket 0 (0 ns) with threshold 2^-30 s. A native histogram has no
+//! open-ended bucket, and Prometheus rejects one whose buckets do not add
+//! up to its count, so the kernel's open-ended top bucket (over 2^10 s, 17
+//! minutes) is written as native bucket 11, (2^10, 2^11] s: the native
+//! histogram saturates there (a value over 2^11 s is counted, as "over 17
+//! minutes", not placed). No latency the collectors time gets near it.
 //!
 //! At the extremes (unit-tested below): a value of any size is counted,
 //! never dropped; `_sum` is exact up to 2^64 ns of total recorded time
@@ -104,7 +106,8 @@ impl Encoder<'_> {
                 zero_threshold: ZERO_THRESHOLD,
                 zero_count: histogram.buckets[0],
                 first_index: 1 - NATIVE_INDEX_OFFSET,
-                counts: &histogram.buckets[1..=TOP_FINITE_BUCKET],
+                // The open top bucket saturates into native bucket 11.
+                counts: &histogram.buckets[1..],
             };
             self.proto_histogram(series.sum.proto_labels(), count, sum, classic, Some(native));
             return;
