@@ -47,8 +47,7 @@ pub(crate) fn check(data: &[u8]) {
                     assert_eq!(&h.native_buckets(), native);
                     // Prometheus rejects a native histogram whose buckets do
                     // not add up to its count (counts wrap like the kernel's).
-                    let in_buckets =
-                        h.native_buckets().iter().fold(h.zero_count, |sum, (_, n)| sum.wrapping_add(*n));
+                    let in_buckets = h.native_buckets().iter().fold(h.zero_count, |sum, (_, n)| sum.wrapping_add(*n));
                     assert_eq!(in_buckets, h.sample_count);
                     assert!(h.negative_span.is_empty() && h.negative_delta.is_empty());
                     // Spans are minimal: none empty, none adjacent.
