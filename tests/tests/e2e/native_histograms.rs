@@ -199,7 +199,7 @@ fn check_native_between(
     assert_eq!(h.zero_threshold, 2f64.powi(-30), "{series}");
     let native: HashMap<i32, u64> = h.native_buckets().into_iter().collect();
     assert!(native.keys().all(|i| (-29..=11).contains(i)), "{series}: {native:?}");
-    // Prometheus (2.50+) rejects a native histogram whose buckets do not
+    // Prometheus (2.49+) rejects a native histogram whose buckets do not
     // add up to its count.
     assert_eq!(h.zero_count + native.values().sum::<u64>(), h.sample_count, "{series}");
     let count_before = before.samples.get(count_key).copied().unwrap_or(0.0);
