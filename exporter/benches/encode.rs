@@ -1,5 +1,6 @@
 //! Encoder throughput: series written per second into the reused buffer,
-//! for plain counters, labelled counters and log2 histograms.
+//! for plain counters, labelled counters and log2 histograms, in text and
+//! (histograms, labelled counters) OpenMetrics and protobuf.
 //!
 //! The encoder modules are compiled in from the daemon's sources (the daemon
 //! is a binary crate); they depend only on `bytes`, `itoa`, `ryu` and the
@@ -86,15 +87,37 @@ fn encoder(c: &mut Criterion) {
     for shift in 8..30 {
         values.record(1 << shift);
     }
+    // The same 20 histograms in each format: protobuf writes each as one
+    // message with its classic and native buckets.
     group.throughput(Throughput::Elements(histograms.len() as u64 * 27));
-    group.bench_function("histograms_20", |b| {
+    for (name, format) in [
+        ("histograms_20", Format::Text),
+        ("histograms_20_openmetrics", Format::OpenMetrics),
+        ("histograms_20_protobuf", Format::Protobuf),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                buf.clear();
+                let mut out = Encoder::with_format(&mut buf, format);
+                out.family(&LATENCY);
+                for h in &histograms {
+                    out.histogram(h, black_box(&values));
+                }
+                out.finish();
+                black_box(buf.len())
+            });
+        });
+    }
+    group.throughput(Throughput::Elements(series.len() as u64));
+    group.bench_function("labelled_counters_500_protobuf", |b| {
         b.iter(|| {
             buf.clear();
-            let mut out = Encoder::with_format(&mut buf, Format::Text);
-            out.family(&LATENCY);
-            for h in &histograms {
-                out.histogram(h, black_box(&values));
+            let mut out = Encoder::with_format(&mut buf, Format::Protobuf);
+            out.family(&SYSCALLS);
+            for (i, s) in series.iter().enumerate() {
+                out.sample(s, black_box(1_000_000 + i as u64 * 7919));
             }
+            out.finish();
             black_box(buf.len())
         });
     });

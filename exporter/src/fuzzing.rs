@@ -19,10 +19,16 @@ use std::{
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use hyper::header::HeaderValue;
 
+use bytes::BytesMut;
+use exporter_common::histogram::Log2Histogram;
+
 use crate::{
     collectors::LoadedCollector,
     collectors::{CollectorError, REGISTRY},
-    exposition::encode::Format,
+    exposition::{
+        encode::{Encoder, Family, Format, Series},
+        histogram::HistogramSeries,
+    },
     front_door::allowlist,
     front_door::auth,
     front_door::routes,
@@ -45,6 +51,11 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("query_filters", query_filters),
     ("client_certificate", client_certificate),
 ];
+
+/// Fuzz targets whose property needs a decoder that is no part of the
+/// daemon: the target (`fuzz/fuzz_targets/<name>.rs`) and the corpus
+/// replay check them with `fuzz/<name>.rs`.
+pub const DECODED_TARGETS: &[&str] = &["protobuf_round_trip"];
 
 /// Where the fuzzed web config claims to live; relative PEM paths resolve
 /// under it, and nothing is ever read from there.
@@ -115,10 +126,7 @@ pub fn negotiation(data: &[u8]) {
     let (accept, accept_encoding) = text.split_once('\n').unwrap_or((&text, ""));
 
     let format = Format::negotiate(Some(accept));
-    assert!(
-        [Format::Text.content_type(), Format::OpenMetrics.content_type()].contains(&format.content_type()),
-        "{format:?}"
-    );
+    assert!([Format::Text, Format::OpenMetrics, Format::Protobuf].contains(&format), "{format:?}");
     for variant in [accept.to_ascii_uppercase(), accept.to_ascii_lowercase()] {
         assert_eq!(Format::negotiate(Some(&variant)), format, "{accept:?} and {variant:?}");
     }
@@ -290,4 +298,167 @@ pub fn client_certificate(data: &[u8]) {
         assert!(value.chars().count() <= 128, "{name:?} is longer than 128 characters");
         assert!(!value.chars().any(char::is_control), "{name:?} holds control characters");
     }
+}
+
+/// A family [`protobuf_exposition`] wrote, described without the encoder:
+/// what an independent decoder must read back.
+#[derive(Debug)]
+pub struct ExpectedFamily {
+    /// The family's name.
+    pub name: &'static str,
+    /// Its help text.
+    pub help: &'static str,
+    /// `io.prometheus.client.MetricType`: 0 counter, 1 gauge, 4 histogram.
+    pub kind: i32,
+    /// Its metrics, in order.
+    pub metrics: Vec<ExpectedMetric>,
+}
+
+/// One metric of an [`ExpectedFamily`].
+#[derive(Debug)]
+pub struct ExpectedMetric {
+    /// Label names and values, in order.
+    pub labels: Vec<(String, String)>,
+    /// The value.
+    pub value: ExpectedValue,
+}
+
+/// A counter's or gauge's value, or a histogram's parts.
+#[derive(Debug)]
+pub enum ExpectedValue {
+    /// A counter's or gauge's value (compared bit for bit).
+    Scalar(f64),
+    /// A kernel histogram: classic (bound, cumulative count) without
+    /// `+Inf`, the zero bucket, and native (schema-0 index, count) of the
+    /// non-empty buckets.
+    Histogram {
+        /// Every value, including the open-ended top bucket's.
+        count: u64,
+        /// Seconds.
+        sum: f64,
+        /// (upper bound in seconds, cumulative count).
+        classic: Vec<(f64, u64)>,
+        /// Values of 0 ns.
+        zero_count: u64,
+        /// (native index, count) of the non-empty buckets, in order.
+        native: Vec<(i32, u64)>,
+    },
+}
+
+/// Fixed families (their names and help texts are `&'static`, as the
+/// collectors' are).
+const FUZZ_FAMILIES: [Family; 6] = [
+    Family::counter("fuzz_events_total", "Events."),
+    Family::counter("fuzz_other_total", "Other events, with \"quotes\" and \u{e9}."),
+    Family::gauge("fuzz_level", "A level."),
+    Family::gauge("fuzz_ratio", ""),
+    Family::histogram("fuzz_latency_seconds", "A latency."),
+    Family::histogram("fuzz_other_seconds", "Another latency."),
+];
+const FUZZ_LABELS: [&str; 3] = ["a", "op", "device"];
+
+/// Reads made-up values off the fuzzer's bytes; zeros once they run out.
+struct Cursor<'a>(&'a [u8]);
+
+impl Cursor<'_> {
+    fn byte(&mut self) -> u8 {
+        let (first, rest) = self.0.split_first().map_or((0, &[][..]), |(b, rest)| (*b, rest));
+        self.0 = rest;
+        first
+    }
+
+    fn u64(&mut self) -> u64 {
+        // A length byte first, so small values are as likely as huge ones.
+        let len = usize::from(self.byte() % 9);
+        (0..len).fold(0u64, |value, i| value | u64::from(self.byte()) << (8 * i))
+    }
+
+    fn text(&mut self) -> String {
+        let len = usize::from(self.byte() % 24).min(self.0.len());
+        let (text, rest) = self.0.split_at(len);
+        self.0 = rest;
+        String::from_utf8_lossy(text).into_owned()
+    }
+}
+
+/// The kernel histogram's exposition, computed from the bucket layout's
+/// definition rather than the encoder's code: bucket `b` holds
+/// (2^(b-31), 2^(b-30)] s, 0 ns is the zero bucket, the last is open
+/// and saturates into native bucket 11.
+fn expected_histogram(h: &Log2Histogram) -> ExpectedValue {
+    let top = h.buckets.len() - 1;
+    let cumulative = |b: usize| h.buckets[..=b].iter().fold(0u64, |sum, n| sum.wrapping_add(*n));
+    ExpectedValue::Histogram {
+        count: cumulative(top),
+        sum: h.sum_ns as f64 / 1e9,
+        classic: (-20..=3).map(|k: i32| (2f64.powi(k), cumulative((k + 30) as usize))).collect(),
+        zero_count: h.buckets[0],
+        native: (1..=top).filter(|b| h.buckets[*b] != 0).map(|b| (b as i32 - 30, h.buckets[b])).collect(),
+    }
+}
+
+/// Builds families, series and values out of `data`, writes them with the
+/// daemon's protobuf encoder (collectors that fail half-way included,
+/// rolled back as a scrape does) and returns the body and what it must
+/// decode to. The check is the fuzz target's, which has the decoder.
+pub fn protobuf_exposition(data: &[u8]) -> (Vec<u8>, Vec<ExpectedFamily>) {
+    let mut input = Cursor(data);
+    let mut buf = BytesMut::new();
+    let mut out = Encoder::with_format(&mut buf, Format::Protobuf);
+    let mut expected = Vec::new();
+    for _ in 0..16 {
+        if input.0.is_empty() {
+            break;
+        }
+        let op = input.byte();
+        let family = FUZZ_FAMILIES[usize::from(op % 6)];
+        // A collector that fails after writing: a scrape rolls it back.
+        let failing = op & 0x80 != 0;
+        let mark = out.mark();
+        out.family(&family);
+        let mut metrics = Vec::new();
+        for _ in 0..input.byte() % 5 {
+            let labels: Vec<(String, String)> = FUZZ_LABELS[..usize::from(input.byte() % 4).min(3)]
+                .iter()
+                .map(|name| ((*name).to_owned(), input.text()))
+                .collect();
+            let borrowed: Vec<(&str, &str)> = labels.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            let value = match family.kind {
+                crate::exposition::encode::MetricType::Counter => {
+                    let value = input.u64();
+                    out.sample(&Series::new(&family, &borrowed), value);
+                    ExpectedValue::Scalar(value as f64)
+                }
+                crate::exposition::encode::MetricType::Gauge => {
+                    let value = f64::from_bits(input.u64());
+                    out.sample_f64(&Series::new(&family, &borrowed), value);
+                    ExpectedValue::Scalar(value)
+                }
+                crate::exposition::encode::MetricType::Histogram => {
+                    let mut histogram = Log2Histogram::default();
+                    for bucket in &mut histogram.buckets {
+                        if input.byte() & 1 == 1 {
+                            *bucket = input.u64();
+                        }
+                    }
+                    histogram.sum_ns = input.u64();
+                    out.histogram(&HistogramSeries::new(&family, &borrowed), &histogram);
+                    expected_histogram(&histogram)
+                }
+            };
+            metrics.push(ExpectedMetric { labels, value });
+        }
+        if failing {
+            out.rollback(mark);
+        } else if !metrics.is_empty() {
+            let kind = match family.kind {
+                crate::exposition::encode::MetricType::Counter => 0,
+                crate::exposition::encode::MetricType::Gauge => 1,
+                crate::exposition::encode::MetricType::Histogram => 4,
+            };
+            expected.push(ExpectedFamily { name: family.name, help: family.help, kind, metrics });
+        }
+    }
+    out.finish();
+    (buf.to_vec(), expected)
 }

@@ -10,7 +10,22 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use kernel_exporter::fuzzing::{TARGETS, Target};
+use kernel_exporter::fuzzing::{DECODED_TARGETS, TARGETS, Target};
+
+// The protobuf round trip's decoder and property: dev-dependencies here,
+// never the daemon's (see `fuzz/protobuf_round_trip.rs`).
+#[path = "../../tests/src/metrics_proto.rs"]
+mod metrics_proto;
+#[path = "../../fuzz/protobuf_round_trip.rs"]
+mod protobuf_round_trip;
+
+/// The targets whose check lives outside the daemon, by name.
+fn decoded_target(name: &str) -> Target {
+    match name {
+        "protobuf_round_trip" => protobuf_round_trip::check,
+        other => panic!("no check for the decoded target {other}"),
+    }
+}
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
@@ -51,7 +66,8 @@ fn replay(target: Target, dir: &Path) -> (usize, Vec<String>) {
 
 #[test]
 fn every_target_has_a_fuzz_target_and_a_seeded_corpus() {
-    for (name, _) in TARGETS {
+    let names = TARGETS.iter().map(|(name, _)| *name).chain(DECODED_TARGETS.iter().copied());
+    for name in names {
         let source = fuzz_dir().join("fuzz_targets").join(format!("{name}.rs"));
         assert!(source.is_file(), "{} is missing", source.display());
         let corpus = fuzz_dir().join("corpus").join(name);
@@ -62,9 +78,10 @@ fn every_target_has_a_fuzz_target_and_a_seeded_corpus() {
 #[test]
 fn corpora_and_crash_reproducers_replay_clean() {
     let mut failures = Vec::new();
-    for (name, target) in TARGETS {
+    let targets = TARGETS.iter().copied().chain(DECODED_TARGETS.iter().map(|name| (*name, decoded_target(name))));
+    for (name, target) in targets {
         for kind in ["corpus", "regressions"] {
-            let (count, failed) = replay(*target, &fuzz_dir().join(kind).join(name));
+            let (count, failed) = replay(target, &fuzz_dir().join(kind).join(name));
             println!("{name}: {count} inputs from fuzz/{kind}/{name}, {} failed", failed.len());
             failures.extend(failed);
         }

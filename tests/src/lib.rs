@@ -5,6 +5,8 @@
 //! `cargo xtask test`), or `target/debug/kernel-exporter`.
 #![deny(missing_docs)]
 
+pub mod metrics_proto;
+
 // One definition of each fixture for tests, soak, benchmarks and
 // `cargo xtask run --tls`; re-exported so a test needs one import path.
 pub use kernel_exporter_fixtures::{self as fixtures, ONE_COLLECTOR, credentials, daemon::Daemon, pki};

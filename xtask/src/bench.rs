@@ -20,6 +20,7 @@ use kernel_exporter_fixtures::daemon::Daemon;
 
 use crate::{
     floor,
+    formats::{self, BucketCosts, FormatCost, SeriesCount},
     prereq::{self, Toolchain, say},
 };
 
@@ -66,7 +67,8 @@ pub(crate) fn bench(quick: bool, probes_only: bool, exporter_binary: Option<&Pat
     if probes_only {
         say("bench", "probe overhead only");
         let probes = probe_overhead(&binary)?;
-        println!("\n{}", render_probes(&probes));
+        let buckets = bucket_costs()?;
+        println!("\n{}\n{}", render_probes(&probes), render_buckets(&buckets));
         return Ok(());
     }
 
@@ -100,15 +102,19 @@ pub(crate) fn bench(quick: bool, probes_only: bool, exporter_binary: Option<&Pat
     }
     let ours_summary = Summary::of(&ours_runs, ours.peak_rss_kib()?, ours.scrape_size()?);
     let node_summary = Summary::of(&node_runs, node.peak_rss_kib()?, node.scrape_size()?);
-    ours.stop();
     node.stop();
+    say("bench", "exposition formats: text, OpenMetrics and protobuf, alternating, one keep-alive connection");
+    let (scrapes, rounds) = if quick { (300, 2) } else { (2_000, ROUNDS) };
+    let (format_costs, series) = formats::format_costs(ours.port, &|| ours.cpu_seconds(), scrapes, rounds)?;
+    ours.stop();
 
     say("bench", "probe overhead: getppid and ping-pong loops with no program, an empty program, and ours");
     let probes = probe_overhead(&binary)?;
+    let buckets = bucket_costs()?;
 
     let table = render(&ours_summary, &node_summary, &encoder, &probes);
-    println!("\n{table}");
-    let json = report_json(&ours_summary, &node_summary, &encoder, &probes);
+    println!("\n{table}\n{}{}", formats::render(&format_costs, &series), render_buckets(&buckets));
+    let json = report_json(&ours_summary, &node_summary, &encoder, &probes, (&format_costs, &series, &buckets));
     let report = report_dir.join("report.json");
     fs::write(&report, json).with_context(|| format!("cannot write {}", report.display()))?;
     say("ok", &format!("report written to {}", report.display()));
@@ -379,7 +385,7 @@ fn probe_overhead(binary: &Path) -> anyhow::Result<Probes> {
         Ok(measure())
     };
     let floor = |tracepoints: &[&str], measure: &dyn Fn() -> f64| -> anyhow::Result<f64> {
-        let _empty = floor::EmptyProgram::attach(tracepoints)?;
+        let _empty = floor::Program::attach(tracepoints)?;
         Ok(measure())
     };
     let (mut baseline, mut syscalls, mut syscalls_floor, mut all) = (vec![], vec![], vec![], vec![]);
@@ -415,7 +421,7 @@ fn probe_overhead(binary: &Path) -> anyhow::Result<Probes> {
     let cgroup_per_run = per_run(&["--collector.cgroup"])?;
     let floor_per_run = {
         let _stats = floor::RunStats::enable()?;
-        let empty = floor::EmptyProgram::attach(&["sched_switch"])?;
+        let empty = floor::Program::attach(&["sched_switch"])?;
         let before = empty.run_stats()?;
         pinned_ping_pong(ROUND_TRIPS);
         let after = empty.run_stats()?;
@@ -532,6 +538,27 @@ fn render(ours: &Summary, node: &Summary, encoder: &[(String, f64, f64)], probes
     t
 }
 
+/// The bucket computations' per-event cost on sys_enter.
+fn bucket_costs() -> anyhow::Result<BucketCosts> {
+    say("bench", "latency bucket computation per event: old and new, in the kernel, alternating");
+    formats::bucket_costs(PROBE_ROUNDS, PROBE_CALLS / 4, &|calls| {
+        for _ in 0..calls {
+            // SAFETY: getppid has no arguments and cannot fail.
+            unsafe { libc_getppid() };
+        }
+    })
+}
+
+fn render_buckets(buckets: &BucketCosts) -> String {
+    format!(
+        "latency bucket per event (kernel run statistics; a program that only reads the clock: {:.1} ns): \
+         log2 of ns (before issue 17) +{:.1} ns, log2 in 2^-30 s (now) +{:.1} ns\n",
+        buckets.clock_only_ns,
+        buckets.log2_nanoseconds_ns - buckets.clock_only_ns,
+        buckets.log2_seconds_ns - buckets.clock_only_ns
+    )
+}
+
 fn render_probes(probes: &Probes) -> String {
     let mut t = String::new();
     let _ = writeln!(t, "probe overhead (ns added, median of {PROBE_ROUNDS} alternating rounds)");
@@ -557,7 +584,13 @@ fn render_probes(probes: &Probes) -> String {
     t
 }
 
-fn report_json(ours: &Summary, node: &Summary, encoder: &[(String, f64, f64)], probes: &Probes) -> String {
+fn report_json(
+    ours: &Summary,
+    node: &Summary,
+    encoder: &[(String, f64, f64)],
+    probes: &Probes,
+    (format_costs, series, buckets): (&[FormatCost], &SeriesCount, &BucketCosts),
+) -> String {
     let summary = |s: &Summary| {
         format!(
             "{{\"scrapes_per_second\": {:.3}, \"p50_ms\": {:.4}, \"p99_ms\": {:.4}, \"cpu_ms_per_1000_scrapes\": {:.3}, \"serving_rss_mib\": {:.2}, \"peak_rss_mib\": {:.2}, \"bytes_per_scrape\": {}, \"series_per_scrape\": {}}}",
@@ -577,8 +610,27 @@ fn report_json(ours: &Summary, node: &Summary, encoder: &[(String, f64, f64)], p
             format!("{{\"id\": \"{id}\", \"ns_per_iter\": {ns:.2}, \"series_per_second\": {per_second:.0}}}")
         })
         .collect();
+    let format_costs: Vec<String> = format_costs
+        .iter()
+        .map(|cost| {
+            format!(
+                "{{\"format\": \"{}\", \"bytes\": {}, \"gzip_bytes\": {}, \"cpu_us_per_scrape\": {:.2}}}",
+                cost.name, cost.bytes, cost.gzip_bytes, cost.cpu_us_per_scrape
+            )
+        })
+        .collect();
+    let exposition = format!(
+        "{{\"formats\": [{}], \"kernel_histograms\": {}, \"series_classic\": {}, \"series_native\": {}, \"bucket_ns\": {{\"clock_only\": {:.2}, \"log2_nanoseconds\": {:.2}, \"log2_seconds\": {:.2}}}}}",
+        format_costs.join(", "),
+        series.kernel_histograms,
+        series.classic,
+        series.native,
+        buckets.clock_only_ns,
+        buckets.log2_nanoseconds_ns,
+        buckets.log2_seconds_ns
+    );
     format!(
-        "{{\n  \"rounds\": {ROUNDS},\n  \"run_seconds\": {},\n  \"clients\": {CLIENTS},\n  \"kernel_exporter\": {},\n  \"node_exporter\": {},\n  \"ratios\": {{\"cpu_per_scrape\": {:.5}, \"p50\": {:.5}, \"serving_rss\": {:.4}, \"peak_rss\": {:.4}}},\n  \"encoder\": [{}],\n  \"probes_ns\": {{\"getppid_baseline\": {:.2}, \"syscalls_per_event\": {:.2}, \"syscalls_empty_program_per_event\": {:.2}, \"all_collectors_per_getppid\": {:.2}, \"pinned_pingpong_baseline\": {:.1}, \"sched_per_switch\": {:.2}, \"sched_empty_program_per_switch\": {:.2}, \"sched_switch_body\": {:.2}, \"sched_cgroup_per_switch\": {:.2}, \"sched_cgroup_switch_body\": {:.2}, \"cgroup_switch_body\": {:.2}}}\n}}\n",
+        "{{\n  \"rounds\": {ROUNDS},\n  \"run_seconds\": {},\n  \"clients\": {CLIENTS},\n  \"kernel_exporter\": {},\n  \"node_exporter\": {},\n  \"ratios\": {{\"cpu_per_scrape\": {:.5}, \"p50\": {:.5}, \"serving_rss\": {:.4}, \"peak_rss\": {:.4}}},\n  \"encoder\": [{}],\n  \"probes_ns\": {{\"getppid_baseline\": {:.2}, \"syscalls_per_event\": {:.2}, \"syscalls_empty_program_per_event\": {:.2}, \"all_collectors_per_getppid\": {:.2}, \"pinned_pingpong_baseline\": {:.1}, \"sched_per_switch\": {:.2}, \"sched_empty_program_per_switch\": {:.2}, \"sched_switch_body\": {:.2}, \"sched_cgroup_per_switch\": {:.2}, \"sched_cgroup_switch_body\": {:.2}, \"cgroup_switch_body\": {:.2}}},\n  \"exposition\": {}\n}}\n",
         RUN.as_secs(),
         summary(ours),
         summary(node),
@@ -598,6 +650,7 @@ fn report_json(ours: &Summary, node: &Summary, encoder: &[(String, f64, f64)], p
         probes.switch_with_cgroup_ns,
         probes.switch_with_cgroup_body_ns,
         probes.cgroup_alone_body_ns,
+        exposition,
     )
 }
 

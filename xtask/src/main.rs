@@ -8,6 +8,7 @@
 mod bench;
 mod codegen;
 mod floor;
+mod formats;
 mod fuzz;
 mod image;
 mod install;

@@ -167,9 +167,9 @@ mod tests {
         assert!(text.contains("# TYPE kernel_tcp_connect_latency_seconds histogram\n"), "{text}");
         assert!(text.contains("\nkernel_tcp_connect_latency_seconds_count 2\n"), "{text}");
         assert!(text.contains("\nkernel_tcp_connect_latency_seconds_sum 0.0005\n"), "{text}");
-        // 250 µs lies between the bounds 2^17 ns and 2^18 ns.
-        assert!(text.contains("\nkernel_tcp_connect_latency_seconds_bucket{le=\"0.000131072\"} 0\n"), "{text}");
-        assert!(text.contains("\nkernel_tcp_connect_latency_seconds_bucket{le=\"0.000262144\"} 2\n"), "{text}");
+        // 250 µs lies between the bounds 2^-12 s (244 µs) and 2^-11 s.
+        assert!(text.contains("\nkernel_tcp_connect_latency_seconds_bucket{le=\"0.000244140625\"} 0\n"), "{text}");
+        assert!(text.contains("\nkernel_tcp_connect_latency_seconds_bucket{le=\"0.00048828125\"} 2\n"), "{text}");
         for family in SPEC.families {
             assert_eq!(text.matches(&format!("# TYPE {} ", family.name)).count(), 1, "{}: {text}", family.name);
         }

@@ -1,10 +1,11 @@
-//! Prometheus text exposition format 0.0.4 and OpenMetrics 1.0.0, written
-//! straight into one reused buffer.
+//! Prometheus text exposition format 0.0.4, OpenMetrics 1.0.0 and the
+//! delimited protobuf format (`io.prometheus.client.MetricFamily`, see
+//! [`super::protobuf`]), written straight into one reused buffer.
 //!
 //! Everything about a series except its value is known before the first
 //! scrape: metric families are `const`s, and a labelled series' bytes
-//! (`name{a="x"} `) are built once, escaped, when the series first appears
-//! ([`Series`]). A scrape then only copies those bytes and formats one
+//! (`name{a="x"} `, and its labels as protobuf `LabelPair`s) are built once,
+//! escaped, when the series first appears ([`Series`]). A scrape then only copies those bytes and formats one
 //! integer per line, with no allocation per series.
 //!
 //! Counter values are u64 written as exact decimal integers, never rounded
@@ -16,6 +17,8 @@
 
 use bytes::{BufMut as _, BytesMut};
 
+use super::protobuf;
+
 /// The exposition formats this exporter writes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) enum Format {
@@ -25,6 +28,9 @@ pub(crate) enum Format {
     /// OpenMetrics 1.0.0: counter families are named without `_total`, and
     /// the body ends with `# EOF`.
     OpenMetrics,
+    /// Length-delimited `io.prometheus.client.MetricFamily` messages, the
+    /// only format that carries native histograms.
+    Protobuf,
 }
 
 impl Format {
@@ -32,6 +38,11 @@ impl Format {
         match self {
             Self::Text => "text/plain; version=0.0.4; charset=utf-8",
             Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            // What client_golang answers with, and what Prometheus' parser
+            // selects on (the media type; the parameters name the message).
+            Self::Protobuf => {
+                "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
+            }
         }
     }
 
@@ -48,18 +59,32 @@ impl Format {
                 let media = parts.next()?.to_ascii_lowercase();
                 let mut quality = 1.0f32;
                 let mut version = None;
+                let mut proto = None;
+                let mut encoding = None;
                 for parameter in parts {
                     let (key, value) = parameter.split_once('=')?;
                     let value = value.trim().trim_matches('"');
                     match key.trim().to_ascii_lowercase().as_str() {
                         "q" => quality = value.parse().ok()?,
                         "version" => version = Some(value.to_owned()),
+                        "proto" => proto = Some(value.to_owned()),
+                        "encoding" => encoding = Some(value.to_owned()),
                         _ => {}
                     }
                 }
                 let format = match (media.as_str(), version.as_deref()) {
                     ("application/openmetrics-text", None | Some("1.0.0" | "0.0.1")) => Some(Self::OpenMetrics),
                     ("text/plain", None | Some("0.0.4")) => Some(Self::Text),
+                    // Only the delimited MetricFamily stream: the text and
+                    // compact-text protobuf encodings are not written here.
+                    ("application/vnd.google.protobuf", _)
+                        if proto
+                            .as_deref()
+                            .is_some_and(|p| p.eq_ignore_ascii_case("io.prometheus.client.MetricFamily"))
+                            && encoding.as_deref().is_some_and(|e| e.eq_ignore_ascii_case("delimited")) =>
+                    {
+                        Some(Self::Protobuf)
+                    }
                     _ => None,
                 };
                 (quality > 0.0).then_some((quality, format))
@@ -80,7 +105,7 @@ pub(crate) enum MetricType {
 }
 
 impl MetricType {
-    const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::Counter => "counter",
             Self::Gauge => "gauge",
@@ -130,9 +155,13 @@ impl Family {
     }
 }
 
-/// The precomputed bytes of one labelled series: `name{k="v",...} `.
+/// The precomputed bytes of one labelled series: `name{k="v",...} ` for
+/// the text formats and the labels as protobuf `Metric.label` fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Series(Box<[u8]>);
+pub(crate) struct Series {
+    text: Box<[u8]>,
+    proto: Box<[u8]>,
+}
 
 impl Series {
     /// Builds the series prefix once; label values are escaped here so
@@ -167,15 +196,42 @@ impl Series {
             bytes.push(b'}');
         }
         bytes.push(b' ');
-        Self(bytes.into_boxed_slice())
+        let mut proto = Vec::new();
+        for (name, value) in labels {
+            protobuf::put_label_pair(&mut proto, name.as_bytes(), value.as_bytes());
+        }
+        Self { text: bytes.into_boxed_slice(), proto: proto.into_boxed_slice() }
+    }
+
+    /// The labels as encoded `Metric.label` fields.
+    pub(crate) fn proto_labels(&self) -> &[u8] {
+        &self.proto
     }
 }
 
 /// Writes families and samples into a caller-owned buffer.
 pub(crate) struct Encoder<'a> {
-    buf: &'a mut BytesMut,
+    pub(super) buf: &'a mut BytesMut,
     format: Format,
+    /// Protobuf only: the `MetricFamily` being written, whose length is
+    /// patched in when the next family starts or the body ends.
+    pub(super) open: Option<OpenFamily>,
 }
+
+/// A protobuf `MetricFamily` still being written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct OpenFamily {
+    /// Where its length prefix starts.
+    pub(super) start: usize,
+    pub(super) kind: MetricType,
+    /// Whether a metric was written: empty families are dropped, as
+    /// client_golang drops them.
+    pub(super) has_metrics: bool,
+}
+
+/// A position to roll back to: the buffer's length, between two families.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mark(usize);
 
 impl<'a> Encoder<'a> {
     /// An encoder of the text format 0.0.4.
@@ -185,33 +241,48 @@ impl<'a> Encoder<'a> {
     }
 
     pub(crate) fn with_format(buf: &'a mut BytesMut, format: Format) -> Self {
-        Self { buf, format }
+        Self { buf, format, open: None }
     }
 
-    /// The buffer, for encoders of their own (the exporter's self metrics).
+    pub(crate) fn format(&self) -> Format {
+        self.format
+    }
+
+    /// The buffer, for encoders of their own (the exporter's self metrics
+    /// in the text formats).
     pub(crate) fn buffer(&mut self) -> &mut BytesMut {
         self.buf
     }
 
     /// Ends the body as the format requires.
-    pub(crate) fn finish(self) {
-        if self.format == Format::OpenMetrics {
-            self.buf.put_slice(b"# EOF\n");
+    pub(crate) fn finish(mut self) {
+        match self.format {
+            Format::OpenMetrics => self.buf.put_slice(b"# EOF\n"),
+            Format::Protobuf => self.close_family(),
+            Format::Text => {}
         }
     }
 
-    /// A position to [`rollback`](Self::rollback) to.
-    pub(crate) fn mark(&self) -> usize {
-        self.buf.len()
+    /// A position to [`rollback`](Self::rollback) to. In protobuf it ends
+    /// the open family: closing it later moves bytes before the mark.
+    pub(crate) fn mark(&mut self) -> Mark {
+        self.close_family();
+        Mark(self.buf.len())
     }
 
     /// Drops everything written since `mark`.
-    pub(crate) fn rollback(&mut self, mark: usize) {
-        self.buf.truncate(mark);
+    pub(crate) fn rollback(&mut self, mark: Mark) {
+        self.buf.truncate(mark.0);
+        self.open = None;
     }
 
-    /// `# HELP` and `# TYPE` lines; call once per family, before its samples.
+    /// `# HELP` and `# TYPE` lines (protobuf: a new `MetricFamily`); call
+    /// once per family, before its samples.
     pub(crate) fn family(&mut self, family: &Family) {
+        if self.format == Format::Protobuf {
+            self.open_family(family.name, family.help, family.kind);
+            return;
+        }
         // OpenMetrics names a counter family without the `_total` its
         // samples carry.
         let name = match (self.format, family.kind) {
@@ -226,6 +297,12 @@ impl<'a> Encoder<'a> {
     /// A family with a single, unlabelled sample.
     pub(crate) fn single(&mut self, family: &Family, value: u64) {
         self.family(family);
+        if self.format == Format::Protobuf {
+            // Counters and gauges are doubles in protobuf; Prometheus
+            // stores floats either way.
+            self.scalar(&[], value as f64);
+            return;
+        }
         self.buf.put_slice(family.name.as_bytes());
         self.buf.put_u8(b' ');
         self.integer(value);
@@ -233,13 +310,21 @@ impl<'a> Encoder<'a> {
 
     /// One sample of a labelled series.
     pub(crate) fn sample(&mut self, series: &Series, value: u64) {
-        self.buf.put_slice(&series.0);
+        if self.format == Format::Protobuf {
+            self.scalar(&series.proto, value as f64);
+            return;
+        }
+        self.buf.put_slice(&series.text);
         self.integer(value);
     }
 
     /// One sample with a fractional value (seconds).
     pub(crate) fn sample_f64(&mut self, series: &Series, value: f64) {
-        self.buf.put_slice(&series.0);
+        if self.format == Format::Protobuf {
+            self.scalar(&series.proto, value);
+            return;
+        }
+        self.buf.put_slice(&series.text);
         self.float(value);
     }
 
@@ -300,7 +385,7 @@ mod tests {
     fn label_values_are_escaped_once() {
         let series = Series::new(&UP, &[("a", "back\\slash"), ("b", "\"quoted\"\nline")]);
         assert_eq!(
-            &*series.0,
+            &*series.text,
             b"kernel_exporter_collector_up{a=\"back\\\\slash\",b=\"\\\"quoted\\\"\\nline\"} ".as_slice()
         );
     }
@@ -343,9 +428,37 @@ mod tests {
         assert_eq!(Format::negotiate(Some("application/openmetrics-text;version=2.0.0")), Format::Text);
         assert_eq!(Format::negotiate(Some("application/openmetrics-text;q=0")), Format::Text);
         assert_eq!(Format::negotiate(Some(";;;,=,q=x")), Format::Text);
+        // Protobuf: only the delimited MetricFamily stream.
         assert_eq!(
             Format::negotiate(Some("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily")),
             Format::Text
+        );
+        assert_eq!(
+            Format::negotiate(Some(
+                "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text"
+            )),
+            Format::Text
+        );
+        // What Prometheus 2.42 sends with --enable-feature=native-histograms,
+        // and 3.x's default scrape_protocols with native histograms on.
+        let with_protobuf = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,\
+                             application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;version=0.0.1;q=0.75,\
+                             text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::negotiate(Some(with_protobuf)), Format::Protobuf);
+        let prometheus_3 = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.5,\
+                            application/openmetrics-text;version=1.0.0;q=0.4,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,\
+                            text/plain;version=0.0.4;q=0.2,*/*;q=0.1";
+        assert_eq!(Format::negotiate(Some(prometheus_3)), Format::Protobuf);
+        // Quality decides, as for the text formats.
+        assert_eq!(
+            Format::negotiate(Some(
+                "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited; q=0.3, text/plain"
+            )),
+            Format::Text
+        );
+        assert_eq!(
+            Format::Protobuf.content_type(),
+            "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
         );
     }
 

@@ -1,42 +1,64 @@
 //! Exposing the kernel's log2 histograms
-//! ([`exporter_common::histogram::Log2Histogram`]) as Prometheus histograms.
+//! ([`exporter_common::histogram::Log2Histogram`]) as Prometheus histograms:
+//! classic buckets in every format, and in protobuf also the native part.
 //!
-//! The exposed bounds are the powers of two from 2^10 ns (about 1 µs) to
-//! 2^33 ns (about 8.6 s): 24 bounds plus `+Inf`. Each falls exactly on a
-//! kernel bucket edge, so the cumulative counts need no interpolation: the
-//! bucket `le=2^k ns` counts the values below 2^k ns (a value of exactly
-//! 2^k ns, a one-in-2^k case, is counted from the next bound on). Values
-//! under 1 µs all land in the first bucket, values over 8.6 s only in `+Inf`.
+//! Classic: the bounds are the powers of two of seconds from 2^-20 s
+//! (0.95 µs) to 2^3 s (8 s): 24 bounds plus `+Inf`, 27 series with `_sum`
+//! and `_count`. Each is a kernel bucket's upper edge, so the cumulative
+//! counts are exact: `le=2^k` counts the values up to and including 2^k s.
+//! Values under 0.95 µs all land in the first bucket, values over 8 s only
+//! in `+Inf`.
+//!
+//! Native (protobuf only): schema 0, whose bucket `i` is `(2^(i-1), 2^i]`
+//! seconds: exactly kernel bucket `i + 30`, so every kernel bucket is
+//! exposed as it is, one series per histogram. The zero bucket is kernel
+//! bucket 0 (0 ns) with threshold 2^-30 s. A native histogram has no
+//! open-ended bucket, and Prometheus rejects one whose buckets do not add
+//! up to its count, so the kernel's open-ended top bucket (over 2^10 s, 17
+//! minutes) is written as native bucket 11, (2^10, 2^11] s: the native
+//! histogram saturates there (a value over 2^11 s is counted, as "over 17
+//! minutes", not placed). No latency the collectors time gets near it.
 //!
 //! At the extremes (unit-tested below): a value of any size is counted,
-//! in the kernel's open-ended top bucket (2^35 ns, 34 s, and up) and so in
-//! `+Inf` and `_count`, never dropped; `_sum` is exact up to 2^64 ns of
-//! total recorded time (584 years) and wraps there. Counts are u64 written
-//! as exact integers; like every counter of this exporter and the
-//! kernel's own, they wrap to 0 after 2^64 events, which Prometheus
-//! treats as a counter reset (584 years at a billion events a second).
+//! never dropped; `_sum` is exact up to 2^64 ns of total recorded time
+//! (584 years) and wraps there. Counts are u64 written as exact integers;
+//! like every counter of this exporter and the kernel's own, they wrap to
+//! 0 after 2^64 events, which Prometheus treats as a counter reset (584
+//! years at a billion events a second).
 
-use exporter_common::histogram::{LOG2_BUCKETS, Log2Histogram};
+use exporter_common::histogram::{
+    CLASSIC_FIRST_BOUND, CLASSIC_LAST_BOUND, LOG2_BUCKETS, Log2Histogram, NATIVE_INDEX_OFFSET, TOP_FINITE_BUCKET,
+};
 
-use crate::exposition::encode::{Encoder, Family, Series};
+use crate::exposition::{
+    encode::{Encoder, Family, Format, Series},
+    protobuf::Native,
+};
 
-/// log2 of the smallest exposed bound, in nanoseconds.
-const FIRST_BOUND_LOG2: usize = 10;
-/// log2 of the largest exposed bound, in nanoseconds.
-const LAST_BOUND_LOG2: usize = 33;
-/// Number of finite bounds.
-const BOUNDS: usize = LAST_BOUND_LOG2 - FIRST_BOUND_LOG2 + 1;
+/// Number of finite classic bounds.
+const BOUNDS: usize = (CLASSIC_LAST_BOUND - CLASSIC_FIRST_BOUND + 1) as usize;
 
-// Prometheus histograms cost one series per bound; keep it near two dozen.
+// Classic histograms cost one series per bound; keep it near two dozen.
 const _: () = assert!(BOUNDS <= 24);
 
-const _: () = assert!(LAST_BOUND_LOG2 < LOG2_BUCKETS);
+/// Kernel bucket whose upper edge is the first classic bound.
+const FIRST_BOUND_BUCKET: usize = (CLASSIC_FIRST_BOUND + NATIVE_INDEX_OFFSET) as usize;
 
-/// The `le` value of bound `k` (2^k ns) in seconds, as it is written.
-fn bound_label(log2_ns: usize) -> String {
-    let seconds = (1u64 << log2_ns) as f64 / 1e9;
+const _: () = assert!(FIRST_BOUND_BUCKET >= 1 && FIRST_BOUND_BUCKET + BOUNDS <= TOP_FINITE_BUCKET + 1);
+
+/// The native zero bucket's threshold, 2^-30 s: it holds 0 ns only.
+const ZERO_THRESHOLD: f64 = 1.0 / (1u64 << 30) as f64;
+
+/// Classic bound `k` (2^k s).
+fn bound(log2_seconds: i32) -> f64 {
+    2f64.powi(log2_seconds)
+}
+
+/// The `le` value of bound `k` (2^k s), as it is written: the shortest
+/// decimal that reads back as exactly 2^k.
+fn bound_label(log2_seconds: i32) -> String {
     let mut digits = ryu::Buffer::new();
-    digits.format_finite(seconds).to_owned()
+    digits.format_finite(bound(log2_seconds)).to_owned()
 }
 
 /// The precomputed series of one histogram (one label set).
@@ -56,7 +78,7 @@ impl HistogramSeries {
             Series::named(&bucket_name, &labels)
         };
         Self {
-            buckets: (FIRST_BOUND_LOG2..=LAST_BOUND_LOG2).map(|k| with_le(&bound_label(k))).collect(),
+            buckets: (CLASSIC_FIRST_BOUND..=CLASSIC_LAST_BOUND).map(|k| with_le(&bound_label(k))).collect(),
             infinity: with_le("+Inf"),
             sum: Series::named(&format!("{}_sum", family.name), labels),
             count: Series::named(&format!("{}_count", family.name), labels),
@@ -68,22 +90,38 @@ impl Encoder<'_> {
     /// Writes one histogram's buckets, sum and count (the family header is
     /// the caller's).
     pub(crate) fn histogram(&mut self, series: &HistogramSeries, histogram: &Log2Histogram) {
-        // Cumulative count of every kernel bucket below 2^FIRST_BOUND_LOG2.
-        let mut cumulative = histogram.buckets[..FIRST_BOUND_LOG2].iter().fold(0u64, |sum, n| sum.wrapping_add(*n));
-        for (bucket, bound) in series.buckets.iter().zip(FIRST_BOUND_LOG2..) {
-            // le = 2^bound ns holds every kernel bucket i < bound; the
-            // previous step counted up to bound - 1.
-            if bound > FIRST_BOUND_LOG2 {
-                cumulative = cumulative.wrapping_add(histogram.buckets[bound - 1]);
-            }
+        let count = histogram.count();
+        let sum = histogram.sum_ns as f64 / 1e9;
+        // Cumulative count of every kernel bucket below the first bound's.
+        let below = histogram.buckets[..FIRST_BOUND_BUCKET].iter().fold(0u64, |sum, n| sum.wrapping_add(*n));
+        // le = 2^k s holds every kernel bucket up to and including k + 30.
+        let classic =
+            histogram.buckets[FIRST_BOUND_BUCKET..FIRST_BOUND_BUCKET + BOUNDS].iter().scan(below, |cumulative, n| {
+                *cumulative = cumulative.wrapping_add(*n);
+                Some(*cumulative)
+            });
+        if self.format() == Format::Protobuf {
+            let classic = (CLASSIC_FIRST_BOUND..).map(bound).zip(classic);
+            let native = Native {
+                zero_threshold: ZERO_THRESHOLD,
+                zero_count: histogram.buckets[0],
+                first_index: 1 - NATIVE_INDEX_OFFSET,
+                // The open top bucket saturates into native bucket 11.
+                counts: &histogram.buckets[1..],
+            };
+            self.proto_histogram(series.sum.proto_labels(), count, sum, classic, Some(native));
+            return;
+        }
+        for (bucket, cumulative) in series.buckets.iter().zip(classic) {
             self.sample(bucket, cumulative);
         }
-        let count = histogram.count();
         self.sample(&series.infinity, count);
-        self.sample_f64(&series.sum, histogram.sum_ns as f64 / 1e9);
+        self.sample_f64(&series.sum, sum);
         self.sample(&series.count, count);
     }
 }
+
+const _: () = assert!(LOG2_BUCKETS == TOP_FINITE_BUCKET + 2);
 
 #[cfg(test)]
 mod tests {
@@ -108,36 +146,45 @@ mod tests {
     }
 
     #[test]
-    fn about_two_dozen_exact_bounds() {
+    fn two_dozen_bounds_that_are_powers_of_two_of_seconds() {
         assert_eq!(BOUNDS, 24);
-        assert_eq!(bound_label(10), "1.024e-6");
-        assert_eq!(bound_label(20), "0.001048576");
-        assert_eq!(bound_label(30), "1.073741824");
-        assert_eq!(bound_label(33), "8.589934592");
+        assert_eq!(bound_label(-20), "9.5367431640625e-7");
+        assert_eq!(bound_label(-10), "0.0009765625");
+        assert_eq!(bound_label(0), "1.0");
+        assert_eq!(bound_label(3), "8.0");
+        for k in CLASSIC_FIRST_BOUND..=CLASSIC_LAST_BOUND {
+            assert_eq!(bound_label(k).parse::<f64>().unwrap(), 2f64.powi(k), "le of 2^{k} reads back exactly");
+            // The bound is the upper edge of kernel bucket k + 30.
+            let edge = exporter_common::histogram::upper_edge_ns((k + NATIVE_INDEX_OFFSET) as usize);
+            assert_eq!(edge, (2f64.powi(k) * 1e9).floor() as u64);
+        }
     }
 
     #[test]
-    fn buckets_are_cumulative_and_exact() {
+    fn buckets_are_cumulative_exact_and_inclusive() {
         let mut histogram = Log2Histogram::default();
         histogram.record(5); // below the first bound
-        histogram.record(1023); // still below 2^10 ns
-        histogram.record(1024); // kernel bucket [2^10, 2^11)
-        histogram.record(3_000_000); // 3 ms: bucket 21
+        histogram.record(953); // 953 ns <= 2^-20 s (953.67 ns)
+        histogram.record(954); // just above: counted from le=2^-19 on
+        histogram.record(3_000_000); // 3 ms <= 2^-8 s (3.9 ms)
+        histogram.record(1_000_000_000); // 1 s exactly: in le=1
         histogram.record(60_000_000_000); // 60 s: over the last bound
         let lines = encode(&histogram);
         assert_eq!(lines.len(), BOUNDS + 3);
         let value = |key: &str| lines.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).unwrap();
+        let bucket = |le: &str| value(&format!("kernel_test_latency_seconds_bucket{{op=\"read\",le=\"{le}\"}}"));
 
-        // Values in [2^10, 2^11) ns are counted from le=2^11 ns on.
-        assert_eq!(value("kernel_test_latency_seconds_bucket{op=\"read\",le=\"1.024e-6\"}"), "2");
-        assert_eq!(value("kernel_test_latency_seconds_bucket{op=\"read\",le=\"2.048e-6\"}"), "3");
-        assert_eq!(value("kernel_test_latency_seconds_bucket{op=\"read\",le=\"0.002097152\"}"), "3");
-        assert_eq!(value("kernel_test_latency_seconds_bucket{op=\"read\",le=\"0.004194304\"}"), "4");
-        assert_eq!(value("kernel_test_latency_seconds_bucket{op=\"read\",le=\"8.589934592\"}"), "4");
-        assert_eq!(value("kernel_test_latency_seconds_bucket{op=\"read\",le=\"+Inf\"}"), "5");
-        assert_eq!(value("kernel_test_latency_seconds_count{op=\"read\"}"), "5");
+        assert_eq!(bucket("9.5367431640625e-7"), "2");
+        assert_eq!(bucket("1.9073486328125e-6"), "3");
+        assert_eq!(bucket("0.001953125"), "3");
+        assert_eq!(bucket("0.00390625"), "4");
+        assert_eq!(bucket("0.5"), "4");
+        assert_eq!(bucket("1.0"), "5");
+        assert_eq!(bucket("8.0"), "5");
+        assert_eq!(bucket("+Inf"), "6");
+        assert_eq!(value("kernel_test_latency_seconds_count{op=\"read\"}"), "6");
         let sum: f64 = value("kernel_test_latency_seconds_sum{op=\"read\"}").parse().unwrap();
-        assert!((sum - 60.003_002_052).abs() < 1e-9, "{sum}");
+        assert!((sum - 61.003_001_912).abs() < 1e-9, "{sum}");
 
         // Monotonic non-decreasing.
         let counts: Vec<u64> = lines[..=BOUNDS].iter().map(|(_, v)| v.parse().unwrap()).collect();
@@ -145,13 +192,13 @@ mod tests {
     }
 
     #[test]
-    fn values_at_the_top_bucket_are_counted_in_inf_only() {
+    fn values_over_the_last_bound_are_counted_in_inf_only() {
         let mut histogram = Log2Histogram::default();
-        // 34.4 s (the kernel's top bucket starts here), an hour, a day.
-        for ns in [1u64 << 35, 3_600_000_000_000, 86_400_000_000_000] {
+        // Just over 8 s, an hour (the kernel's open top bucket), a day.
+        for ns in [8_000_000_001u64, 3_600_000_000_000, 86_400_000_000_000] {
             histogram.record(ns);
         }
-        assert_eq!(histogram.buckets[LOG2_BUCKETS - 1], 3);
+        assert_eq!(histogram.buckets[LOG2_BUCKETS - 1], 2);
         let lines = encode(&histogram);
         for (key, value) in &lines[..BOUNDS] {
             assert_eq!(value, "0", "{key}");
@@ -159,7 +206,7 @@ mod tests {
         assert_eq!(lines[BOUNDS], ("kernel_test_latency_seconds_bucket{op=\"read\",le=\"+Inf\"}".into(), "3".into()));
         assert_eq!(lines[BOUNDS + 2].1, "3");
         let sum: f64 = lines[BOUNDS + 1].1.parse().unwrap();
-        assert!((sum - (34.359_738_368 + 3_600.0 + 86_400.0)).abs() < 1e-6, "{sum}");
+        assert!((sum - (8.000_000_001 + 3_600.0 + 86_400.0)).abs() < 1e-6, "{sum}");
     }
 
     #[test]
@@ -178,7 +225,7 @@ mod tests {
         // One more event on another CPU wraps the count to 0, as the
         // kernel's counters wrap; the top bucket is still exact.
         let mut other_cpu = Log2Histogram::default();
-        other_cpu.record(1 << 40);
+        other_cpu.record(1 << 50);
         histogram.merge(&other_cpu);
         assert_eq!(histogram.buckets[LOG2_BUCKETS - 1], 6);
         let lines = encode(&histogram);

@@ -4,9 +4,13 @@
 //! file descriptors, start time).
 //!
 //! They are few and fixed, so they are encoded by the registry's own text
-//! encoders into the scrape's buffer, after the kernel statistics.
+//! encoders into the scrape's buffer, after the kernel statistics; for
+//! protobuf, that text is transcoded (`exposition::protobuf`).
 
-use std::{fmt, fs, sync::atomic::AtomicU64};
+use std::{
+    fmt, fs,
+    sync::{Mutex, PoisonError, atomic::AtomicU64},
+};
 
 use bytes::{BufMut as _, BytesMut};
 use prometheus_client::{
@@ -15,8 +19,11 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::exposition::encode::Format;
 use crate::exposition::self_families::{REQUESTS_IN_FLIGHT, SCRAPE_DURATION, SCRAPES, START_TIME};
+use crate::exposition::{
+    encode::{Encoder, Format},
+    protobuf::Transcoding,
+};
 
 /// Scrape-duration histogram bounds, in seconds: a kernel-exporter scrape
 /// takes well under a millisecond, a slow one tens of milliseconds.
@@ -33,6 +40,9 @@ pub(crate) struct SelfMetrics {
     open_fds: Gauge,
     max_fds: Gauge,
     requests_in_flight: Gauge,
+    /// Protobuf scrapes: the text rendering and the transcoder's space,
+    /// kept from scrape to scrape.
+    transcoding: Mutex<(String, Transcoding)>,
 }
 
 impl SelfMetrics {
@@ -92,6 +102,7 @@ impl SelfMetrics {
             open_fds,
             max_fds,
             requests_in_flight,
+            transcoding: Mutex::default(),
         }
     }
 
@@ -112,17 +123,36 @@ impl SelfMetrics {
         self.scrape_duration.observe(seconds);
     }
 
-    /// Refreshes the process metrics and appends every metric in `format`
-    /// (without OpenMetrics' `# EOF`, which the caller writes last).
-    pub(crate) fn encode(&self, format: Format, out: &mut BytesMut) {
+    /// Refreshes the process metrics and appends every metric in the
+    /// encoder's format (without OpenMetrics' `# EOF`, which the caller
+    /// writes last).
+    pub(crate) fn encode_into(&self, out: &mut Encoder<'_>) {
         self.refresh_process();
-        let mut writer = BufWriter(out);
         // Writing into memory cannot fail; a metric that could not be
         // formatted would leave a partial line, which the tests catch.
-        let _ = match format {
-            Format::Text => prometheus_text::encode(&mut writer, &self.registry),
-            Format::OpenMetrics => text::encode_registry(&mut writer, &self.registry),
+        let _ = match out.format() {
+            Format::Text => prometheus_text::encode(&mut BufWriter(out.buffer()), &self.registry),
+            Format::OpenMetrics => text::encode_registry(&mut BufWriter(out.buffer()), &self.registry),
+            Format::Protobuf => {
+                let mut transcoding = self.transcoding.lock().unwrap_or_else(PoisonError::into_inner);
+                let (text, scratch) = &mut *transcoding;
+                text.clear();
+                let written = prometheus_text::encode(text, &self.registry);
+                out.transcode_text(text, scratch);
+                written
+            }
         };
+    }
+
+    /// [`Self::encode_into`] a buffer of its own (a complete body for
+    /// protobuf, without `# EOF` for OpenMetrics).
+    #[cfg(test)]
+    pub(crate) fn encode(&self, format: Format, buf: &mut BytesMut) {
+        let mut out = Encoder::with_format(buf, format);
+        self.encode_into(&mut out);
+        if format == Format::Protobuf {
+            out.finish();
+        }
     }
 
     fn refresh_process(&self) {

@@ -146,8 +146,9 @@ fn block_io_keys(pid: u32) -> Vec<[u32; 2]> {
         .find(|map| held.contains(&map.id()) && map.name_as_str() == Some("BLOCK_IO"))
         .expect("the exporter holds a BLOCK_IO map");
     let data = aya::maps::MapData::from_id(info.id()).expect("open BLOCK_IO by id");
-    // Value: requests, bytes and a 36-bucket histogram with its sum.
-    let map: aya::maps::PerCpuHashMap<_, [u32; 2], [u64; 39]> =
+    // Value: requests, bytes and a 42-bucket histogram with its sum
+    // (exporter_common::histogram::LOG2_BUCKETS).
+    let map: aya::maps::PerCpuHashMap<_, [u32; 2], [u64; 45]> =
         aya::maps::PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(data)).expect("BLOCK_IO's layout");
     map.keys().collect::<Result<_, _>>().expect("walk BLOCK_IO")
 }

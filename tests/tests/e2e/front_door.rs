@@ -426,7 +426,7 @@ fn wrong_password_floods_do_not_starve_scrapes() {
 }
 
 /// A Prometheus server on loopback, killed when dropped. (Also used by
-/// `deployment`.)
+/// `deployment` and `native_histograms`.)
 pub(crate) struct Prometheus {
     child: Child,
     addr: SocketAddr,
@@ -435,6 +435,11 @@ pub(crate) struct Prometheus {
 
 impl Prometheus {
     pub(crate) fn start(dir: &Path, scrape_configs: &str) -> Self {
+        Self::start_with_flags(dir, scrape_configs, &[])
+    }
+
+    /// With extra command-line flags (`--enable-feature=...`).
+    pub(crate) fn start_with_flags(dir: &Path, scrape_configs: &str, flags: &[&str]) -> Self {
         let config = dir.join("prometheus.yml");
         fs::write(
             &config,
@@ -446,6 +451,7 @@ impl Prometheus {
             .arg(format!("--config.file={}", config.display()))
             .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
             .arg(format!("--web.listen-address={addr}"))
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -459,11 +465,20 @@ impl Prometheus {
 
     /// The result of an instant query, as JSON text.
     pub(crate) fn query(&self, query: &str) -> String {
+        self.query_path(query, "")
+    }
+
+    /// An instant query evaluated at a Unix time.
+    pub(crate) fn query_at(&self, query: &str, time: f64) -> String {
+        self.query_path(query, &format!("&time={time:.3}"))
+    }
+
+    fn query_path(&self, query: &str, extra: &str) -> String {
         let encoded: String = query
             .bytes()
             .map(|b| if b.is_ascii_alphanumeric() || b == b'_' { (b as char).to_string() } else { format!("%{b:02X}") })
             .collect();
-        let response = http_request(self.addr, "GET", &format!("/api/v1/query?query={encoded}"));
+        let response = http_request(self.addr, "GET", &format!("/api/v1/query?query={encoded}{extra}"));
         assert_eq!(response.status, 200, "{response:?}");
         response.body
     }

@@ -17,6 +17,7 @@ mod http;
 mod irq;
 mod lifecycle;
 mod mm;
+mod native_histograms;
 mod net;
 mod privileges;
 mod sched;
