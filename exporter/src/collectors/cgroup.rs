@@ -440,9 +440,13 @@ impl<M, H> Cgroups<M, H> {
 }
 
 /// Whether `now` cannot be a later reading of `before` (the id was evicted
-/// and counts again from zero).
+/// and counts again from zero). Every field is compared, not only the
+/// totals: a re-added id can pass its old count while its sum or one bucket
+/// is still below the old one, and each of them is a counter of its own.
 fn went_back(before: &CgroupStats, now: &CgroupStats) -> bool {
-    now.cpu_ns < before.cpu_ns || now.runqueue.count() < before.runqueue.count()
+    now.cpu_ns < before.cpu_ns
+        || now.runqueue.sum_ns < before.runqueue.sum_ns
+        || now.runqueue.buckets.iter().zip(before.runqueue.buckets.iter()).any(|(now, before)| now < before)
 }
 
 impl<M: PerCpuHashRead<u64, CgroupStats>, H: Hierarchy> State<M, H> {
@@ -693,10 +697,31 @@ mod tests {
         }
     }
 
+    /// A reading with `cpu_ns` and one 1 us wait: readings of one entry
+    /// that differ only in CPU time are later readings of each other, as in
+    /// the kernel, where no field of an entry ever goes down.
     fn stats(cpu_ns: u64) -> CgroupStats {
         let mut stats = CgroupStats { cpu_ns, ..Default::default() };
-        stats.runqueue.record(cpu_ns / 10);
+        stats.runqueue.record(1_000);
         stats
+    }
+
+    #[test]
+    fn a_readded_id_is_new_when_any_field_is_below_its_last_reading() {
+        // Last read: one wait of 33 us. Evicted, re-added, now two short
+        // waits: more events, a smaller sum and an emptier bucket.
+        let mut before = CgroupStats { cpu_ns: 1_000, ..Default::default() };
+        before.runqueue.record(33_000);
+        let mut now = CgroupStats { cpu_ns: 2_000, ..Default::default() };
+        now.runqueue.record(6_000);
+        now.runqueue.record(6_000);
+        assert!(now.runqueue.count() > before.runqueue.count());
+        assert!(went_back(&before, &now), "the sum and one bucket went back");
+        let mut later = before;
+        later.runqueue.record(1_000);
+        later.cpu_ns += 500;
+        assert!(!went_back(&before, &later), "a later reading of the same entry");
+        assert!(!went_back(&before, &before));
     }
 
     fn value(text: &str, series: &str) -> Option<f64> {
