@@ -113,7 +113,8 @@ pub(crate) fn image() -> anyhow::Result<()> {
          --cap-add=PERFMON --read-only --security-opt=no-new-privileges{seccomp} --network=host \\\n    \
          -v /etc/kernel-exporter:/etc/kernel-exporter:ro {image} \\\n    --web.listen-address=:9569 \
          --web.config.file=/etc/kernel-exporter/web-config.yml\n\
-         (to leave root as well: --cap-add=SETUID --cap-add=SETGID and --runtime.user=65534)",
+         (to leave root as well: --cap-add=SETUID --cap-add=SETGID and --runtime.user=65534; \
+         with --collector.cgroup, mount the host's cgroup2 hierarchy read-only too)",
         engine = built.engine.program,
         global = built.engine.global.iter().map(|flag| format!("{flag} ")).collect::<String>(),
         limits = built.engine.run_limits.join(" "),
