@@ -385,8 +385,15 @@ fn known_runqueue_latencies_land_in_the_native_bucket_that_holds_them() {
         let after = runqueue_native(&mut client);
         let (ours, other) = (delta(&before, &after, bucket), delta(&before, &after, neighbour));
         eprintln!("{ROUNDS} waits of {wait} µs: +{ours} in native bucket {bucket}, +{other} in {neighbour}");
-        assert!(ours >= ROUNDS, "{wait} µs waits: only +{ours} in bucket {bucket} (+{other} in {neighbour})");
-        assert!(other < ROUNDS, "{wait} µs waits: +{other} in bucket {neighbour}, which cannot hold them");
+        // All but a few: a round can be cut short (the partner woken by a
+        // tick before the spinner's time is up), and once in a fresh clone's
+        // run 299 of 300 landed. The old layout would put a whole phase in
+        // the neighbour, which stays far below half.
+        assert!(
+            ours >= ROUNDS - ROUNDS / 50,
+            "{wait} µs waits: only +{ours} in bucket {bucket} (+{other} in {neighbour})"
+        );
+        assert!(other < ROUNDS / 2, "{wait} µs waits: +{other} in bucket {neighbour}, which cannot hold them");
     }
 }
 
