@@ -24,8 +24,9 @@ const RUNQUEUE_COUNT: &str = "kernel_cgroup_runqueue_latency_seconds_count";
 const FLUSHED_WITHIN: Duration = Duration::from_millis(200);
 
 /// The mount of the whole cgroup2 hierarchy (its root has the root
-/// cgroup's id, 1).
-fn cgroup2_root() -> PathBuf {
+/// cgroup's id, 1). (Also used by `deployment`, to mount it into a
+/// container.)
+pub(crate) fn cgroup2_root() -> PathBuf {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
     mountinfo
         .lines()

@@ -179,20 +179,6 @@ fn readable_pki(test: &str, allowed_sources: &str) -> (Pki, String) {
     (pki, "web.yml".to_owned())
 }
 
-/// Where this host mounts cgroup2 (`/sys/fs/cgroup` on a unified host,
-/// `/sys/fs/cgroup/unified` on a hybrid one like this VM).
-fn host_cgroup2_mount() -> String {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
-    mountinfo
-        .lines()
-        .find_map(|line| {
-            let (fields, fs) = line.split_once(" - ")?;
-            (fs.split_whitespace().next() == Some("cgroup2"))
-                .then(|| fields.split_whitespace().nth(4).map(str::to_owned))?
-        })
-        .expect("a cgroup2 mount on the host")
-}
-
 /// The collectors on by default.
 const DEFAULT_COLLECTORS: [&str; 6] = ["sched", "mm", "signal", "block", "tcp", "net"];
 
@@ -256,8 +242,8 @@ fn hardened_container_attaches_every_collector_drops_privileges_and_prometheus_s
     // The cgroup collector resolves ids by walking the host's cgroup2
     // hierarchy, which a container does not see unless it is mounted (as
     // the DaemonSet does; README's line says so).
-    let cgroup2 = host_cgroup2_mount();
-    flags.push(format!("--volume={cgroup2}:{cgroup2}:ro"));
+    let cgroup2 = crate::cgroup::cgroup2_root();
+    flags.push(format!("--volume={0}:{0}:ro", cgroup2.display()));
     // No --runtime.user: leaving root takes CAP_SETUID and CAP_SETGID, which
     // these flags do not grant (the DaemonSet's test does that). Root with
     // no capability left is what these flags give.
